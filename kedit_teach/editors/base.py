@@ -1,0 +1,161 @@
+"""The one Editor interface every method implements; widgets and the benchmark know only this.
+
+    edit(case_or_cases) -> list of per-edit info (with timing)
+    remove(case_id), reset()          reset() restores the original outputs bit for bit
+    generate(prompt), score(prompts, targets)
+    inspect(prompt) -> what the method "saw" for this prompt (retrieved items, codebook hits, ...)
+    save(path), load(path)            safetensors + JSON, never pickle
+
+A subclass implements the method-specific hooks: `_apply`, `_remove`, `_reset`, and optionally
+`model_inputs` (how a raw prompt becomes model input text), `_state` / `_load_state` (tensors to
+save) and `inspect`. Editors that prepend vectors (RECIPE) will extend `model_inputs` with
+`inputs_embeds`; the scoring functions in `metrics.py` are where that lands.
+
+What it does not do: evaluation loops or aggregation (see `evaluate.py`).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..data import EditCase
+from ..metrics import TokenScore, generate_greedy, teacher_forced
+from ..models import format_prompt
+
+STATE_JSON, STATE_TENSORS = "editor.json", "editor.safetensors"
+
+
+class EditorStateError(ValueError):
+    """A saved editor state that can't be loaded; the message says which file and field."""
+
+
+class Editor:
+    name = "base"
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+        self.cases: dict[str, EditCase] = {}  # applied edits, in order
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    def config(self) -> dict:
+        """Hyper-parameters that define this editor; saved and checked on load."""
+        return {}
+
+    def _apply(self, cases: list[EditCase]) -> list[dict]:
+        """Apply edits; return one info dict per case. Batched by default, one by one if not."""
+        return [{} for _ in cases]
+
+    def _remove(self, case_id: str) -> None:
+        pass
+
+    def _reset(self) -> None:
+        pass
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def _load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def model_inputs(self, prompts: list[str]) -> list[str]:
+        """The exact text the model receives for each raw prompt."""
+        return [format_prompt(self.tokenizer, p) for p in prompts]
+
+    @contextlib.contextmanager
+    def unedited(self):
+        """Within this block the model behaves as before any edit (for pre-edit reference scores)."""
+        yield
+
+    # ------------------------------------------------------------------ the interface
+    def edit(self, cases: EditCase | list[EditCase]) -> list[dict]:
+        cases = [cases] if isinstance(cases, EditCase) else list(cases)
+        for c in cases:
+            if not isinstance(c, EditCase):
+                raise TypeError(f"edit() takes EditCase objects, got {type(c).__name__}; "
+                                "build one with EditCase(case_id=..., subject=..., prompt=..., target_new=...)")
+            if c.case_id in self.cases:
+                raise ValueError(f"case {c.case_id!r} is already edited; remove({c.case_id!r}) it first "
+                                 "or give the new edit another case_id")
+        if len({c.case_id for c in cases}) != len(cases):
+            raise ValueError("the same case_id appears twice in one edit() call")
+        start = time.perf_counter()
+        infos = self._apply(cases)
+        seconds = (time.perf_counter() - start) / max(len(cases), 1)
+        for c, info in zip(cases, infos):
+            self.cases[c.case_id] = c
+            info.update(case_id=c.case_id, edit_s=seconds)
+        return infos
+
+    def remove(self, case_id: str) -> None:
+        if case_id not in self.cases:
+            known = ", ".join(list(self.cases)[:10]) or "none"
+            raise KeyError(f"no edit with case_id {case_id!r} to remove (edited: {known})")
+        self._remove(case_id)
+        del self.cases[case_id]
+
+    def reset(self) -> None:
+        self._reset()
+        self.cases.clear()
+
+    def score(self, prompts: list[str], targets: list[str], **kw) -> list[TokenScore]:
+        """Teacher-forced argmax at each target position. Never looks at targets to pick context."""
+        return teacher_forced(self.model, self.tokenizer, self.model_inputs(prompts), targets, **kw)
+
+    def generate(self, prompt: str | list[str], max_new_tokens: int | list[int] = 20, **kw):
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        out = generate_greedy(self.model, self.tokenizer, self.model_inputs(prompts),
+                              max_new_tokens, **kw)
+        return out[0] if isinstance(prompt, str) else out
+
+    def inspect(self, prompt: str) -> dict:
+        return {"method": self.name, "model_input": self.model_inputs([prompt])[0],
+                "edits": len(self.cases)}
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"method": self.name, "config": self.config(),
+                "cases": [c.to_dict() for c in self.cases.values()]}
+        (path / STATE_JSON).write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self._state().items()}
+        save_file(tensors, str(path / STATE_TENSORS))
+        return path
+
+    def load(self, path: str | Path) -> "Editor":
+        """Replace this editor's edits with a saved state (same method and config)."""
+        path = Path(path)
+        meta_file, tensor_file = path / STATE_JSON, path / STATE_TENSORS
+        for f in (meta_file, tensor_file):
+            if not f.exists():
+                raise EditorStateError(f"{f} is missing: pass the folder written by editor.save(path)")
+        try:
+            meta = json.loads(meta_file.read_text())
+            tensors = load_file(str(tensor_file))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise EditorStateError(f"{meta_file} is not valid JSON ({e}); save the editor again") from e
+        except Exception as e:  # safetensors raises its own error types for a corrupt header
+            raise EditorStateError(f"{tensor_file} is corrupt ({e}); save the editor again") from e
+        if not isinstance(meta, dict) or meta.get("method") != self.name:
+            raise EditorStateError(f"{meta_file}: field 'method' is {meta.get('method') if isinstance(meta, dict) else meta!r}"
+                                   f", but this is a {self.name!r} editor; load it into the matching editor")
+        if meta.get("config") != json.loads(json.dumps(self.config())):
+            raise EditorStateError(f"{meta_file}: field 'config' {meta.get('config')} differs from this "
+                                   f"editor's {self.config()}; construct the editor with the saved config")
+        try:
+            cases = [EditCase.from_dict(d) for d in meta.get("cases", [])]
+        except ValueError as e:
+            raise EditorStateError(f"{meta_file}: field 'cases': {e}") from e
+        self.reset()
+        self._restore(cases, tensors)
+        return self
+
+    def _restore(self, cases: list[EditCase], tensors: dict[str, torch.Tensor]) -> None:
+        """Bring back saved edits. Default: tensors hold the whole state, cases are bookkeeping."""
+        self._load_state(tensors)
+        self.cases = {c.case_id: c for c in cases}

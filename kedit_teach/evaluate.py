@@ -1,0 +1,167 @@
+"""The evaluation harness: apply edits through an Editor, then score every probe under both protocols.
+
+Modes (the `--mode` of `python -m kedit_teach eval`):
+- single:     edit one case, score its probes, reset; repeat. The classic single-edit setting.
+- sequential: apply the N edits one at a time, then score all N (the lifelong setting of RECIPE).
+- batch:      apply all N edits in one `edit()` call, then score all N (LTE's Figure 3).
+
+Probe kinds: reliability (the edit prompt -> target_new), generality (rephrasings -> target_new),
+portability (multi-hop prompts -> their answers) and locality (unrelated prompts). Locality is
+reported as agreement with the model's own pre-edit predictions (the papers' form; NoEdit scores
+exactly 1.0) and, as `locality_gt`, against the dataset's ground truth.
+
+The output dict is what `--json` writes; outside checks read these names, so keep them.
+What it does not do: load models or data (see `models.py`, `data.py`) or plot (see `viz.py`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from .data import EditCase
+from .metrics import (TokenScore, generate_greedy, generation_match, ngram_entropy, normalize,
+                      target_budget, teacher_forced)
+
+MODES = ("single", "sequential", "batch")
+KINDS = ("reliability", "generality", "locality", "portability")
+
+
+@dataclass
+class Probe:
+    case_id: str
+    kind: str
+    prompt: str
+    target: str
+
+
+def probes_of(case: EditCase) -> list[Probe]:
+    out = [Probe(case.case_id, "reliability", case.prompt, case.target_new)]
+    out += [Probe(case.case_id, "generality", p, case.target_new) for p in case.rephrase_prompts]
+    out += [Probe(case.case_id, "locality", p, a) for p, a in case.locality]
+    out += [Probe(case.case_id, "portability", p, a) for p, a in case.portability]
+    return out
+
+
+def run_probes(editor, probes: list[Probe], batch_size: int = 16,
+               sliced: bool = True) -> tuple[list[TokenScore], list[str]]:
+    """Teacher-forced scores and greedy generations for probes, through the editor (batched)."""
+    if not probes:
+        return [], []
+    prompts, targets = [p.prompt for p in probes], [p.target for p in probes]
+    scores = editor.score(prompts, targets, batch_size=batch_size, sliced=sliced)
+    budgets = target_budget(editor.tokenizer, editor.model_inputs(prompts), targets)
+    return scores, editor.generate(prompts, budgets, batch_size=batch_size)
+
+
+def reference(editor, probes: list[Probe], batch_size: int = 16,
+              sliced: bool = True) -> dict[int, tuple[TokenScore, str]]:
+    """Pre-edit predictions on the locality probes: what "unchanged" means for this model."""
+    loc = [i for i, p in enumerate(probes) if p.kind == "locality"]
+    with editor.unedited():
+        scores, gens = run_probes(editor, [probes[i] for i in loc], batch_size, sliced)
+    return {i: (s, g) for i, s, g in zip(loc, scores, gens)}
+
+
+def probe_result(probe: Probe, score: TokenScore, gen: str, ref: tuple[TokenScore, str] | None) -> dict:
+    row = {"kind": probe.kind, "prompt": probe.prompt, "target": probe.target, "generated": gen,
+           "teacher_forced": score.token_acc, "teacher_forced_exact": score.exact,
+           "generation": generation_match(gen, probe.target)}
+    if ref is not None:  # locality: agreement with the unedited model, and ground truth on the side
+        ref_score, ref_gen = ref
+        row["gt"] = {k: row[k] for k in ("teacher_forced", "teacher_forced_exact", "generation")}
+        row["teacher_forced"] = score.agreement(ref_score)
+        row["teacher_forced_exact"] = float(score.pred_ids == ref_score.pred_ids)
+        row["generation"] = float(normalize(gen) == normalize(ref_gen))
+    return row
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def aggregate(rows: list[dict]) -> dict:
+    """Per-case means first, then the mean over cases, so a case with 10 probes doesn't weigh 10x."""
+    by_case: dict[str, list[dict]] = {}
+    for r in rows:
+        by_case.setdefault(r["case_id"], []).append(r)
+    metrics: dict[str, dict] = {}
+    for proto in ("teacher_forced", "teacher_forced_exact", "generation"):
+        metrics[proto] = {}
+        for kind in KINDS:
+            per_case = [_mean([r[proto] for r in rs if r["kind"] == kind]) for rs in by_case.values()]
+            metrics[proto][kind] = _mean([v for v in per_case if v is not None])
+        per_case = [_mean([r["gt"][proto] for r in rs if r["kind"] == "locality"]) for rs in by_case.values()]
+        metrics[proto]["locality_gt"] = _mean([v for v in per_case if v is not None])
+    return metrics
+
+
+def fluency_texts(editor, cases: list[EditCase], max_new_tokens: int = 100, batch_size: int = 8) -> list[str]:
+    """Greedy generations of up to 100 tokens from the edit prompts, through the editor."""
+    return editor.generate([c.prompt for c in cases], max_new_tokens, batch_size=batch_size) if cases else []
+
+
+def fluency(texts: list[str]) -> dict:
+    """Weighted n-gram entropy (bits) averaged over texts; x100 is the scale of the papers' tables."""
+    if not texts:
+        return {"ngram_entropy": None, "x100": None, "n": 0, "samples": []}
+    value = sum(map(ngram_entropy, texts)) / len(texts)
+    return {"ngram_entropy": value, "x100": 100 * value, "n": len(texts), "samples": texts[:3]}
+
+
+def evaluate(editor, cases: list[EditCase], mode: str = "single", batch_size: int = 16,
+             fluency_n: int = 10, progress: bool = True, sliced: bool = True) -> dict:
+    """Edit, score and time. Returns the JSON-ready result (see module docstring).
+
+    batch_size=1 with sliced=False is the one-at-a-time, full-logits way reference code scores;
+    it exists for the throughput benchmark and gives the same numbers.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is unknown; use one of {', '.join(MODES)}")
+    if not cases:
+        raise ValueError("no cases to evaluate: check --data and --n")
+    start = time.perf_counter()
+    editor.reset()
+    probes = [p for c in cases for p in probes_of(c)]
+    refs = reference(editor, probes, batch_size, sliced)
+    edit_s, infer_s, scores, gens, flu_cases = [], 0.0, [], [], cases[:fluency_n]
+    bar = tqdm(total=len(cases), desc=f"{editor.name} [{mode}]", disable=not progress)
+    texts: list[str] = []
+    if mode == "single":
+        for c in cases:
+            edit_s += [i["edit_s"] for i in editor.edit(c)]
+            t = time.perf_counter()
+            s, g = run_probes(editor, probes_of(c), batch_size, sliced)
+            infer_s += time.perf_counter() - t
+            scores += s
+            gens += g
+            if c in flu_cases:
+                texts += fluency_texts(editor, [c])
+            editor.reset()
+            bar.update(1)
+    else:
+        if mode == "sequential":
+            for c in cases:
+                edit_s += [i["edit_s"] for i in editor.edit(c)]
+                bar.update(1)
+        else:
+            edit_s += [i["edit_s"] for i in editor.edit(cases)]
+            bar.update(len(cases))
+        t = time.perf_counter()
+        scores, gens = run_probes(editor, probes, batch_size, sliced)
+        infer_s = time.perf_counter() - t
+        texts = fluency_texts(editor, flu_cases)
+    bar.close()
+    rows = [{"case_id": p.case_id, **probe_result(p, s, g, refs.get(i))}
+            for i, (p, s, g) in enumerate(zip(probes, scores, gens))]
+    per_case = [{"case_id": c.case_id, "edit_s": e, "probes": [r for r in rows if r["case_id"] == c.case_id]}
+                for c, e in zip(cases, edit_s)]
+    return {
+        "method": editor.name, "model": getattr(editor.model, "kedit_name", None),
+        "n": len(cases), "mode": mode, "config": editor.config(),
+        "metrics": aggregate(rows), "fluency": fluency(texts),
+        "timing": {"edit_s_mean": _mean(edit_s), "infer_s_mean": infer_s / max(len(probes), 1),
+                   "total_s": time.perf_counter() - start},
+        "per_case": per_case,
+    }

@@ -1,0 +1,89 @@
+"""The evaluation harness and the eval CLI, on tiny models and the shared CounterFact file."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kedit_teach.__main__ import main
+from kedit_teach.data import load_counterfact
+from kedit_teach.editors import ICE, NoEdit
+from kedit_teach.evaluate import MODES, aggregate, evaluate, probes_of
+
+from .conftest import shared
+from .test_editors import CASE, OTHER, ftl
+
+PROTOCOLS = ("teacher_forced", "teacher_forced_exact", "generation")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_noedit_locality_is_exactly_one(gemma_tiny, mode):
+    result = evaluate(NoEdit(*gemma_tiny), [CASE, OTHER], mode=mode, fluency_n=1, progress=False)
+    for proto in PROTOCOLS:
+        assert result["metrics"][proto]["locality"] == 1.0
+        assert set(result["metrics"][proto]) >= {"reliability", "generality", "locality", "portability"}
+    assert result["n"] == 2 and result["mode"] == mode and result["method"] == "noedit"
+    assert [c["case_id"] for c in result["per_case"]] == ["c1", "c2"]
+    assert len(result["per_case"][0]["probes"]) == len(probes_of(CASE))
+
+
+def test_missing_probe_kinds_are_null(gemma_tiny):
+    result = evaluate(NoEdit(*gemma_tiny), [OTHER], fluency_n=0, progress=False)
+    assert result["metrics"]["generation"]["generality"] is None
+    assert result["metrics"]["generation"]["portability"] is None
+    assert result["fluency"]["ngram_entropy"] is None
+
+
+def test_ftl_sequential_reaches_reliability_and_leaves_the_model_reset(gemma_tiny):
+    editor = ftl(*gemma_tiny)
+    result = evaluate(editor, [CASE], mode="sequential", fluency_n=1, progress=False)
+    assert result["metrics"]["teacher_forced"]["reliability"] == 1.0
+    assert result["timing"]["edit_s_mean"] > 0 and result["timing"]["total_s"] > 0
+    assert 0 <= result["fluency"]["ngram_entropy"] and result["fluency"]["x100"] == pytest.approx(
+        100 * result["fluency"]["ngram_entropy"])
+
+
+def test_aggregate_weighs_cases_equally():
+    rows = [{"case_id": "a", "kind": "generality", "teacher_forced": 1.0, "teacher_forced_exact": 1.0,
+             "generation": 1.0}] * 3
+    rows += [{"case_id": "b", "kind": "generality", "teacher_forced": 0.0, "teacher_forced_exact": 0.0,
+              "generation": 0.0}]
+    assert aggregate(rows)["teacher_forced"]["generality"] == 0.5
+
+
+def test_ice_never_sees_the_target_when_scoring(gemma_tiny):
+    editor = ICE(*gemma_tiny)
+    editor.edit(CASE)
+    inputs = editor.model_inputs([CASE.locality[0][0]])
+    assert CASE.locality[0][1] not in inputs[0]
+
+
+def test_unknown_mode_and_empty_cases(gemma_tiny):
+    with pytest.raises(ValueError, match="mode='parallel' is unknown"):
+        evaluate(NoEdit(*gemma_tiny), [CASE], mode="parallel")
+    with pytest.raises(ValueError, match="no cases"):
+        evaluate(NoEdit(*gemma_tiny), [])
+
+
+def test_eval_cli_writes_the_documented_json(tmp_path, tiny_dirs):
+    path = shared("counterfact", "counterfact-edit.json")
+    out = tmp_path / "out.json"
+    argv = ["eval", "--method", "ice", "--data", f"counterfact:{path}", "--n", "3", "--mode", "sequential",
+            "--model", str(tiny_dirs["gemma3"]), "--fluency-n", "1", "--json", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert {"method", "model", "n", "mode", "metrics", "fluency", "timing", "per_case"} <= set(result)
+    assert result["method"] == "ice" and result["n"] == 3 and result["mode"] == "sequential"
+    for proto in PROTOCOLS:
+        values = result["metrics"][proto]
+        assert all(values[k] is None or 0 <= values[k] <= 1 for k in ("reliability", "generality", "locality"))
+        assert values["portability"] is None  # CounterFact has no portability prompts
+    assert set(result["timing"]) == {"edit_s_mean", "infer_s_mean", "total_s"}
+    # cases are shuffled with the seed, so the same seed picks the same cases
+    cases = load_counterfact(path)
+    assert {c["case_id"] for c in result["per_case"]} <= {c.case_id for c in cases}
+
+
+def test_eval_cli_rejects_unknown_method(tiny_dirs):
+    with pytest.raises(SystemExit, match="--method 'rome' is unknown"):
+        main(["eval", "--method", "rome", "--data", "teach", "--model", str(tiny_dirs["gemma3"])])

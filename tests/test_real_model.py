@@ -1,0 +1,72 @@
+"""The marked set on the real Gemma-3-270M (run with everything else; select alone with -m real)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kedit_teach.data import load_counterfact, load_teach
+from kedit_teach.editors import ICE, NoEdit
+from kedit_teach.evaluate import evaluate
+from kedit_teach.metrics import generate_greedy, teacher_forced
+from kedit_teach.models import describe, encode_pair, load_encoder, load_model
+
+from .conftest import shared
+
+pytestmark = pytest.mark.real
+
+
+def test_eiffel_tower_is_in_paris(real):
+    model, tok = real
+    assert "Paris" in NoEdit(model, tok).generate("The Eiffel Tower is located in the city of", 6)
+
+
+def test_4bit_on_cpu_loads_smaller_and_generates():
+    model, tok = load_model("gemma-3-270m", quantization="4bit")
+    info = describe(model)
+    assert info["quantization"] == "4bit" and info["memory_mb"] < 800
+    assert "Paris" in NoEdit(model, tok).generate("The Eiffel Tower is located in the city of", 6)
+
+
+def test_target_scored_as_continuation_not_bare_word(real):
+    model, tok = real
+    _, target = encode_pair(tok, "The capital of Italy is", "Rome")
+    bare = tok("Rome", add_special_tokens=False)["input_ids"]
+    assert target != bare and tok.convert_ids_to_tokens(target) == ["▁Rome"]
+    (score,) = teacher_forced(model, tok, ["The capital of Italy is"], ["Rome"])
+    assert score.exact == 1.0
+
+
+def test_bf16_gives_the_same_greedy_answers_as_fp32(real):
+    model, tok = real
+    prompts = [c.prompt for c in load_teach()[:48]]
+    fp32 = generate_greedy(model, tok, prompts, 4)
+    bf16_model, _ = load_model("gemma-3-270m", dtype=torch.bfloat16)
+    bf16 = generate_greedy(bf16_model, tok, prompts, 4)
+    first_word = [a.split()[:1] == b.split()[:1] for a, b in zip(fp32, bf16)]
+    assert sum(first_word) / len(first_word) >= 0.95
+
+
+def test_bundled_set_is_known_to_the_model(real):
+    model, tok = real
+    cases = load_teach()
+    assert len(cases) >= 150
+    sample = cases[::10]
+    scores = teacher_forced(model, tok, [c.prompt for c in sample], [c.ground_truth for c in sample])
+    assert sum(s.exact for s in scores) / len(scores) >= 0.9
+
+
+def test_noedit_and_ice_on_counterfact(real):
+    cases = load_counterfact(shared("counterfact", "counterfact-edit.json"), n=8)
+    noedit = evaluate(NoEdit(*real), cases, mode="sequential", fluency_n=2, progress=False)
+    assert all(noedit["metrics"][p]["locality"] == 1.0 for p in noedit["metrics"])
+    ice = evaluate(ICE(*real), cases, mode="sequential", fluency_n=0, progress=False)
+    assert ice["metrics"]["teacher_forced"]["reliability"] >= 0.75
+    assert ice["metrics"]["teacher_forced"]["reliability"] > noedit["metrics"]["teacher_forced"]["reliability"]
+
+
+def test_offline_encoder_embeds():
+    encoder = load_encoder()
+    vectors = encoder.encode(["The Eiffel Tower is in Rome", "The Eiffel Tower is located in Rome", "Bananas"])
+    assert vectors.shape == (3, 384)
+    sims = vectors @ vectors.T
+    assert sims[0, 1] > sims[0, 2]
