@@ -88,8 +88,10 @@ def default_layer(model) -> int:
 class FTL(Editor):
     name = "ft-l"
 
-    def __init__(self, model, tokenizer, layer: int | None = None, steps: int = 20,
-                 lr: float = 1e-3, norm_constraint: float = 1e-3, lora_rank: int = 8):
+    # Defaults measured on Gemma-3-270M, 8 CounterFact edits (teacher-forced reliability / locality):
+    # norm 2e-4 -> 0.38 / 0.88, 5e-4 -> 1.0 / 0.62, 1e-3 -> 1.0 / 0.25. The middle one shows both sides.
+    def __init__(self, model, tokenizer, layer: int | None = None, steps: int = 10,
+                 lr: float = 1e-3, norm_constraint: float = 5e-4, lora_rank: int = 8):
         super().__init__(model, tokenizer)
         self.layer = default_layer(model) if layer is None else layer
         self.steps, self.lr, self.norm_constraint, self.lora_rank = steps, lr, norm_constraint, lora_rank
