@@ -15,10 +15,12 @@ own context), or aggregate results per metric (see `evaluate.py`).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import string
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +29,14 @@ from tqdm.auto import tqdm
 from .models import encode_pair, encode_prompts, hidden_states, logits_at
 
 PROTOCOLS = ("teacher_forced", "teacher_forced_exact", "generation")
+
+# Called with each batch's key positions (the last prompt token of every row) and used as a context
+# manager around that batch's forward pass: how a codebook editor (GRACE) knows where to look up.
+BatchHook = Callable[[torch.Tensor], contextlib.AbstractContextManager]
+
+
+def _no_hook(key_positions: torch.Tensor) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
 
 
 @dataclass
@@ -61,6 +71,12 @@ class TargetBatch:
     rows: torch.Tensor
     cols: torch.Tensor
     target_ids: list[list[int]]
+    prompt_lens: torch.Tensor
+
+    @property
+    def key_positions(self) -> torch.Tensor:
+        """The last prompt token of each row: where an edit's key is read, never a target token."""
+        return self.prompt_lens - 1
 
     @property
     def gold(self) -> torch.Tensor:
@@ -80,7 +96,7 @@ def pack_targets(tokenizer, texts: list[str], targets: list[str]) -> TargetBatch
         ids[r, :len(s)], mask[r, :len(s)] = torch.tensor(s), 1
     rows = torch.tensor([r for r, (p, y) in enumerate(pairs) for _ in y])
     cols = torch.tensor([len(p) - 1 + j for p, y in pairs for j in range(len(y))])
-    return TargetBatch(ids, mask, rows, cols, [y for _, y in pairs])
+    return TargetBatch(ids, mask, rows, cols, [y for _, y in pairs], torch.tensor([len(p) for p, _ in pairs]))
 
 
 def target_logits(model, batch: TargetBatch, sliced: bool = True) -> torch.Tensor:
@@ -91,16 +107,22 @@ def target_logits(model, batch: TargetBatch, sliced: bool = True) -> torch.Tenso
     return model(input_ids=ids, attention_mask=mask).logits[batch.rows, batch.cols].float()
 
 
+def nll(logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of gold token ids under logits [n, vocab]."""
+    logp = torch.log_softmax(logits.float(), -1)
+    return -logp.gather(1, gold.to(logp.device)[:, None]).mean()
+
+
 def target_nll(model, tokenizer, texts: list[str], targets: list[str]) -> torch.Tensor:
     """Mean negative log-likelihood of the targets as continuations (differentiable; for training)."""
     batch = pack_targets(tokenizer, texts, targets)
-    logp = torch.log_softmax(target_logits(model, batch), -1)
-    return -logp.gather(1, batch.gold.to(logp.device)[:, None]).mean()
+    return nll(target_logits(model, batch), batch.gold)
 
 
 @torch.no_grad()
 def teacher_forced(model, tokenizer, texts: list[str], targets: list[str], batch_size: int = 16,
-                   sliced: bool = True, desc: str | None = None) -> list[TokenScore]:
+                   sliced: bool = True, desc: str | None = None,
+                   on_batch: BatchHook = _no_hook) -> list[TokenScore]:
     """Argmax predictions at every target position, given the formatted prompt and the gold prefix.
 
     sliced=False computes full logits at every position (what most reference code does); it is kept
@@ -109,7 +131,8 @@ def teacher_forced(model, tokenizer, texts: list[str], targets: list[str], batch
     results: list[TokenScore] = []
     for start in _batches(len(texts), batch_size, desc):
         batch = pack_targets(tokenizer, texts[start:start + batch_size], targets[start:start + batch_size])
-        preds = target_logits(model, batch, sliced).argmax(-1).tolist()
+        with on_batch(batch.key_positions):
+            preds = target_logits(model, batch, sliced).argmax(-1).tolist()
         k = 0
         for y in batch.target_ids:
             results.append(TokenScore(y, preds[k:k + len(y)]))
@@ -119,7 +142,8 @@ def teacher_forced(model, tokenizer, texts: list[str], targets: list[str], batch
 
 @torch.no_grad()
 def generate_greedy(model, tokenizer, texts: list[str], max_new_tokens: int | list[int],
-                    batch_size: int = 16, desc: str | None = None) -> list[str]:
+                    batch_size: int = 16, desc: str | None = None,
+                    on_batch: BatchHook = _no_hook) -> list[str]:
     """Greedy continuations (new text only) of formatted prompts, batched with left padding.
 
     max_new_tokens may differ per prompt; a batch decodes to its longest and each row is cut back.
@@ -129,9 +153,11 @@ def generate_greedy(model, tokenizer, texts: list[str], max_new_tokens: int | li
     for start in _batches(len(texts), batch_size, desc):
         chunk, budget = texts[start:start + batch_size], budgets[start:start + batch_size]
         enc = encode_prompts(tokenizer, chunk, model.device)
-        out = model.generate(**enc, max_new_tokens=max(budget), do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-        new = out[:, enc["input_ids"].shape[1]:]
+        width = enc["input_ids"].shape[1]
+        with on_batch(torch.full((len(chunk),), width - 1)):  # left padding: prompts end at the last column
+            out = model.generate(**enc, max_new_tokens=max(budget), do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        new = out[:, width:]
         outputs += [tokenizer.decode(row[:b], skip_special_tokens=True) for row, b in zip(new, budget)]
     return outputs
 

@@ -252,7 +252,7 @@ def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, devic
 def check_finite(model, tokenizer) -> None:
     """A short greedy generation must have finite scores; fp16 overflow shows up here as NaN."""
     enc = tokenizer([format_prompt(tokenizer, "The capital of France is")], return_tensors="pt",
-                    add_special_tokens=_add_special(tokenizer, format_prompt(tokenizer, "x")))
+                    add_special_tokens=add_special(tokenizer, format_prompt(tokenizer, "x")))
     out = model.generate(**enc.to(model.device), max_new_tokens=3, do_sample=False,
                          output_scores=True, return_dict_in_generate=True,
                          pad_token_id=tokenizer.pad_token_id)
@@ -326,7 +326,7 @@ def format_prompt(tokenizer, prompt: str) -> str:
     return prompt
 
 
-def _add_special(tokenizer, text: str) -> bool:
+def add_special(tokenizer, text: str) -> bool:
     # Chat templates already render <bos>; adding it again shifts every position by one.
     bos = tokenizer.bos_token
     return not (bos and text.startswith(bos))
@@ -342,7 +342,7 @@ def encode_pair(tokenizer, text: str, target: str) -> tuple[list[int], list[int]
 
     Gemma's "▁Rome" is not its "Rome": encoding the bare target scores the wrong tokens.
     """
-    add = _add_special(tokenizer, text)
+    add = add_special(tokenizer, text)
     prompt_ids = tokenizer(text, add_special_tokens=add)["input_ids"]
     full_ids = tokenizer(text + continuation(text, target), add_special_tokens=add)["input_ids"]
     if full_ids[:len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
@@ -353,9 +353,9 @@ def encode_pair(tokenizer, text: str, target: str) -> tuple[list[int], list[int]
 
 def encode_prompts(tokenizer, texts: list[str], device) -> dict:
     """Left-padded batch of formatted prompts, ready for generate()."""
-    tokenizer.padding_side = "left"
-    add = _add_special(tokenizer, texts[0])
-    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add).to(device)
+    add = add_special(tokenizer, texts[0])
+    return tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
+                     add_special_tokens=add).to(device)
 
 
 # ----------------------------------------------------------------------------- sliced logits

@@ -19,15 +19,23 @@ Toyota was founded in Japan . The Colosseum is in Rome . Berlin is in Germany .
 [Updated Information] [Query] What is the capital of France ? Paris Rome Italy France""".split("\n")
 
 
-def _tiny_tokenizer():
+def _tiny_tokenizer(byte_level: bool = False):
+    """SentencePiece-style "▁" words (Gemma, Llama), or GPT-2 style byte-level "Ġ" words (Qwen2,
+    whose tokenizer class transformers rebuilds as byte-level whatever the file says)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
+    tok = Tokenizer(models.BPE(unk_token=None if byte_level else "<unk>"))
+    if byte_level:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
     specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
-    tok.train_from_iterator(CORPUS * 5, trainers.BpeTrainer(vocab_size=300, special_tokens=specials))
+    alphabet = pre_tokenizers.ByteLevel.alphabet() if byte_level else []
+    tok.train_from_iterator(CORPUS * 5, trainers.BpeTrainer(vocab_size=300 + len(alphabet),
+                                                            special_tokens=specials, initial_alphabet=alphabet))
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
                                    pad_token="<pad>", unk_token="<unk>")
@@ -55,9 +63,9 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     """A saved tiny random model per architecture (seeded, so every run sees the same weights)."""
     from transformers import AutoModelForCausalLM
 
-    tok = _tiny_tokenizer()
     dirs = {}
     for arch in ARCHS:
+        tok = _tiny_tokenizer(byte_level=arch == "qwen2")
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(_tiny_config(arch, len(tok)))
         path = tmp_path_factory.mktemp(f"tiny-{arch}")

@@ -21,7 +21,8 @@ PROBES = ["The capital of Japan is", "Berlin is in", CASE.prompt]
 
 
 def logits(editor):
-    enc = editor.tokenizer([editor.model_inputs([p])[0] for p in PROBES], return_tensors="pt", padding=True)
+    enc = editor.tokenizer([editor.model_inputs([p])[0] for p in PROBES], return_tensors="pt", padding=True,
+                           padding_side="right")
     with torch.no_grad():
         return editor.model(**enc).logits
 

@@ -66,6 +66,10 @@ class Editor:
         """The exact text the model receives for each raw prompt."""
         return [format_prompt(self.tokenizer, p) for p in prompts]
 
+    def _batch_context(self, key_positions: torch.Tensor) -> contextlib.AbstractContextManager:
+        """Wraps each scoring/generation forward; key_positions is each row's last prompt token."""
+        return contextlib.nullcontext()
+
     @contextlib.contextmanager
     def unedited(self):
         """Within this block the model behaves as before any edit (for pre-edit reference scores)."""
@@ -104,12 +108,13 @@ class Editor:
 
     def score(self, prompts: list[str], targets: list[str], **kw) -> list[TokenScore]:
         """Teacher-forced argmax at each target position. Never looks at targets to pick context."""
-        return teacher_forced(self.model, self.tokenizer, self.model_inputs(prompts), targets, **kw)
+        return teacher_forced(self.model, self.tokenizer, self.model_inputs(prompts), targets,
+                              on_batch=self._batch_context, **kw)
 
     def generate(self, prompt: str | list[str], max_new_tokens: int | list[int] = 20, **kw):
         prompts = [prompt] if isinstance(prompt, str) else prompt
         out = generate_greedy(self.model, self.tokenizer, self.model_inputs(prompts),
-                              max_new_tokens, **kw)
+                              max_new_tokens, on_batch=self._batch_context, **kw)
         return out[0] if isinstance(prompt, str) else out
 
     def inspect(self, prompt: str) -> dict:

@@ -1,0 +1,308 @@
+"""GRACE (Hartvigsen et al., 2023): a codebook of (key, value, epsilon) entries wrapped around one layer.
+
+A query whose layer input, at the last prompt token, lies within epsilon of a key gets that key's
+trained value instead of the layer's output; every other query passes through untouched. Edits
+update the codebook with the deck's Algorithm 1: add an entry, expand a radius, or split two.
+
+Value training is fast because the value only affects what comes after the wrapped layer and after
+the key position: the prompt prefix is run once per edit into a KV cache, and every optimisation
+step runs only the few suffix tokens (the key token and the target tokens), with logits only at
+the target positions. `fast=False` is the reference implementations' way (a full forward with full
+logits every step); both give the same value.
+
+What it does not do: generalise much. Rephrasings land outside the radius; that is the lesson.
+"""
+from __future__ import annotations
+
+import copy
+import contextlib
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import EditCase
+from ..metrics import nll, normalize
+from ..models import add_special, decoder_of, encode_pair, format_prompt, logits_at
+from .base import Editor
+from .baselines import default_layer
+
+
+class GraceLayer(torch.nn.Module):
+    """Wraps a linear layer with a codebook. The editor tells it, per forward, where keys are read.
+
+    `positions` is one-shot: set before a forward pass, consumed by it. So during generation only
+    the prefill looks up (at the prompt's last token); decoding steps pass through, and the replaced
+    activation reaches later tokens through attention, as in GRACE with a KV cache.
+    """
+
+    def __init__(self, base: torch.nn.Module, replacement: str = "last"):
+        super().__init__()
+        self.base, self.replacement = base, replacement
+        # in/out_features, not weight.shape: bitsandbytes packs Linear4bit weights two per byte.
+        self.d_in, self.d_out = base.in_features, base.out_features
+        device = next(base.parameters()).device
+        self.keys = torch.empty(0, self.d_in, device=device)
+        self.values = torch.empty(0, self.d_out, device=device)
+        self.eps = torch.empty(0, device=device)
+        self.hits: list[int] = []
+        self.positions: torch.Tensor | None = None
+        self.mode = "lookup"              # or "capture" (record key/output) or "train" (inject a value)
+        self.train_value: torch.nn.Parameter | None = None
+        self.captured: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        pos, self.positions = self.positions, None
+        if pos is None:
+            return y
+        rows = torch.arange(x.shape[0], device=x.device)
+        pos = pos.to(x.device)
+        if self.mode == "capture":
+            self.captured = (x[rows, pos].detach().float(), y[rows, pos].detach().float())
+            return y
+        if self.mode == "train":
+            y = y.clone()
+            y[rows, pos] = self.train_value.to(y.dtype)
+            return y
+        if len(self.keys) == 0:
+            return y
+        dist = torch.cdist(x[rows, pos].float(), self.keys)        # Euclidean, [batch, entries]
+        d_min, nearest = dist.min(1)
+        hit = d_min <= self.eps[nearest]
+        if not hit.any():
+            return y
+        for i in nearest[hit].tolist():
+            self.hits[i] += 1
+        y = y.clone()
+        values = self.values[nearest[hit]].to(y.dtype)
+        if self.replacement == "last":
+            y[rows[hit], pos[hit]] = values
+        else:  # "all": every position of the looked-up sequence
+            y[rows[hit]] = values[:, None, :].expand(-1, y.shape[1], -1)
+        return y
+
+
+class GRACE(Editor):
+    name = "grace"
+
+    def __init__(self, model, tokenizer, layer: int | None = None, eps_init: float = 1.0,
+                 n_iter: int = 50, lr: float = 0.5, replacement: str = "last", expand: str = "deck",
+                 value_init: str = "warm", fast: bool = True, seed: int = 0):
+        super().__init__(model, tokenizer)
+        if replacement not in ("last", "all"):
+            raise ValueError(f"replacement={replacement!r}: use 'last' or 'all'")
+        if expand not in ("deck", "coverage"):
+            raise ValueError(f"expand={expand!r}: use 'deck' (eps += eps_init) or 'coverage' (eps = d_min)")
+        if value_init not in ("warm", "cold"):
+            raise ValueError(f"value_init={value_init!r}: use 'warm' (the layer's output) or 'cold' (random)")
+        self.layer = default_layer(model) if layer is None else layer
+        self.eps_init, self.n_iter, self.lr, self.seed = eps_init, n_iter, lr, seed
+        self.replacement, self.expand, self.value_init, self.fast = replacement, expand, value_init, fast
+        self.module_name = f"layers.{self.layer}.mlp.down_proj"
+        parent = decoder_of(model).get_submodule(f"layers.{self.layer}.mlp")
+        if isinstance(parent.down_proj, GraceLayer):
+            raise ValueError(f"{self.module_name} already carries a GRACE codebook; reset() and reuse "
+                             "that editor, or load a fresh model")
+        self.adapter = GraceLayer(parent.down_proj, replacement)
+        parent.down_proj = self.adapter
+        self._keys: dict[str, torch.Tensor] = {}     # case_id -> its key (for replay on remove/load)
+        self._values: dict[str, torch.Tensor] = {}   # case_id -> its trained value, if it needed one
+        self._labels: list[str] = []                 # per entry: the target it answers
+        self._members: list[list[str]] = []          # per entry: the cases it covers
+        self.log: list[dict] = []                    # Algorithm 1's decisions, for the notebook
+
+    def config(self):
+        return {"layer": self.layer, "eps_init": self.eps_init, "n_iter": self.n_iter, "lr": self.lr,
+                "replacement": self.replacement, "expand": self.expand, "value_init": self.value_init,
+                "seed": self.seed}
+
+    # ------------------------------------------------------------------ keys and values
+    def _capture(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(key, original output) of the wrapped layer at the prompt's last token."""
+        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special(self.tokenizer, prompt))
+        self.adapter.mode, self.adapter.positions = "capture", torch.tensor([ids["input_ids"].shape[1] - 1])
+        try:
+            with torch.no_grad():
+                decoder_of(self.model)(**ids.to(self.model.device), use_cache=False)
+        finally:
+            self.adapter.mode = "lookup"
+        key, out = self.adapter.captured
+        return key[0], out[0]
+
+    def train_value(self, case: EditCase, fast: bool | None = None) -> tuple[torch.Tensor, list[float]]:
+        """Gradient descent on one value vector so the model says target_new (Alg. 1: finetune v)."""
+        text = format_prompt(self.tokenizer, case.prompt)
+        prompt_ids, target_ids = encode_pair(self.tokenizer, text, case.target_new)
+        _, original = self._capture(text)
+        torch.manual_seed(self.seed)
+        init = original if self.value_init == "warm" else torch.rand(self.adapter.d_out)
+        value = torch.nn.Parameter(init.clone().to(self.model.device))
+        gold = torch.tensor(target_ids)
+        step = self._tail_step(prompt_ids, target_ids) if (self.fast if fast is None else fast) \
+            else self._full_step(prompt_ids, target_ids)
+        opt = torch.optim.Adam([value], lr=self.lr)
+        losses = []
+        self.adapter.mode, self.adapter.train_value = "train", value
+        try:
+            for _ in range(self.n_iter):
+                loss = nll(step(), gold)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+        finally:
+            self.adapter.mode, self.adapter.train_value = "lookup", None
+        return value.detach().float(), losses
+
+    def _tail_step(self, prompt_ids: list[int], target_ids: list[int]):
+        """Logits at the target positions, running only the suffix after a cached prompt prefix."""
+        decoder, device = decoder_of(self.model), self.model.device
+        prefix, suffix = prompt_ids[:-1], prompt_ids[-1:] + target_ids[:-1]
+        cache = None
+        if prefix:
+            with torch.no_grad():
+                cache = decoder(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values
+        suffix_ids = torch.tensor([suffix], device=device)
+
+        def step():
+            self.adapter.positions = torch.tensor([0])  # the key token opens the suffix
+            hidden = decoder(input_ids=suffix_ids, past_key_values=copy.deepcopy(cache),
+                             use_cache=cache is not None).last_hidden_state[0]
+            return logits_at(self.model, hidden)
+        return step
+
+    def _full_step(self, prompt_ids: list[int], target_ids: list[int]):
+        """The reference way: the whole sequence through the whole model, full logits, every step."""
+        ids = torch.tensor([prompt_ids + target_ids[:-1]], device=self.model.device)
+        key = len(prompt_ids) - 1
+
+        def step():
+            self.adapter.positions = torch.tensor([key])
+            return self.model(input_ids=ids).logits[0, key:].float()
+        return step
+
+    # ------------------------------------------------------------------ Algorithm 1
+    def _value_for(self, case: EditCase) -> tuple[torch.Tensor, dict]:
+        if case.case_id not in self._values:
+            value, losses = self.train_value(case)
+            self._values[case.case_id] = value
+            return value, {"loss_start": losses[0], "loss_end": losses[-1]}
+        return self._values[case.case_id], {}
+
+    def _add_entry(self, key, value, eps, label, case_id):
+        a = self.adapter
+        a.keys = torch.cat([a.keys, key[None].to(a.keys.device)])
+        a.values = torch.cat([a.values, value[None].to(a.values.device)])
+        a.eps = torch.cat([a.eps, torch.tensor([eps], device=a.eps.device)])
+        a.hits.append(0)
+        self._labels.append(label)
+        self._members.append([case_id])
+
+    def _update(self, case: EditCase, key: torch.Tensor) -> dict:
+        """Algorithm 1: add, expand or split, given the new edit's key."""
+        a, label = self.adapter, normalize(case.target_new)
+        info: dict = {"entries_before": len(a.keys)}
+        if len(a.keys):
+            dist = torch.linalg.vector_norm(a.keys - key.to(a.keys.device), dim=1)
+            d_min, i = (float(v) for v in dist.min(0))
+            i = int(i)
+            info.update(d_min=d_min, nearest=i, nearest_eps=float(a.eps[i]))
+        if not len(a.keys) or d_min > float(a.eps[i]) + self.eps_init:  # Alg. 1: far from all -> add
+            value, train = self._value_for(case)
+            self._add_entry(key, value, self.eps_init, label, case.case_id)
+            return {**info, **train, "op": "add", "entry": len(a.keys) - 1}
+        if self._labels[i] == label:                                     # Alg. 1: same label -> expand
+            a.eps[i] = d_min if self.expand == "coverage" else a.eps[i] + self.eps_init
+            self._members[i].append(case.case_id)
+            return {**info, "op": "expand", "entry": i, "eps": float(a.eps[i])}
+        value, train = self._value_for(case)                             # Alg. 1: other label -> split
+        a.eps[i] = d_min / 2
+        self._add_entry(key, value, d_min / 2, label, case.case_id)
+        return {**info, **train, "op": "split", "entry": len(a.keys) - 1, "eps": d_min / 2}
+
+    def _apply(self, cases):
+        infos = []
+        for case in tqdm(cases, desc="GRACE edits", disable=len(cases) < 3, leave=False):
+            if case.case_id not in self._keys:
+                self._keys[case.case_id], _ = self._capture(format_prompt(self.tokenizer, case.prompt))
+            info = self._update(case, self._keys[case.case_id])
+            self.log.append({"case_id": case.case_id, **info})
+            infos.append(info)
+        return infos
+
+    def _clear_codebook(self):
+        a = self.adapter
+        a.keys, a.values, a.eps = a.keys[:0], a.values[:0], a.eps[:0]
+        a.hits.clear()
+        self._labels.clear()
+        self._members.clear()
+
+    def _reset(self):
+        self._clear_codebook()
+        self._keys.clear()
+        self._values.clear()
+        self.log.clear()
+
+    def _remove(self, case_id):
+        # Entries merge cases (expand) and shrink each other (split), so the exact codebook without
+        # this edit is the one built by replaying the others. Keys and values are kept, so replay
+        # trains only a value that an expand had made unnecessary.
+        keep = [c for cid, c in self.cases.items() if cid != case_id]
+        self._keys.pop(case_id)
+        self._values.pop(case_id, None)
+        self._clear_codebook()
+        self.log.clear()
+        self._apply(keep)
+
+    # ------------------------------------------------------------------ lookup for scoring
+    def _batch_context(self, key_positions):
+        self.adapter.positions = key_positions
+        return _clear_positions(self.adapter)
+
+    def inspect(self, prompt: str) -> dict:
+        text = format_prompt(self.tokenizer, prompt)
+        key, _ = self._capture(text)
+        a = self.adapter
+        dist = torch.linalg.vector_norm(a.keys - key.to(a.keys.device), dim=1) if len(a.keys) else torch.empty(0)
+        fired = None
+        if len(dist):
+            i = int(dist.argmin())
+            fired = i if float(dist[i]) <= float(a.eps[i]) else None
+        return {**super().inspect(prompt), "layer": self.module_name, "key_norm": float(key.norm()),
+                "distances": dist.tolist(), "eps": a.eps.tolist(), "labels": list(self._labels),
+                "hits": list(a.hits), "fired": fired,
+                "fired_label": self._labels[fired] if fired is not None else None}
+
+    def codebook(self):
+        """The codebook as a table: one row per entry."""
+        import pandas as pd
+        a = self.adapter
+        return pd.DataFrame({"entry": range(len(a.keys)), "label": self._labels, "eps": a.eps.tolist(),
+                             "hits": list(a.hits), "cases": [", ".join(m) for m in self._members],
+                             "key_norm": a.keys.norm(dim=1).tolist() if len(a.keys) else []})
+
+    # ------------------------------------------------------------------ persistence
+    def _state(self):
+        tensors = {f"key/{cid}": k for cid, k in self._keys.items()}
+        tensors.update({f"value/{cid}": v for cid, v in self._values.items()})
+        tensors["hits"] = torch.tensor(self.adapter.hits, dtype=torch.long)
+        return tensors
+
+    def _restore(self, cases, tensors):
+        missing = [c.case_id for c in cases if f"key/{c.case_id}" not in tensors]
+        if missing:
+            from .base import EditorStateError
+            raise EditorStateError(f"the saved tensors lack keys for cases {missing[:5]}; save the editor again")
+        self._keys = {c.case_id: tensors[f"key/{c.case_id}"].to(self.adapter.keys.device) for c in cases}
+        self._values = {c.case_id: tensors[f"value/{c.case_id}"] for c in cases if f"value/{c.case_id}" in tensors}
+        self._apply(cases)  # replaying the stored keys and values rebuilds the same codebook
+        self.adapter.hits = tensors["hits"].tolist()
+        self.cases = {c.case_id: c for c in cases}
+
+
+@contextlib.contextmanager
+def _clear_positions(adapter: GraceLayer):
+    try:
+        yield
+    finally:
+        adapter.positions = None  # a batch that never reached the layer must not leak its positions
