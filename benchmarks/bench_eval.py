@@ -1,7 +1,7 @@
 """Evaluation benchmarks for the task-formulation issue.
 
-    python benchmarks/bench_eval.py throughput [--n 24]
-    python benchmarks/bench_eval.py baselines  [--n 100] [--out artifacts/baselines]
+    python -m benchmarks.bench_eval throughput [--n 24]
+    python -m benchmarks.bench_eval baselines  [--n 100] [--out artifacts/baselines]
 
 throughput: cases per second through `evaluate`, batched with sliced logits against one probe at a
 time with full logits (what most reference code does). Both must give the same metrics.

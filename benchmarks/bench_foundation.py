@@ -1,6 +1,6 @@
 """Foundation benchmark: load times, memory per dtype, forward time with full vs sliced logits.
 
-    python benchmarks/bench_foundation.py [--json artifacts/bench_foundation.json]
+    python -m benchmarks.bench_foundation [--json artifacts/bench_foundation.json]
 
 Everything is measured in one run on this machine, so compare the ratios, not the seconds.
 The first-load time uses a fresh, temporary cache (it converts the GGUF again).

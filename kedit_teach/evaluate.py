@@ -77,6 +77,11 @@ def probe_result(probe: Probe, score: TokenScore, gen: str, ref: tuple[TokenScor
     return row
 
 
+def _rows(probes: list[Probe], indices, scores, gens, refs) -> list[dict]:
+    return [{"case_id": probes[i].case_id, **probe_result(probes[i], s, g, refs.get(i))}
+            for i, s, g in zip(indices, scores, gens)]
+
+
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
@@ -153,8 +158,7 @@ def evaluate(editor, cases: list[EditCase], mode: str = "single", batch_size: in
         infer_s = time.perf_counter() - t
         texts = fluency_texts(editor, flu_cases)
     bar.close()
-    rows = [{"case_id": p.case_id, **probe_result(p, s, g, refs.get(i))}
-            for i, (p, s, g) in enumerate(zip(probes, scores, gens))]
+    rows = _rows(probes, range(len(probes)), scores, gens, refs)
     per_case = [{"case_id": c.case_id, "edit_s": e, "probes": [r for r in rows if r["case_id"] == c.case_id]}
                 for c, e in zip(cases, edit_s)]
     return {
@@ -165,3 +169,29 @@ def evaluate(editor, cases: list[EditCase], mode: str = "single", batch_size: in
                    "total_s": time.perf_counter() - start},
         "per_case": per_case,
     }
+
+
+def curve(editor, cases: list[EditCase], checkpoints: list[int], batch_size: int = 16,
+          progress: bool = True) -> list[dict]:
+    """Lifelong editing: apply the cases one by one and, after each checkpoint's number of edits,
+    score every edit made so far. Returns [{"n_edits", "metrics", "edit_s_mean"}] per checkpoint."""
+    checkpoints = sorted({min(n, len(cases)) for n in checkpoints if n > 0})
+    if not checkpoints:
+        raise ValueError("checkpoints must hold at least one positive number of edits")
+    editor.reset()
+    probes = [p for c in cases[:checkpoints[-1]] for p in probes_of(c)]
+    refs = reference(editor, probes, batch_size)
+    points, edit_s, done = [], [], 0
+    bar = tqdm(total=checkpoints[-1], desc=f"{editor.name} lifelong", disable=not progress)
+    for n in checkpoints:
+        for c in cases[done:n]:
+            edit_s += [i["edit_s"] for i in editor.edit(c)]
+            bar.update(1)
+        done = n
+        edited = {c.case_id for c in cases[:n]}
+        indices = [i for i, p in enumerate(probes) if p.case_id in edited]
+        scores, gens = run_probes(editor, [probes[i] for i in indices], batch_size)
+        points.append({"n_edits": n, "metrics": aggregate(_rows(probes, indices, scores, gens, refs)),
+                       "edit_s_mean": _mean(edit_s)})
+    bar.close()
+    return points

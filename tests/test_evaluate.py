@@ -87,3 +87,13 @@ def test_eval_cli_writes_the_documented_json(tmp_path, tiny_dirs):
 def test_eval_cli_rejects_unknown_method(tiny_dirs):
     with pytest.raises(SystemExit, match="--method 'rome' is unknown"):
         main(["eval", "--method", "rome", "--data", "teach", "--model", str(tiny_dirs["gemma3"])])
+
+
+def test_curve_scores_the_edits_made_so_far(gemma_tiny):
+    from kedit_teach.evaluate import curve
+    points = curve(NoEdit(*gemma_tiny), [CASE, OTHER], checkpoints=[1, 2, 5], progress=False)
+    assert [p["n_edits"] for p in points] == [1, 2]  # 5 is clipped to the number of cases
+    assert all(p["metrics"]["generation"]["locality"] == 1.0 for p in points)
+    assert points[0]["metrics"]["teacher_forced"]["portability"] is not None  # CASE has portability
+    with pytest.raises(ValueError, match="at least one positive"):
+        curve(NoEdit(*gemma_tiny), [CASE], checkpoints=[0])

@@ -5,10 +5,11 @@ trained value instead of the layer's output; every other query passes through un
 update the codebook with the deck's Algorithm 1: add an entry, expand a radius, or split two.
 
 Value training is fast because the value only affects what comes after the wrapped layer and after
-the key position: the prompt prefix is run once per edit into a KV cache, and every optimisation
-step runs only the few suffix tokens (the key token and the target tokens), with logits only at
-the target positions. `fast=False` is the reference implementations' way (a full forward with full
-logits every step); both give the same value.
+the key position. Once per edit, the prompt prefix is run into a KV cache and the lower layers'
+output for the suffix (the key token and the target tokens) is recorded; every optimisation step
+then runs only the wrapped layer's block and those above it, on those few tokens, with logits only
+at the target positions. `fast=False` is the reference implementations' way (the whole model with
+full logits every step); both give the same value.
 
 What it does not do: generalise much. Rephrasings land outside the radius; that is the lesson.
 """
@@ -155,19 +156,26 @@ class GRACE(Editor):
         return value.detach().float(), losses
 
     def _tail_step(self, prompt_ids: list[int], target_ids: list[int]):
-        """Logits at the target positions, running only the suffix after a cached prompt prefix."""
+        """Logits at the target positions, computing only what the value can change.
+
+        Once per edit: the prompt prefix goes into a KV cache, and the suffix (the key token and the
+        target tokens) runs once to record what enters the wrapped layer's block. Every step then
+        replays that record in place of the lower layers and runs only the block and those above.
+        """
         decoder, device = decoder_of(self.model), self.model.device
         prefix, suffix = prompt_ids[:-1], prompt_ids[-1:] + target_ids[:-1]
-        cache = None
-        if prefix:
-            with torch.no_grad():
-                cache = decoder(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values
         suffix_ids = torch.tensor([suffix], device=device)
+        cache = None
+        with torch.no_grad():
+            if prefix:
+                cache = decoder(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values
+            below = _record_output(decoder, self.layer - 1, suffix_ids, cache) if self.layer else None
 
         def step():
             self.adapter.positions = torch.tensor([0])  # the key token opens the suffix
-            hidden = decoder(input_ids=suffix_ids, past_key_values=copy.deepcopy(cache),
-                             use_cache=cache is not None).last_hidden_state[0]
+            with _replayed(decoder, self.layer, below):
+                hidden = decoder(input_ids=suffix_ids, past_key_values=copy.deepcopy(cache),
+                                 use_cache=cache is not None).last_hidden_state[0]
             return logits_at(self.model, hidden)
         return step
 
@@ -298,6 +306,44 @@ class GRACE(Editor):
         self._apply(cases)  # replaying the stored keys and values rebuilds the same codebook
         self.adapter.hits = tensors["hits"].tolist()
         self.cases = {c.case_id: c for c in cases}
+
+
+class _Replay(torch.nn.Module):
+    """Stands in for a decoder layer and returns a recorded output, whatever it is given."""
+
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+
+    def forward(self, *args, **kwargs):
+        return self.output
+
+
+def _record_output(decoder, index: int, input_ids, cache):
+    """The output of decoder layer `index` for input_ids (after a cached prefix)."""
+    record = {}
+    handle = decoder.layers[index].register_forward_hook(lambda m, a, out: record.setdefault("out", out))
+    try:
+        decoder(input_ids=input_ids, past_key_values=copy.deepcopy(cache), use_cache=cache is not None)
+    finally:
+        handle.remove()
+    return record["out"]
+
+
+@contextlib.contextmanager
+def _replayed(decoder, layer: int, output):
+    """Within the block, layers below `layer` are skipped and layer-1's recorded output is used."""
+    if not layer:
+        yield
+        return
+    original = list(decoder.layers[:layer])
+    for i in range(layer):  # every stub returns the record: only the last one's output is used
+        decoder.layers[i] = _Replay(output)
+    try:
+        yield
+    finally:
+        for i, module in enumerate(original):
+            decoder.layers[i] = module
 
 
 @contextlib.contextmanager
