@@ -1,0 +1,194 @@
+"""Interactive panels for the notebooks: ipywidgets on top, plain functions underneath.
+
+What it does:
+- `Panel` is the shared shell: a status line (`message`), an output area (`out`), and the latest
+  `table` / `figure` kept as attributes so tests can drive a panel headlessly (set `.value`, call
+  `.click()`, read the attributes). Every callback is wrapped in `guarded`, so a bad input shows
+  a red message in the panel instead of a traceback.
+- `edit_report` scores one edit before and after, under every protocol, for several editors.
+- `EditPlayground` (notebook 01) turns typed text into an EditCase and shows `edit_report` as a
+  table and a before/after chart.
+
+Only widgets that exist in both ipywidgets 7.7 (Colab) and 8.x are used, and figures are plain
+`go.Figure`s shown inside an `Output` (FigureWidget needs a front-end extension Colab lacks).
+
+What it does not do: compute metrics or build figures itself (see `evaluate.py`, `viz.py`).
+"""
+from __future__ import annotations
+
+import functools
+import html
+import itertools
+import time
+from typing import Callable
+
+import ipywidgets as w
+import pandas as pd
+import plotly.graph_objects as go
+from IPython.display import display
+
+from . import viz
+from .data import EditCase
+from .editors import METHODS, Editor
+from .evaluate import probe_result, probes_of, run_probes
+from .metrics import PROTOCOLS
+
+MAX_TOKENS = 300  # longer inputs make a click slow and are almost always a paste accident
+# FT-L is pinned to 10 training steps, whatever its default, so a click takes seconds on a CPU.
+PLAYGROUND_SETTINGS: dict[str, dict] = {"ft-l": {"steps": 10}}
+LEVEL_COLORS = {"info": "#444", "busy": "#b36b00", "ok": "#1a7f37", "error": "#c62828"}
+
+
+def guarded(callback: Callable) -> Callable:
+    """Wrap a panel callback so that any error becomes the panel's message, never a traceback."""
+    @functools.wraps(callback)
+    def run(panel: "Panel", *args):
+        try:
+            return callback(panel, *args)
+        except Exception as error:  # the student must see what went wrong, in the panel itself
+            # KeyError's str() wraps its message in quotes
+            text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+            panel.say(f"{type(error).__name__}: {text}", "error")
+    return run
+
+
+class Panel:
+    """A status line (`message`, with its `level`), an output area, and the latest table and figure."""
+
+    def __init__(self) -> None:
+        self.message = w.HTML()
+        self.out = w.Output()
+        self.level = "info"
+        self.table: pd.DataFrame | None = None
+        self.figure: go.Figure | None = None
+        self.widget: w.Widget = w.VBox([self.message, self.out])
+
+    def say(self, text: str, level: str = "info") -> None:
+        self.level = level
+        self.message.value = f'<span style="color:{LEVEL_COLORS[level]}">{html.escape(text)}</span>'
+
+    def show(self, table: pd.DataFrame, figure: go.Figure) -> None:
+        self.table, self.figure = table, figure
+        with self.out:
+            self.out.clear_output(wait=True)
+            display(table)
+            figure.show()
+
+    def _ipython_display_(self) -> None:
+        display(self.widget)
+
+
+def _text_box(description: str, value: str = "", placeholder: str = "") -> w.Text:
+    return w.Text(value=value, placeholder=placeholder, description=description,
+                  style={"description_width": "160px"}, layout=w.Layout(width="95%"))
+
+
+def check_length(tokenizer, what: str, text: str, limit: int = MAX_TOKENS) -> None:
+    n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if n > limit:
+        raise ValueError(f"the {what} is {n} tokens long; keep it under {limit} tokens")
+
+
+def unedited_answer(editor: Editor, prompt: str, max_new_tokens: int = 5) -> str:
+    """What the unedited model says after `prompt` (first line), to use as its locality target."""
+    with editor.unedited():
+        said = editor.generate(prompt, max_new_tokens).strip().split("\n")[0].strip()
+    if not said:
+        raise ValueError(f"the model continues {prompt!r} with nothing; type the answer you expect")
+    return said
+
+
+def edit_report(editors: dict[str, Editor], case: EditCase, with_answers: bool = True) -> list[dict]:
+    """Per-probe scores of `case` before and after each editor applies it; editors end reset.
+
+    One row per (method, probe kind, prompt): {"method", "kind", "prompt", "target",
+    "before": {protocol: score}, "after": {protocol: score}, "generated_before", "generated_after"}.
+    Locality rows score agreement with the unedited model; with_answers adds "locality_gt" rows
+    scored against the given locality answers.
+    """
+    probes = probes_of(case)
+    first = next(iter(editors.values()))
+    first.reset()
+    # Every editor wraps the same unedited model, so "before" is scored once for all of them.
+    before = run_probes(first, probes)
+    refs = {i: (s, g) for i, (p, s, g) in enumerate(zip(probes, *before)) if p.kind == "locality"}
+    rows = []
+    for name, editor in editors.items():
+        editor.reset()
+        try:
+            editor.edit(case)
+            after = run_probes(editor, probes)
+        finally:
+            editor.reset()
+        for i, probe in enumerate(probes):
+            b, a = (probe_result(probe, scores[i], gens[i], refs.get(i)) for scores, gens in (before, after))
+            views = [(probe.kind, b, a)]
+            if "gt" in b and with_answers:
+                views.append(("locality_gt", b["gt"], a["gt"]))
+            rows += [{"method": name, "kind": kind, "prompt": probe.prompt, "target": probe.target,
+                      "before": {p: vb[p] for p in PROTOCOLS}, "after": {p: va[p] for p in PROTOCOLS},
+                      "generated_before": b["generated"], "generated_after": a["generated"]}
+                     for kind, vb, va in views]
+    return rows
+
+
+class EditPlayground(Panel):
+    """Type an edit, click "Add edit": every method edits, is scored before and after, and is reset."""
+
+    def __init__(self, model, tokenizer, methods: tuple[str, ...] = ("noedit", "ice", "ft-l"),
+                 settings: dict[str, dict] = PLAYGROUND_SETTINGS) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.editors = {m: METHODS[m](model, tokenizer, **settings.get(m, {})) for m in methods}
+        self.history: list[tuple[EditCase, list[dict]]] = []
+        self._ids = itertools.count(1)
+        self.prompt = _text_box("edit prompt x*", "The Eiffel Tower is located in the city of")
+        self.target = _text_box("new target y*", "Rome")
+        self.rephrase = _text_box("a rephrasing", "Where is the Eiffel Tower? It is in the city of",
+                                  "optional: the same question, other words")
+        self.locality_prompt = _text_box("locality prompt", "The Brandenburg Gate is located in the city of",
+                                         "optional: an unrelated fact that must not change")
+        self.locality_answer = _text_box("its answer", "Berlin",
+                                         "optional: blank = whatever the unedited model says")
+        self.add = w.Button(description="Add edit", button_style="primary",
+                            tooltip="edit with every method, score before and after, then undo")
+        self.add.on_click(self.on_add)
+        self.widget = w.VBox([self.prompt, self.target, self.rephrase, self.locality_prompt,
+                              self.locality_answer, self.add, self.message, self.out])
+        self.say(f"Type an edit and click 'Add edit'. Methods: {', '.join(self.editors)}.")
+
+    def case(self) -> EditCase:
+        """The EditCase the text boxes describe; raises with a readable message if they can't."""
+        for what, box in (("edit prompt", self.prompt), ("new target", self.target),
+                          ("rephrasing", self.rephrase), ("locality prompt", self.locality_prompt),
+                          ("locality answer", self.locality_answer)):
+            check_length(self.tokenizer, what, box.value)
+        rephrase, loc_prompt, loc_answer = (b.value.strip() for b in
+                                            (self.rephrase, self.locality_prompt, self.locality_answer))
+        if loc_prompt and not loc_answer:
+            loc_answer = unedited_answer(next(iter(self.editors.values())), loc_prompt)
+        return EditCase(case_id=f"playground-{next(self._ids)}", subject="", source="playground",
+                        prompt=self.prompt.value, target_new=self.target.value,
+                        rephrase_prompts=[rephrase] if rephrase else [],
+                        locality=[(loc_prompt, loc_answer)] if (loc_prompt or loc_answer) else [])
+
+    @guarded
+    def on_add(self, _button=None) -> None:
+        self.add.disabled = True  # a second click while the first one runs would queue up
+        try:
+            self.say("editing… every method edits, is scored before and after, then reset "
+                     "(a few seconds on a CPU)", "busy")
+            start = time.perf_counter()
+            case = self.case()
+            for earlier, _ in self.history:
+                if (earlier.prompt, earlier.target_new) == (case.prompt, case.target_new):
+                    raise ValueError(f"this edit was already added as {earlier.case_id}; "
+                                     "change the prompt or the target to try another")
+            rows = edit_report(self.editors, case, with_answers=bool(self.locality_answer.value.strip()))
+            self.history.append((case, rows))
+            self.show(viz.before_after_table(rows),
+                      viz.before_after(rows, title=f"{case.prompt} → {case.target_new}"))
+            self.say(f"{case.case_id} done in {time.perf_counter() - start:.1f} s; "
+                     "every editor is back to the unedited model", "ok")
+        finally:
+            self.add.disabled = False
