@@ -10,6 +10,9 @@ means writing a reference, cases that tell the mistakes apart, and the mistakes 
 A check prints "✓ correct" and returns True, or prints what went wrong and a hint and returns
 False. It never raises at the student: their errors are caught and explained.
 
+Exercises: `check_token_accuracy` (notebook 01); `check_grace_decision` and `check_eps_choice`
+(notebook 02).
+
 What it does not do: show solutions. The references are private and never printed.
 """
 from __future__ import annotations
@@ -35,7 +38,7 @@ def _canonical(value: Any) -> Any:
         value = value.tolist()
     if isinstance(value, (list, tuple)):
         return tuple(_canonical(v) for v in value)
-    if isinstance(value, bool) or value is None:
+    if isinstance(value, (bool, str)) or value is None:
         return value
     if isinstance(value, (int, float)):
         return "nan" if math.isnan(value) else round(float(value), 6)
@@ -167,3 +170,123 @@ TOKEN_ACCURACY = Exercise(
 def check_token_accuracy(fn: Callable[[torch.Tensor, torch.Tensor], float]) -> bool:
     """Check `fn(logits [T, V], target_ids [T]) -> mean over t of 1{argmax logits[t] == target_ids[t]}`."""
     return TOKEN_ACCURACY.check(fn)
+
+
+# ----------------------------------------------------------------------------- notebook 02
+
+def _decide(far: Callable, add: Callable, expand: Callable, split: Callable) -> Callable:
+    """A decision rule from its parts: when an edit is far, and the radii add, expand and split return.
+
+    The reference is the deck's four parts; each typical mistake below swaps exactly one of them.
+    """
+    def rule(d_min: float, eps_nearest: float, eps_init: float, same_label: bool) -> tuple:
+        args = (d_min, eps_nearest, eps_init)
+        if far(*args):
+            return ("add", *add(*args))
+        return ("expand", *expand(*args)) if same_label else ("split", *split(*args))
+    return rule
+
+
+def _far(d, e, ei):
+    return d > e + ei
+
+
+def _add(d, e, ei):
+    return e, ei  # the nearest entry keeps its radius; the new one gets eps_init
+
+
+def _expand(d, e, ei):
+    return e + ei, None
+
+
+def _split(d, e, ei):
+    return d / 2, d / 2
+
+
+_reference_grace_decision = _decide(_far, _add, _expand, _split)
+
+
+def _decision_case(d_min: float, eps_nearest: float, eps_init: float, same_label: bool, why: str) -> Case:
+    return Case((d_min, eps_nearest, eps_init, same_label),
+                f"d_min={d_min}, eps_nearest={eps_nearest}, eps_init={eps_init}, "
+                f"same_label={same_label} ({why})")
+
+
+GRACE_DECISION = Exercise(
+    name="grace_decision",
+    reference=_reference_grace_decision,
+    cases=[
+        _decision_case(5.0, 1.0, 1.0, True, "far from the nearest entry"),
+        _decision_case(1.5, 1.0, 1.0, True, "near, same label"),
+        _decision_case(1.5, 1.0, 1.0, False, "near, another label"),
+        _decision_case(0.4, 1.0, 0.5, True, "inside the nearest radius, same label"),
+        _decision_case(2.0, 1.5, 0.5, True, "exactly at the boundary, same label"),
+        _decision_case(2.0, 1.5, 0.5, False, "exactly at the boundary, another label"),
+        _decision_case(3.0, 0.25, 1.0, False, "far from an entry shrunk by an earlier split"),
+    ],
+    mistakes=[
+        Mistake("compare d_min with ε_i + ε_init, the nearest entry's own radius plus ε_init, not "
+                "with ε_init alone: each entry's reach depends on its radius, which grows when it "
+                "expands and shrinks when it splits.",
+                (_decide(lambda d, e, ei: d > ei, _add, _expand, _split),
+                 _decide(lambda d, e, ei: d >= ei, _add, _expand, _split))),
+        Mistake("at the boundary, d_min = ε_i + ε_init, the edit counts as near: Algorithm 1 adds "
+                "an entry only if d_min > ε_i + ε_init, strictly.",
+                (_decide(lambda d, e, ei: d >= e + ei, _add, _expand, _split),)),
+        Mistake("the deck's expand grows the radius by ε_init, to ε_i + ε_init. Setting it to d_min "
+                "(just enough to cover the new key) is the 'coverage' variant, GRACE(expand=\"coverage\"), "
+                "not the deck's rule.",
+                (_decide(_far, _add, lambda d, e, ei: (d, None), _split),
+                 _decide(_far, _add, lambda d, e, ei: (max(e, d), None), _split))),
+        Mistake("a split sets both radii to d_min/2: the nearest entry shrinks and the new entry gets "
+                "the same radius, so the two balls meet halfway and do not overlap.",
+                (_decide(_far, _add, _expand, lambda d, e, ei: (e, d / 2)),
+                 _decide(_far, _add, _expand, lambda d, e, ei: (d / 2, ei)),
+                 _decide(_far, _add, _expand, lambda d, e, ei: (e / 2, d / 2)))),
+        Mistake("on add the nearest entry is left as it is: return its radius ε_i unchanged as the "
+                "second value (None is only for the third value, when no entry is added).",
+                (_decide(_far, lambda d, e, ei: (None, ei), _expand, _split),)),
+        Mistake("expand adds no entry, so the third value (the new entry's radius) is None.",
+                (_decide(_far, _add, lambda d, e, ei: (e + ei, ei), _split),)),
+    ],
+    hint="far (d_min > ε_i + ε_init) → add with ε_init, nearest unchanged; near with the same label → "
+         "expand to ε_i + ε_init; near with another label → split, both radii d_min/2.",
+)
+
+
+def check_grace_decision(fn: Callable[[float, float, float, bool], tuple]) -> bool:
+    """Check `fn(d_min, eps_nearest, eps_init, same_label) -> (op, new eps of nearest, eps of new entry or None)`."""
+    return GRACE_DECISION.check(fn)
+
+
+def check_eps_choice(eps, rephrase_distance: float, locality_distance: float) -> bool:
+    """Does a one-entry codebook of radius `eps` catch the rephrasing and leave the locality prompt?
+
+    The distances are from the edit's key to the rephrasing's and the locality prompt's keys. A
+    lookup fires when distance <= ε, so it works iff rephrase_distance <= eps < locality_distance.
+    Prints why, returns True or False; never raises.
+    """
+    try:  # floats, ints, numpy scalars and 0-d tensors; not "1.5" or True
+        value = math.nan if isinstance(eps, (str, bool)) else float(eps)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        print(f"✗ ε_init must be a positive number, e.g. 1.5; got {eps!r}")
+        return False
+    eps, d_r, d_l = value, float(rephrase_distance), float(locality_distance)
+    if d_r >= d_l:
+        print(f"✗ no ε_init works for this pair: the rephrasing's key ({d_r:.3f} away) is not closer than "
+              f"the locality prompt's ({d_l:.3f}), so any ball that holds one holds the other. Closeness "
+              "of keys is not closeness of meaning; that is GRACE's limit.")
+        return False
+    if eps < d_r:
+        print(f"✗ too small: the rephrasing's key is {d_r:.3f} from the edit's key, outside ε = {eps:.3g}, "
+              "so it misses the codebook and the model keeps its old answer. Make ε_init larger.")
+        return False
+    if eps >= d_l:
+        print(f"✗ too large: the locality prompt's key is {d_l:.3f} away, within ε = {eps:.3g}, so the "
+              "codebook answers it with the edit's value and an unrelated fact breaks. Make ε_init smaller.")
+        return False
+    print(f"✓ works: the rephrasing hits ({d_r:.3f} ≤ ε = {eps:.3g}) and the locality prompt passes "
+          f"through ({d_l:.3f} > ε). Margins: {eps - d_r:.3f} and {d_l - eps:.3f}.")
+    return True

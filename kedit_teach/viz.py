@@ -6,6 +6,9 @@ What it does:
   to come) is a thin call to it, so colours, labels and facets look the same across the course.
 - `metrics_bar` / `scores_table` / `cost_table` / `probes_table` read `evaluate()` results.
 - `before_after` / `before_after_table` read the per-probe rows of one edit (`widgets.edit_report`).
+- GRACE: `distances_vs_radii` (each query's distance to a codebook key against that entry's radius),
+  `pca_2d` / `codebook_projection` (keys, radii and queries in a 2-D plane), `lifelong_lines`
+  (scores vs number of sequential edits, from `evaluate.curve`).
 Every figure and table names the protocol behind each number (teacher-forced or generation).
 
 What it does not do: run models, hold widgets or display anything (see `widgets.py`).
@@ -13,7 +16,9 @@ What it does not do: run models, hold widgets or display anything (see `widgets.
 from __future__ import annotations
 
 from itertools import cycle
+from typing import Callable
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
@@ -163,3 +168,133 @@ def before_after(rows: list[dict], protocols=("teacher_forced", "generation"),
     frame = frame[frame["protocol"].isin(protocols)]
     return grouped_bars(frame, x="kind", group="stage", col="method", row="protocol",
                         colors=STAGE_COLORS, title=title)
+
+
+# ----------------------------------------------------------------------------- GRACE
+
+RADIUS_COLOR = "#222"
+
+
+def _short(text: str, n: int = 32) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def distances_vs_radii(rows: list[dict], title: str = "") -> go.Figure:
+    """One bar per query: its key's distance to a codebook entry, with that entry's radius ε marked.
+
+    A row is {"group", "prompt", "distance", "eps", "entry", "fired"} (`widgets.key_distances`):
+    `fired` is the entry the lookup actually used, or None. A bar that ends below its ε mark is a
+    query the codebook answers. Bars are coloured by group ("edit prompt", "rephrasings", ...).
+    """
+    frame = pd.DataFrame(rows)
+    # numbered, so two identical prompts in different groups stay two bars
+    frame["query"] = [f"{i}. {_short(r['prompt'])} ({'miss' if r['fired'] is None else 'hit'})"
+                      for i, r in enumerate(rows, 1)]  # rows, not frame: pandas turns None into NaN
+    fig = grouped_bars(frame, x="query", group="group", value="distance", y_range=None,
+                       y_title="distance to the entry's key",
+                       title=title or "Key distances vs radii: a bar below its ε mark is a hit")
+    fig.update_layout(barmode="overlay")  # one bar per query: full width, no empty group slots
+    fig.add_trace(go.Scatter(
+        x=frame["query"], y=frame["eps"], mode="markers", name="radius ε of the entry",
+        marker=dict(symbol="line-ew", size=36, line=dict(width=3, color=RADIUS_COLOR)),
+        meta={"radius": True}, customdata=frame[["entry", "prompt"]].values,
+        hovertemplate="entry %{customdata[0]}: ε = %{y:.3f}<br>%{customdata[1]}<extra></extra>"))
+    fig.update_xaxes(title_text="query (prompt; hit = the codebook replaces the layer's output)",
+                     tickangle=-30)
+    return fig
+
+
+def pca_2d(points) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """(coordinates [n, 2], project): the points on their top two principal directions.
+
+    `project(other_points)` applies the same centring and directions, so anything drawn with these
+    points lands in the same plane. The projection is orthogonal: projected distances are never
+    longer than the true ones. An axis along which the points do not spread is all zeros.
+    """
+    points = np.atleast_2d(np.asarray(points, dtype=float))
+    mean = points.mean(0)
+    _, s, vt = np.linalg.svd(points - mean, full_matrices=False)
+    basis = np.zeros((2, points.shape[1]))
+    spread = s[:2] > 1e-9 * s[:1].max(initial=0.0)  # else SVD returns an arbitrary direction
+    basis[:spread.sum()] = vt[:2][spread]
+
+    def project(other) -> np.ndarray:
+        return (np.atleast_2d(np.asarray(other, dtype=float)) - mean) @ basis.T
+    return project(points), project
+
+
+def codebook_projection(keys, eps, labels: list[str], queries: list[dict], title: str = "") -> go.Figure:
+    """The codebook keys in a 2-D PCA plane, each with a circle of its radius ε, and query points.
+
+    A query is {"prompt", "key", "group"}; it is a hit if its nearest key (in the full space, as the
+    lookup decides) is within that entry's ε. The plane is fitted on the keys; a codebook of fewer
+    than three keys spans no plane, so then the queries join the fit.
+    """
+    keys, eps = np.atleast_2d(np.asarray(keys, dtype=float)), np.asarray(eps, dtype=float).reshape(-1)
+    if not len(eps):
+        raise ValueError("the codebook is empty: make an edit first")
+    q_keys = np.array([np.asarray(q["key"], dtype=float) for q in queries]).reshape(len(queries), -1)
+    _, project = pca_2d(keys if len(keys) >= 3 else np.vstack([keys, q_keys]))
+    xy = project(keys)
+    fig = go.Figure()
+    for (x, y), r in zip(xy, eps):
+        fig.add_shape(type="circle", x0=x - r, y0=y - r, x1=x + r, y1=y + r,
+                      line=dict(color=RADIUS_COLOR, width=1), fillcolor="rgba(31,119,180,0.08)")
+    fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", name="codebook keys",
+                             marker=dict(color=RADIUS_COLOR, size=7), meta={"keys": True},
+                             customdata=np.stack([np.arange(len(eps)), eps], 1), text=labels,
+                             hovertemplate="entry %{customdata[0]}: %{text}, ε = %{customdata[1]:.3f}"
+                                           "<extra></extra>"))
+    dist = np.linalg.norm(q_keys[:, None] - keys[None], axis=-1)     # [queries, entries]
+    nearest = dist.argmin(1)
+    hit = dist[np.arange(len(queries)), nearest] <= eps[nearest]
+    q_xy = project(q_keys)
+    groups = list(dict.fromkeys(q.get("group", "query") for q in queries))
+    colors = dict(zip(groups, cycle(qualitative.Plotly)))
+    for g in groups:
+        for outcome, symbol in ((True, "circle"), (False, "x")):
+            idx = [i for i, q in enumerate(queries) if q.get("group", "query") == g and hit[i] == outcome]
+            if not idx:
+                continue
+            fig.add_trace(go.Scatter(
+                x=q_xy[idx, 0], y=q_xy[idx, 1], mode="markers", name=f"{g}: {'hit' if outcome else 'miss'}",
+                marker=dict(symbol=symbol, size=11, color=colors[g], line=dict(width=1, color="white")),
+                meta={"group": g, "hit": outcome}, text=[queries[i]["prompt"] for i in idx],
+                customdata=np.stack([dist[idx, nearest[idx]], nearest[idx]], 1),
+                hovertemplate="%{text}<br>true distance %{customdata[0]:.3f} to entry %{customdata[1]}"
+                              "<extra></extra>"))
+    subtitle = ("PCA plane of the keys; circles have each entry's true radius ε, drawn in this plane. "
+                "Projection only shortens distances, so a hit is always inside its circle, but a point<br>"
+                f"inside a circle can still be a miss: its distance along the other {keys.shape[1] - 2} "
+                "directions is not drawn. Hit or miss is decided in the full space.")
+    fig.update_layout(title=dict(text=f"{title or 'The codebook in two dimensions'}<br>"
+                                      f"<sup>{subtitle}</sup>"),
+                      height=560, margin=dict(t=110), legend_title_text="query")
+    fig.update_xaxes(title_text="principal direction 1")
+    fig.update_yaxes(title_text="principal direction 2", scaleanchor="x", scaleratio=1)  # round circles
+    return fig
+
+
+def lifelong_lines(points: list[dict], protocols=("teacher_forced", "generation"),
+                   kinds=("reliability", "generality", "locality"), title: str = "") -> go.Figure:
+    """Scores of every edit made so far vs the number of sequential edits (`evaluate.curve` output).
+
+    One subplot per protocol, one line per metric kind; traces carry meta {kind, protocol}.
+    """
+    xs = [p["n_edits"] for p in points]
+    colors = dict(zip(kinds, cycle(qualitative.Plotly)))
+    fig = make_subplots(rows=1, cols=len(protocols), subplot_titles=[label(p) for p in protocols],
+                        shared_yaxes=True, horizontal_spacing=0.04)
+    for j, protocol in enumerate(protocols, 1):
+        for kind in kinds:
+            fig.add_trace(go.Scatter(
+                x=xs, y=[_number(p["metrics"][protocol].get(kind)) for p in points], mode="lines+markers",
+                name=label(kind), legendgroup=kind, showlegend=j == 1, line=dict(color=colors[kind]),
+                meta={"kind": kind, "protocol": protocol},
+                hovertemplate=f"{label(kind)}<br>%{{x}} edits: %{{y:.3f}}<extra></extra>"), row=1, col=j)
+    fig.update_layout(title=title or f"Lifelong editing: scores of all edits so far (up to {max(xs)} edits)",
+                      height=420, margin=dict(t=90, b=40), legend_title_text="metric")
+    fig.update_yaxes(range=[0, 1.05])
+    fig.update_yaxes(title_text="score", col=1)
+    fig.update_xaxes(title_text="number of sequential edits")
+    return fig

@@ -8,6 +8,9 @@ What it does:
 - `edit_report` scores one edit before and after, under every protocol, for several editors.
 - `EditPlayground` (notebook 01) turns typed text into an EditCase and shows `edit_report` as a
   table and a before/after chart.
+- `GracePanel` (notebook 02) edits one GRACE editor click by click and shows Algorithm 1's decision,
+  the codebook, and each query's key distance against the radii. `keys_of`, `key_distances` and
+  `describe_decision` are the plain functions underneath, for the notebook to call directly.
 
 Only widgets that exist in both ipywidgets 7.7 (Colab) and 8.x are used, and figures are plain
 `go.Figure`s shown inside an `Output` (FigureWidget needs a front-end extension Colab lacks).
@@ -19,12 +22,14 @@ from __future__ import annotations
 import functools
 import html
 import itertools
+import math
 import time
 from typing import Callable
 
 import ipywidgets as w
 import pandas as pd
 import plotly.graph_objects as go
+import torch
 from IPython.display import display
 
 from . import viz
@@ -67,12 +72,14 @@ class Panel:
         self.level = level
         self.message.value = f'<span style="color:{LEVEL_COLORS[level]}">{html.escape(text)}</span>'
 
-    def show(self, table: pd.DataFrame, figure: go.Figure) -> None:
+    def show(self, table: pd.DataFrame, figure: go.Figure | None) -> None:
+        """Replace the output with a table and a figure (None: nothing to draw, e.g. no edits yet)."""
         self.table, self.figure = table, figure
         with self.out:
             self.out.clear_output(wait=True)
             display(table)
-            figure.show()
+            if figure is not None:
+                figure.show()
 
     def _ipython_display_(self) -> None:
         display(self.widget)
@@ -192,3 +199,161 @@ class EditPlayground(Panel):
                      "every editor is back to the unedited model", "ok")
         finally:
             self.add.disabled = False
+
+
+# ----------------------------------------------------------------------------- GRACE (notebook 02)
+
+def keys_of(editor, prompts: list[str]) -> torch.Tensor:
+    """GRACE keys [n, d]: the wrapped layer's input at each prompt's last token, as the lookup sees it."""
+    return torch.stack([editor._capture(editor.model_inputs([p])[0])[0] for p in prompts])
+
+
+def key_distances(editor, groups: dict[str, list[str]], entry: int | None = None) -> list[dict]:
+    """For each prompt, the distance from its key to a codebook entry's key, and that entry's ε.
+
+    groups maps a group name ("edit prompt", "rephrasings", ...) to its prompts. The entry is each
+    query's nearest (the one the lookup compares with) or, if given, `entry` for all. `fired` is
+    the entry whose value the lookup actually uses, or None. Rows feed `viz.distances_vs_radii`.
+    """
+    rows = []
+    for group, prompts in groups.items():
+        for prompt in prompts:
+            seen = editor.inspect(prompt)
+            if not seen["distances"]:
+                raise ValueError("the codebook is empty: add an edit first")
+            i = min(range(len(seen["distances"])), key=seen["distances"].__getitem__) if entry is None else entry
+            if not 0 <= i < len(seen["eps"]):
+                raise ValueError(f"entry {i} does not exist: the codebook has {len(seen['eps'])} entries")
+            rows.append({"group": group, "prompt": prompt, "distance": seen["distances"][i], "entry": i,
+                         "eps": seen["eps"][i], "label": seen["labels"][i], "fired": seen["fired"]})
+    return rows
+
+
+def describe_decision(info: dict, eps_init: float) -> str:
+    """Algorithm 1's decision for one edit (an `edit()` info or `log` item) in words, with the numbers."""
+    op, n = info["op"], info.get("entry")
+    if "d_min" not in info:
+        words = f"add: the codebook was empty, so entry {n} is new with ε = ε_init = {eps_init:.3g}"
+    else:
+        i, d, eps_i = info["nearest"], info["d_min"], info["nearest_eps"]
+        reach = f"d_min = {d:.3g} to entry {i}, ε_{i} + ε_init = {eps_i:.3g} + {eps_init:.3g} = {eps_i + eps_init:.3g}"
+        if op == "add":
+            words = f"add: {reach}; farther than that, so entry {n} is new with ε = {eps_init:.3g}"
+        elif op == "expand":
+            words = f"expand: {reach}; within reach and same answer, so ε_{i} grows {eps_i:.3g} → {info['eps']:.3g}"
+        else:
+            words = (f"split: {reach}; within reach but another answer, so ε_{i} and the new entry {n}'s ε "
+                     f"are both d_min/2 = {info['eps']:.3g}")
+    if "loss_start" in info:
+        words += f" (value trained: loss {info['loss_start']:.2f} → {info['loss_end']:.2f})"
+    return words
+
+
+class GracePanel(Panel):
+    """Edit a GRACE editor click by click: Algorithm 1's decision, the codebook, key distances vs radii.
+
+    The panel keeps the editor's edits (unlike EditPlayground, which undoes them): the codebook
+    grows with every click until "Reset". Probe prompts are only measured, never edited.
+    """
+
+    def __init__(self, editor) -> None:
+        super().__init__()
+        self.editor = editor
+        self.added = 0  # edits made by this panel; the next one is "grace-{added + 1}"
+        self.prompt = _text_box("edit prompt x*", "The Eiffel Tower is located in the city of")
+        self.target = _text_box("new target y*", "Rome")
+        self.probes = w.Textarea(
+            value="The Eiffel Tower can be found in the city of\nThe Louvre is located in the city of",
+            placeholder="probe prompts, one per line", description="probe prompts",
+            style={"description_width": "160px"}, layout=w.Layout(width="95%", height="80px"))
+        # 0.1 to 20 brackets the key distances of Gemma-3-270M's layer 12 (about 0.5 to 6); the range
+        # widens if the editor starts outside it, so the slider never silently clamps ε_init.
+        exponent = math.log10(max(editor.eps_init, 1e-6))
+        lowest, highest = min(-1.0, math.floor(exponent)), max(1.3, math.ceil(exponent))
+        self.eps = w.FloatLogSlider(value=editor.eps_init, base=10, min=lowest, max=highest, step=0.01,
+                                    description="ε_init", readout_format=".2f",
+                                    style={"description_width": "160px"}, layout=w.Layout(width="60%"))
+        self.eps.observe(self.on_eps, names="value")
+        self.add = w.Button(description="Add edit", button_style="primary",
+                            tooltip="run Algorithm 1 for this edit: add, expand or split")
+        self.measure = w.Button(description="Measure probes", tooltip="redraw the distances, no edit")
+        self.reset = w.Button(description="Reset", button_style="warning", tooltip="empty the codebook")
+        self.remove_id = w.Text(placeholder="case id, e.g. grace-1", description="remove",
+                                layout=w.Layout(width="300px"))
+        self.remove = w.Button(description="Remove", tooltip="rebuild the codebook without this edit")
+        self.add.on_click(self.on_add)
+        self.measure.on_click(self.on_measure)
+        self.reset.on_click(self.on_reset)
+        self.remove.on_click(self.on_remove)
+        self.widget = w.VBox([self.prompt, self.target, self.probes, self.eps,
+                              w.HBox([self.add, self.measure, self.reset]),
+                              w.HBox([self.remove_id, self.remove]), self.message, self.out])
+        self.say(f"Type an edit and click 'Add edit'. ε_init = {editor.eps_init:.3g}; "
+                 f"the codebook has {len(editor.adapter.eps)} entries.")
+
+    def _case(self) -> EditCase:
+        check_length(self.editor.tokenizer, "edit prompt", self.prompt.value)
+        check_length(self.editor.tokenizer, "new target", self.target.value)
+        case = EditCase(case_id=f"grace-{self.added + 1}", subject="", source="panel",
+                        prompt=self.prompt.value, target_new=self.target.value)
+        for earlier in self.editor.cases.values():
+            if (earlier.prompt, earlier.target_new) == (case.prompt, case.target_new):
+                raise ValueError(f"this edit was already added as {earlier.case_id}; change the prompt "
+                                 "or the target (or remove it first)")
+        return case
+
+    def _refresh(self) -> None:
+        """Show the codebook and, if it has entries, the edit prompt's and the probes' distances."""
+        table = self.editor.codebook()
+        figure = None
+        if len(table):
+            probes = [p.strip() for p in self.probes.value.splitlines() if p.strip()]
+            for p in probes:
+                check_length(self.editor.tokenizer, "probe prompt", p)
+            groups = {"edit prompt": [self.prompt.value.strip()] if self.prompt.value.strip() else [],
+                      "probes": probes}
+            rows = key_distances(self.editor, groups)
+            if rows:
+                figure = viz.distances_vs_radii(rows)
+        self.show(table, figure)
+
+    @guarded
+    def on_add(self, _button=None) -> None:
+        self.add.disabled = True  # a second click while the first one trains would queue up
+        try:
+            self.say("editing… Algorithm 1, and a value trained unless it is an expand", "busy")
+            start = time.perf_counter()
+            case = self._case()
+            (info,) = self.editor.edit(case)
+            self.added += 1
+            self._refresh()
+            self.say(f"{case.case_id}: {describe_decision(info, self.editor.eps_init)} "
+                     f"[{time.perf_counter() - start:.1f} s]", "ok")
+        finally:
+            self.add.disabled = False
+
+    @guarded
+    def on_measure(self, _button=None) -> None:
+        if not len(self.editor.adapter.eps):
+            raise ValueError("the codebook is empty: add an edit first")
+        self._refresh()
+        self.say("distances measured; the codebook did not change", "ok")
+
+    @guarded
+    def on_eps(self, change: dict) -> None:
+        self.editor.eps_init = float(change["new"])
+        self.say(f"ε_init = {self.editor.eps_init:.3g} for the next edits; existing entries keep "
+                 "their radii (Algorithm 1 only changes a radius when an edit lands near it)", "info")
+
+    @guarded
+    def on_reset(self, _button=None) -> None:
+        self.editor.reset()
+        self.show(self.editor.codebook(), None)
+        self.say("codebook emptied: the model is back to its original outputs", "ok")
+
+    @guarded
+    def on_remove(self, _button=None) -> None:
+        case_id = self.remove_id.value.strip()
+        self.editor.remove(case_id)  # an unknown id raises KeyError, which lists the edited ids
+        self._refresh()
+        self.say(f"removed {case_id}: the codebook was rebuilt from the other edits", "ok")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from kedit_teach.exercises import (TOKEN_ACCURACY, Exercise, _reference_token_accuracy,
+from kedit_teach.exercises import (GRACE_DECISION, TOKEN_ACCURACY, Exercise, _reference_grace_decision,
+                                   _reference_token_accuracy, check_eps_choice, check_grace_decision,
                                    check_token_accuracy, outcome)
 
 
@@ -99,12 +100,13 @@ def test_an_in_place_solution_cannot_spoil_later_cases(capsys):
     assert run(capsys, _reference_token_accuracy)[0]
 
 
-def test_every_mistake_is_wrong_and_tells_itself_apart():
-    want = [outcome(TOKEN_ACCURACY.reference, c.args) for c in TOKEN_ACCURACY.cases]
+@pytest.mark.parametrize("exercise", [TOKEN_ACCURACY, GRACE_DECISION], ids=lambda e: e.name)
+def test_every_mistake_is_wrong_and_tells_itself_apart(exercise):
+    want = [outcome(exercise.reference, c.args) for c in exercise.cases]
     signatures = {}
-    for mistake in TOKEN_ACCURACY.mistakes:
+    for mistake in exercise.mistakes:
         for wrong in mistake.solutions:
-            got = tuple(outcome(wrong, c.args) for c in TOKEN_ACCURACY.cases)
+            got = tuple(outcome(wrong, c.args) for c in exercise.cases)
             assert list(got) != want, mistake.hint
             assert signatures.setdefault(got, mistake.hint) == mistake.hint  # no two hints collide
 
@@ -113,3 +115,122 @@ def test_a_broken_checker_never_raises_at_the_student(capsys):
     broken = Exercise(name="f", reference=len, cases=None, mistakes=[], hint="")
     assert broken.check(len) is False
     assert "the checker itself failed" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- GRACE's Algorithm 1
+
+def decision(d_min, eps_nearest, eps_init, same_label):
+    if d_min > eps_nearest + eps_init:
+        return "add", eps_nearest, eps_init
+    elif same_label:
+        return "expand", eps_nearest + eps_init, None
+    else:
+        return "split", d_min / 2, d_min / 2
+
+
+def grace_run(capsys, fn) -> tuple[bool, str]:
+    ok = check_grace_decision(fn)
+    return ok, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fn", [
+    _reference_grace_decision,
+    decision,
+    lambda d, e, ei, same: (["add", e, ei] if not d <= e + ei else
+                            ["expand", e + ei, None] if same else ["split", 0.5 * d, 0.5 * d]),  # lists
+    lambda d, e, ei, same: ("add", np.float32(e), torch.tensor(ei)) if d > e + ei else decision(d, e, ei, same),
+])
+def test_correct_grace_decisions_pass(capsys, fn):
+    ok, out = grace_run(capsys, fn)
+    assert ok is True and out.strip() == "✓ correct"
+
+
+def only_eps_init(d_min, eps_nearest, eps_init, same_label):
+    if d_min > eps_init:
+        return "add", eps_nearest, eps_init
+    if same_label:
+        return "expand", eps_nearest + eps_init, None
+    return "split", d_min / 2, d_min / 2
+
+
+def coverage(d_min, eps_nearest, eps_init, same_label):
+    op, *radii = decision(d_min, eps_nearest, eps_init, same_label)
+    return (op, d_min, None) if op == "expand" else (op, *radii)
+
+
+def keep_nearest_on_split(d_min, eps_nearest, eps_init, same_label):
+    op, *radii = decision(d_min, eps_nearest, eps_init, same_label)
+    return (op, eps_nearest, d_min / 2) if op == "split" else (op, *radii)
+
+
+def new_gets_eps_init_on_split(d_min, eps_nearest, eps_init, same_label):
+    op, *radii = decision(d_min, eps_nearest, eps_init, same_label)
+    return (op, d_min / 2, eps_init) if op == "split" else (op, *radii)
+
+
+def at_least(d_min, eps_nearest, eps_init, same_label):
+    if d_min >= eps_nearest + eps_init:
+        return "add", eps_nearest, eps_init
+    return decision(d_min, eps_nearest, eps_init, same_label)
+
+
+def none_on_add(d_min, eps_nearest, eps_init, same_label):
+    op, *radii = decision(d_min, eps_nearest, eps_init, same_label)
+    return (op, None, eps_init) if op == "add" else (op, *radii)
+
+
+@pytest.mark.parametrize("fn, hint", [
+    (only_eps_init, "not with ε_init alone"),
+    (coverage, "'coverage' variant"),
+    (keep_nearest_on_split, "both radii to d_min/2"),
+    (new_gets_eps_init_on_split, "both radii to d_min/2"),
+    (at_least, "strictly"),
+    (none_on_add, "return its radius ε_i unchanged"),
+    (lambda d, e, ei, same: ("expand", e + ei, None), "far (d_min > ε_i + ε_init) → add"),  # the general hint
+])
+def test_typical_grace_mistakes_get_their_own_hint(capsys, fn, hint):
+    ok, out = grace_run(capsys, fn)
+    assert ok is False and out.startswith("✗ not yet. On d_min=")
+    assert hint in out.split("Hint: ")[1]
+
+
+def test_the_boundary_case_is_named_when_only_the_comparison_is_off(capsys):
+    _, out = grace_run(capsys, at_least)
+    assert "exactly at the boundary" in out and "expected 3 values ('expand', 2.0, None)" in out
+
+
+def test_unfinished_grace_decision(capsys):
+    def stub(d_min, eps_nearest, eps_init, same_label):
+        raise NotImplementedError
+    assert grace_run(capsys, stub) == (False, "✗ not implemented yet: replace `raise NotImplementedError` "
+                                              "with your code\n")
+
+
+# ----------------------------------------------------------------------------- choosing ε_init
+
+@pytest.mark.parametrize("eps", [1.7, 2.0, np.float32(2.1), torch.tensor(1.9)])
+def test_an_eps_between_the_two_distances_works(capsys, eps):
+    assert check_eps_choice(eps, 1.7, 2.2) is True  # 1.7: a rephrasing at exactly ε still hits
+    assert capsys.readouterr().out.startswith("✓ works")
+
+
+@pytest.mark.parametrize("eps, hint", [
+    (1.0, "too small: the rephrasing's key is 1.700"),
+    (1.69, "too small"),
+    (2.2, "too large: the locality prompt's key is 2.200"),  # at exactly ε the lookup fires
+    (20.0, "too large"),
+    (0, "must be a positive number"),
+    (-1.0, "must be a positive number"),
+    ("2.0", "must be a positive number"),
+    (None, "must be a positive number"),
+    (float("nan"), "must be a positive number"),
+])
+def test_a_wrong_eps_says_why(capsys, eps, hint):
+    assert check_eps_choice(eps, 1.7, 2.2) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗") and hint in out
+
+
+def test_no_eps_works_when_the_rephrasing_is_farther_than_the_locality_prompt(capsys):
+    assert check_eps_choice(2.0, 2.2, 1.7) is False
+    assert "no ε_init works for this pair" in capsys.readouterr().out

@@ -29,11 +29,15 @@ def test_4bit_on_cpu_loads_smaller_and_generates():
 
 def test_target_scored_as_continuation_not_bare_word(real):
     model, tok = real
-    _, target = encode_pair(tok, "The capital of Italy is", "Rome")
-    bare = tok("Rome", add_special_tokens=False)["input_ids"]
-    assert target != bare and tok.convert_ids_to_tokens(target) == ["▁Rome"]
-    (score,) = teacher_forced(model, tok, ["The capital of Italy is"], ["Rome"])
+    prompt = "The Eiffel Tower is located in the city of"
+    _, target = encode_pair(tok, prompt, "Paris")
+    bare = tok("Paris", add_special_tokens=False)["input_ids"]
+    assert target != bare and tok.convert_ids_to_tokens(target) == ["▁Paris"]
+    (score,) = teacher_forced(model, tok, [prompt], ["Paris"])
     assert score.exact == 1.0
+    # scoring the bare word, as EasyEdit's GRACE metric does, calls a known fact wrong
+    (bare_score,) = teacher_forced(model, tok, [prompt + " "], ["Paris"])
+    assert tok.decode(bare_score.target_ids) == "Paris" and bare_score.exact == 0.0
 
 
 def test_bf16_gives_the_same_greedy_answers_as_fp32(real):

@@ -1,4 +1,4 @@
-"""Figures and tables from synthetic results, and the EditPlayground driven headlessly.
+"""Figures and tables from synthetic results, and the EditPlayground and GracePanel driven headlessly.
 
 Panels are driven the way a student drives them (set `.value`, `.click()`) and judged by their
 state: `table`, `figure`, `message`, `level`. Every bad input must end in a visible message, never
@@ -7,12 +7,16 @@ through the panel lands on the real Gemma-3-270M.
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
 from kedit_teach import viz
-from kedit_teach.widgets import EditPlayground, Panel, guarded
+from kedit_teach.data import EditCase
+from kedit_teach.editors import GRACE
+from kedit_teach.widgets import (EditPlayground, GracePanel, Panel, describe_decision, guarded,
+                                 key_distances, keys_of)
 
 PROTOCOLS = ("teacher_forced", "teacher_forced_exact", "generation")
 
@@ -187,6 +191,200 @@ def test_show_keeps_the_latest_table_and_figure():
     panel, table, fig = Panel(), pd.DataFrame({"a": [1]}), go.Figure()
     panel.show(table, fig)
     assert panel.table is table and panel.figure is fig
+
+
+def test_show_without_a_figure_keeps_the_table():
+    panel = Panel()
+    panel.show(pd.DataFrame({"a": [1]}), None)
+    assert panel.figure is None and len(panel.table) == 1
+
+
+# ----------------------------------------------------------------------------- GRACE figures
+
+DIST_ROWS = [
+    {"group": "edit prompt", "prompt": "Eiffel", "distance": 0.0, "eps": 1.0, "entry": 0, "fired": 0},
+    {"group": "rephrasings", "prompt": "Eiffel again", "distance": 0.7, "eps": 1.0, "entry": 0, "fired": 0},
+    {"group": "rephrasings", "prompt": "Where is the Eiffel Tower, the tall iron one", "distance": 1.7,
+     "eps": 1.0, "entry": 0, "fired": None},
+    {"group": "locality", "prompt": "Eiffel", "distance": 2.2, "eps": 0.5, "entry": 1, "fired": None},
+]
+
+
+def test_distances_vs_radii_has_a_bar_per_query_and_a_radius_mark():
+    fig = viz.distances_vs_radii(DIST_ROWS)
+    assert [t.meta["group"] for t in fig.data if t.type == "bar"] == ["edit prompt", "rephrasings", "locality"]
+    (rephrasings,) = bars(fig, group="rephrasings")
+    reph = dict(zip(rephrasings.x, rephrasings.y))
+    labels = list(rephrasings.x)  # every trace spans every query; the other groups' are gaps
+    assert len(labels) == 4 and labels[0] != labels[3]  # the same prompt twice stays two bars
+    assert labels[1].endswith("(hit)") and labels[2].endswith("(miss)") and "…" in labels[2]
+    assert (reph[labels[1]], reph[labels[2]], reph[labels[0]]) == (0.7, 1.7, None)
+    (radius,) = bars(fig, radius=True)
+    assert list(radius.x) == labels and list(radius.y) == [1.0, 1.0, 1.0, 0.5]
+    assert fig.layout.yaxis.title.text == "distance to the entry's key"
+    assert fig.layout.xaxis.title.text.startswith("query")
+
+
+def test_pca_projects_new_points_with_the_same_plane():
+    rng = np.random.default_rng(0)
+    keys = rng.normal(size=(5, 8))
+    coords, project = viz.pca_2d(keys)
+    assert coords.shape == (5, 2)
+    np.testing.assert_allclose(project(keys[2]), coords[2:3])  # an identical key lands on its point
+    np.testing.assert_allclose(coords.mean(0), 0, atol=1e-12)
+    query = rng.normal(size=8)
+    # orthogonal: projected distances never exceed the true ones
+    assert np.linalg.norm(project(query) - coords, axis=1).max() <= np.linalg.norm(keys - query, axis=1).max()
+    line, _ = viz.pca_2d([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]])  # spread along one direction only
+    np.testing.assert_allclose(line, [[-1.0, 0.0], [1.0, 0.0]], atol=1e-12)
+
+
+def test_codebook_projection_draws_radii_and_marks_queries_hit_or_miss():
+    keys = np.array([[0.0, 0, 0, 0], [3, 0, 0, 0], [0, 3, 0, 0]])
+    eps = [1.0, 0.5, 0.5]
+    queries = [{"prompt": "near 0", "key": [0.5, 0, 0, 0], "group": "rephrasings"},
+               {"prompt": "off-plane", "key": [0, 0, 0, 2.0], "group": "rephrasings"},
+               {"prompt": "same as 1", "key": keys[1], "group": "locality"}]
+    fig = viz.codebook_projection(keys, eps, ["a", "b", "c"], queries)
+    assert len(fig.layout.shapes) == 3 and {s.type for s in fig.layout.shapes} == {"circle"}
+    circle = fig.layout.shapes[0]
+    assert circle.x1 - circle.x0 == pytest.approx(2.0) and circle.y1 - circle.y0 == pytest.approx(2.0)
+    (key_trace,) = [t for t in fig.data if t.meta == {"keys": True}]
+    traces = {t.name: t for t in fig.data if "group" in (t.meta or {})}
+    assert set(traces) == {"rephrasings: hit", "rephrasings: miss", "locality: hit"}
+    assert traces["rephrasings: miss"].text == ("off-plane",)
+    # the off-plane query is drawn at the keys' centre, inside no circle's true reach: a miss
+    (same,) = zip(traces["locality: hit"].x, traces["locality: hit"].y)
+    assert same == pytest.approx((key_trace.x[1], key_trace.y[1]))
+    assert "not drawn" in fig.layout.title.text and fig.layout.yaxis.scaleanchor == "x"
+    with pytest.raises(ValueError, match="empty"):
+        viz.codebook_projection(np.zeros((0, 4)), [], [], queries)
+
+
+def test_codebook_projection_with_one_key_fits_the_plane_with_the_queries():
+    fig = viz.codebook_projection([[1.0, 1.0, 1.0]], [0.5], ["a"],
+                                  [{"prompt": "q", "key": [1.0, 2.0, 1.0]}, {"prompt": "r", "key": [3.0, 1.0, 1.0]}])
+    xs = [x for t in fig.data for x in t.x]
+    assert len(set(np.round(xs, 6))) == 3  # three distinct points, not all at the origin
+
+
+CURVE = [{"n_edits": n, "edit_s_mean": 1.0,
+          "metrics": {p: {"reliability": 1.0, "generality": g, "locality": 1.0, "portability": None}
+                      for p in PROTOCOLS}} for n, g in ((1, 0.5), (5, 0.3), (10, 0.2))]
+
+
+def test_lifelong_lines_one_subplot_per_protocol_one_line_per_kind():
+    fig = viz.lifelong_lines(CURVE)
+    assert [a.text for a in fig.layout.annotations] == [viz.LABELS["teacher_forced"], viz.LABELS["generation"]]
+    assert len(fig.data) == 2 * 3 and sum(t.showlegend for t in fig.data) == 3
+    (gen,) = [t for t in fig.data if t.meta == {"kind": "generality", "protocol": "generation"}]
+    assert list(gen.x) == [1, 5, 10] and list(gen.y) == [0.5, 0.3, 0.2]
+    assert fig.layout.xaxis.title.text == "number of sequential edits"
+    assert "up to 10 edits" in fig.layout.title.text
+
+
+def test_describe_decision_names_the_rule_and_its_numbers():
+    assert describe_decision({"op": "add", "entry": 0}, 1.0).startswith("add: the codebook was empty")
+    far = describe_decision({"op": "add", "entry": 1, "d_min": 5.0, "nearest": 0, "nearest_eps": 1.0}, 1.0)
+    assert "d_min = 5 to entry 0" in far and "1 + 1 = 2" in far
+    expand = describe_decision({"op": "expand", "entry": 0, "d_min": 1.5, "nearest": 0, "nearest_eps": 1.0,
+                                "eps": 2.0}, 1.0)
+    assert expand.startswith("expand:") and "1 → 2" in expand
+    split = describe_decision({"op": "split", "entry": 1, "d_min": 1.5, "nearest": 0, "nearest_eps": 2.0,
+                               "eps": 0.75, "loss_start": 8.0, "loss_end": 0.01}, 1.0)
+    assert split.startswith("split:") and "d_min/2 = 0.75" in split and "loss 8.00 → 0.01" in split
+
+
+# ----------------------------------------------------------------------------- GracePanel
+
+@pytest.fixture
+def grace_panel(gemma_tiny):
+    panel = GracePanel(GRACE(*gemma_tiny, n_iter=3, eps_init=1.0))
+    panel.prompt.value = "The Eiffel Tower is located in the city of"
+    panel.target.value = "Rome"
+    panel.probes.value = "The Eiffel Tower is in\n\nThe capital of Japan is\n"
+    return panel
+
+
+def test_grace_panel_add_shows_the_decision_codebook_and_distances(grace_panel):
+    grace_panel.add.click()
+    assert grace_panel.level == "ok", grace_panel.message.value
+    assert "grace-1: add: the codebook was empty" in grace_panel.message.value
+    assert len(grace_panel.table) == 1 and grace_panel.table.loc[0, "cases"] == "grace-1"
+    (radius,) = [t for t in grace_panel.figure.data if t.meta == {"radius": True}]
+    assert list(radius.y) == [1.0] * 3  # the edit prompt and two non-blank probe lines
+    edit_bar = next(t for t in grace_panel.figure.data if t.name == "edit prompt")
+    assert edit_bar.y[0] == pytest.approx(0.0, abs=1e-4) and edit_bar.x[0].endswith("(hit)")
+    grace_panel.add.click()  # the same prompt and target again
+    assert grace_panel.level == "error" and "already added as grace-1" in grace_panel.message.value
+    assert len(grace_panel.editor.cases) == 1 and not grace_panel.add.disabled
+    grace_panel.target.value = "Tokyo"  # same key, another answer: Algorithm 1 splits
+    grace_panel.add.click()
+    assert "grace-2: split" in grace_panel.message.value and len(grace_panel.table) == 2
+
+
+def test_grace_panel_slider_sets_eps_init_for_the_next_edits_only(grace_panel):
+    grace_panel.add.click()
+    grace_panel.eps.value = 5.0
+    assert grace_panel.editor.eps_init == pytest.approx(5.0)
+    assert "existing entries keep their radii" in grace_panel.message.value
+    assert grace_panel.editor.adapter.eps.tolist() == [1.0]
+    grace_panel.prompt.value = "The mother tongue of Danielle Darrieux is"  # tiny-model keys: ~0.2 apart
+    grace_panel.add.click()
+    assert grace_panel.editor.log[-1]["op"] == "expand" and "ε_0 grows 1 → 6" in grace_panel.message.value
+
+
+def test_grace_panel_remove_and_reset(grace_panel):
+    grace_panel.remove_id.value = "grace-7"
+    grace_panel.remove.click()
+    assert grace_panel.level == "error" and "no edit with case_id" in grace_panel.message.value
+    grace_panel.measure.click()
+    assert grace_panel.level == "error" and "codebook is empty" in grace_panel.message.value
+    grace_panel.add.click()
+    grace_panel.target.value = "Berlin"
+    grace_panel.prompt.value = "The capital of Japan is"
+    grace_panel.add.click()
+    grace_panel.remove_id.value = " grace-1 "
+    grace_panel.remove.click()
+    assert grace_panel.level == "ok" and list(grace_panel.table["cases"]) == ["grace-2"]
+    grace_panel.reset.click()
+    assert grace_panel.level == "ok" and grace_panel.table.empty and grace_panel.figure is None
+    assert not grace_panel.editor.cases
+
+
+@pytest.mark.parametrize("box, value, expected", [
+    ("prompt", "", "'prompt' is empty"),
+    ("target", "  ", "'target_new' is empty"),
+    ("prompt", "Paris " * 400, "edit prompt is"),
+    ("probes", "ok\n" + "Rome " * 400, "probe prompt is"),
+])
+def test_grace_panel_bad_input_gives_a_visible_message(grace_panel, box, value, expected):
+    getattr(grace_panel, box).value = value
+    grace_panel.add.click()  # must not raise
+    assert grace_panel.level == "error" and expected in grace_panel.message.value.replace("&#x27;", "'")
+    assert not grace_panel.add.disabled
+
+
+def test_grace_panel_unicode_and_measure(grace_panel):
+    grace_panel.prompt.value = "Der Eiffelturm steht in"
+    grace_panel.target.value = "Zürich 🗼"
+    grace_panel.add.click()
+    assert grace_panel.level == "ok" and grace_panel.table.loc[0, "label"] == "zürich 🗼"
+    grace_panel.probes.value = "Где Эйфелева башня?"
+    grace_panel.measure.click()
+    assert grace_panel.level == "ok" and len(grace_panel.figure.data[0].x) == 2
+
+
+def test_key_distances_and_keys_of_agree_with_the_codebook(gemma_tiny):
+    editor = GRACE(*gemma_tiny, n_iter=2, eps_init=1e-3)
+    prompt = "The Eiffel Tower is located in the city of"
+    editor.edit(EditCase(case_id="k1", subject="", prompt=prompt, target_new="Rome"))
+    (key,) = keys_of(editor, [prompt])
+    assert float((key - editor.adapter.keys[0]).norm()) == pytest.approx(0.0, abs=1e-5)
+    rows = key_distances(editor, {"edit prompt": [prompt], "other": ["Berlin is in"]})
+    assert [r["fired"] for r in rows] == [0, None] and rows[1]["distance"] > 1e-3
+    with pytest.raises(ValueError, match="entry 3 does not exist"):
+        key_distances(editor, {"x": [prompt]}, entry=3)
 
 
 @pytest.mark.real

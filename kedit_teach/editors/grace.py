@@ -67,7 +67,8 @@ class GraceLayer(torch.nn.Module):
             return y
         if len(self.keys) == 0:
             return y
-        dist = torch.cdist(x[rows, pos].float(), self.keys)        # Euclidean, [batch, entries]
+        # Euclidean, [batch, entries]; the matmul form keeps a 10k-entry lookup under 5% of a forward
+        dist = torch.cdist(x[rows, pos].float(), self.keys, compute_mode="use_mm_for_euclid_dist")
         d_min, nearest = dist.min(1)
         hit = d_min <= self.eps[nearest]
         if not hit.any():
@@ -86,8 +87,11 @@ class GraceLayer(torch.nn.Module):
 class GRACE(Editor):
     name = "grace"
 
+    # eps_init: keys at layer 12 of Gemma-3-270M have norm ~5 and different prompts lie 1.6-5 apart.
+    # lr/n_iter: from the warm start, Adam at lr 0.1 drove the target loss below 1e-3 within 10 steps
+    # on CounterFact edits (lr 0.5 plateaued near 5e-3), so 30 steps leave a margin.
     def __init__(self, model, tokenizer, layer: int | None = None, eps_init: float = 1.0,
-                 n_iter: int = 50, lr: float = 0.5, replacement: str = "last", expand: str = "deck",
+                 n_iter: int = 30, lr: float = 0.1, replacement: str = "last", expand: str = "deck",
                  value_init: str = "warm", fast: bool = True, seed: int = 0):
         super().__init__(model, tokenizer)
         if replacement not in ("last", "all"):
