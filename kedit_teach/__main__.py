@@ -102,7 +102,8 @@ def cmd_tour(args) -> int:
     print(describe(model))
     cases = load_teach(args.n)
     for cls in (NoEdit, ICE):
-        print(summary_table(evaluate(cls(model, tokenizer), cases, mode="single", fluency_n=2)))
+        result = evaluate(cls(model, tokenizer), cases, mode="single", fluency_n=2)
+        print(summary_table({**result, "data": "the bundled teaching set"}))
     return 0
 
 
