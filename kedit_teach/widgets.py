@@ -75,11 +75,12 @@ class Panel:
     def show(self, table: pd.DataFrame, figure: go.Figure | None) -> None:
         """Replace the output with a table and a figure (None: nothing to draw, e.g. no edits yet)."""
         self.table, self.figure = table, figure
-        with self.out:
-            self.out.clear_output(wait=True)
-            display(table)
-            if figure is not None:
-                figure.show()
+        # Set from the kernel, not captured with `with self.out:`: nbclient (the notebook tests, CI)
+        # stalls for its whole cell timeout after a large captured output such as a plotly figure.
+        self.out.outputs = ()
+        self.out.append_display_data(table)
+        if figure is not None:
+            self.out.append_display_data(figure)
 
     def _ipython_display_(self) -> None:
         display(self.widget)
@@ -219,12 +220,13 @@ def key_distances(editor, groups: dict[str, list[str]], entry: int | None = None
     for group, prompts in groups.items():
         for prompt in prompts:
             seen = editor.inspect(prompt)
-            if not seen["distances"]:
+            if not seen["eps"]:
                 raise ValueError("the codebook is empty: add an edit first")
-            i = min(range(len(seen["distances"])), key=seen["distances"].__getitem__) if entry is None else entry
+            distances = seen["distances"]
+            i = min(range(len(distances)), key=distances.__getitem__) if entry is None else entry
             if not 0 <= i < len(seen["eps"]):
                 raise ValueError(f"entry {i} does not exist: the codebook has {len(seen['eps'])} entries")
-            rows.append({"group": group, "prompt": prompt, "distance": seen["distances"][i], "entry": i,
+            rows.append({"group": group, "prompt": prompt, "distance": distances[i], "entry": i,
                          "eps": seen["eps"][i], "label": seen["labels"][i], "fired": seen["fired"]})
     return rows
 
@@ -236,11 +238,13 @@ def describe_decision(info: dict, eps_init: float) -> str:
         words = f"add: the codebook was empty, so entry {n} is new with ε = ε_init = {eps_init:.3g}"
     else:
         i, d, eps_i = info["nearest"], info["d_min"], info["nearest_eps"]
-        reach = f"d_min = {d:.3g} to entry {i}, ε_{i} + ε_init = {eps_i:.3g} + {eps_init:.3g} = {eps_i + eps_init:.3g}"
+        reach = (f"d_min = {d:.3g} to entry {i}, "
+                 f"ε_{i} + ε_init = {eps_i:.3g} + {eps_init:.3g} = {eps_i + eps_init:.3g}")
         if op == "add":
             words = f"add: {reach}; farther than that, so entry {n} is new with ε = {eps_init:.3g}"
         elif op == "expand":
-            words = f"expand: {reach}; within reach and same answer, so ε_{i} grows {eps_i:.3g} → {info['eps']:.3g}"
+            words = (f"expand: {reach}; within reach and the same answer, "
+                     f"so ε_{i}: {eps_i:.3g} → {info['eps']:.3g}")
         else:
             words = (f"split: {reach}; within reach but another answer, so ε_{i} and the new entry {n}'s ε "
                      f"are both d_min/2 = {info['eps']:.3g}")
@@ -302,19 +306,20 @@ class GracePanel(Panel):
                                  "or the target (or remove it first)")
         return case
 
-    def _refresh(self) -> None:
+    def _probes(self) -> list[str]:
+        """The non-blank probe lines; checked before anything changes, so a bad one edits nothing."""
+        probes = [p.strip() for p in self.probes.value.splitlines() if p.strip()]
+        for p in probes:
+            check_length(self.editor.tokenizer, "probe prompt", p)
+        return probes
+
+    def _refresh(self, probes: list[str]) -> None:
         """Show the codebook and, if it has entries, the edit prompt's and the probes' distances."""
-        table = self.editor.codebook()
-        figure = None
+        table, figure = self.editor.codebook(), None
         if len(table):
-            probes = [p.strip() for p in self.probes.value.splitlines() if p.strip()]
-            for p in probes:
-                check_length(self.editor.tokenizer, "probe prompt", p)
-            groups = {"edit prompt": [self.prompt.value.strip()] if self.prompt.value.strip() else [],
-                      "probes": probes}
-            rows = key_distances(self.editor, groups)
-            if rows:
-                figure = viz.distances_vs_radii(rows)
+            prompt = self.prompt.value.strip()
+            rows = key_distances(self.editor, {"edit prompt": [prompt] if prompt else [], "probes": probes})
+            figure = viz.distances_vs_radii(rows) if rows else None
         self.show(table, figure)
 
     @guarded
@@ -323,10 +328,10 @@ class GracePanel(Panel):
         try:
             self.say("editing… Algorithm 1, and a value trained unless it is an expand", "busy")
             start = time.perf_counter()
-            case = self._case()
+            case, probes = self._case(), self._probes()
             (info,) = self.editor.edit(case)
             self.added += 1
-            self._refresh()
+            self._refresh(probes)
             self.say(f"{case.case_id}: {describe_decision(info, self.editor.eps_init)} "
                      f"[{time.perf_counter() - start:.1f} s]", "ok")
         finally:
@@ -336,7 +341,7 @@ class GracePanel(Panel):
     def on_measure(self, _button=None) -> None:
         if not len(self.editor.adapter.eps):
             raise ValueError("the codebook is empty: add an edit first")
-        self._refresh()
+        self._refresh(self._probes())
         self.say("distances measured; the codebook did not change", "ok")
 
     @guarded
@@ -353,7 +358,7 @@ class GracePanel(Panel):
 
     @guarded
     def on_remove(self, _button=None) -> None:
-        case_id = self.remove_id.value.strip()
+        case_id, probes = self.remove_id.value.strip(), self._probes()
         self.editor.remove(case_id)  # an unknown id raises KeyError, which lists the edited ids
-        self._refresh()
+        self._refresh(probes)
         self.say(f"removed {case_id}: the codebook was rebuilt from the other edits", "ok")

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from kedit_teach.__main__ import main
-from kedit_teach.data import load_counterfact
+from kedit_teach.data import EditCase, load_counterfact
 from kedit_teach.editors import ICE, NoEdit
 from kedit_teach.evaluate import MODES, aggregate, evaluate, probes_of
 
@@ -97,3 +97,14 @@ def test_curve_scores_the_edits_made_so_far(gemma_tiny):
     assert points[0]["metrics"]["teacher_forced"]["portability"] is not None  # CASE has portability
     with pytest.raises(ValueError, match="at least one positive"):
         curve(NoEdit(*gemma_tiny), [CASE], checkpoints=[0])
+
+
+def test_locality_probes_that_are_other_edits_are_dropped_when_edits_stand_together(gemma_tiny):
+    from kedit_teach.evaluate import unrelated
+    neighbour = EditCase(case_id="c3", subject="Japan", prompt=CASE.locality[0][0], target_new="Osaka")
+    probes = [p for c in (CASE, neighbour) for p in probes_of(c)]
+    kept = unrelated(probes, [CASE, neighbour])
+    assert [p.prompt for p in probes if p not in kept] == [CASE.locality[0][0]]
+    seq = evaluate(NoEdit(*gemma_tiny), [CASE, neighbour], mode="sequential", fluency_n=0, progress=False)
+    single = evaluate(NoEdit(*gemma_tiny), [CASE, neighbour], mode="single", fluency_n=0, progress=False)
+    assert seq["locality_probes_dropped"] == 1 and single["locality_probes_dropped"] == 0

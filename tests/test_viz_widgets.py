@@ -187,16 +187,13 @@ def test_guarded_shows_key_errors_without_quotes():
     assert panel.message.value.endswith("KeyError: no edit with case_id &#x27;x&#x27; to remove</span>")
 
 
-def test_show_keeps_the_latest_table_and_figure():
+def test_show_keeps_the_latest_table_and_figure_and_replaces_the_output():
     panel, table, fig = Panel(), pd.DataFrame({"a": [1]}), go.Figure()
     panel.show(table, fig)
     assert panel.table is table and panel.figure is fig
-
-
-def test_show_without_a_figure_keeps_the_table():
-    panel = Panel()
-    panel.show(pd.DataFrame({"a": [1]}), None)
-    assert panel.figure is None and len(panel.table) == 1
+    assert len(panel.out.outputs) == 2 and "text/html" in panel.out.outputs[0]["data"]
+    panel.show(table, None)  # nothing to draw: only the table
+    assert panel.figure is None and len(panel.out.outputs) == 1
 
 
 # ----------------------------------------------------------------------------- GRACE figures
@@ -289,7 +286,7 @@ def test_describe_decision_names_the_rule_and_its_numbers():
     assert "d_min = 5 to entry 0" in far and "1 + 1 = 2" in far
     expand = describe_decision({"op": "expand", "entry": 0, "d_min": 1.5, "nearest": 0, "nearest_eps": 1.0,
                                 "eps": 2.0}, 1.0)
-    assert expand.startswith("expand:") and "1 → 2" in expand
+    assert expand.startswith("expand:") and "same answer, so ε_0: 1 → 2" in expand
     split = describe_decision({"op": "split", "entry": 1, "d_min": 1.5, "nearest": 0, "nearest_eps": 2.0,
                                "eps": 0.75, "loss_start": 8.0, "loss_end": 0.01}, 1.0)
     assert split.startswith("split:") and "d_min/2 = 0.75" in split and "loss 8.00 → 0.01" in split
@@ -331,7 +328,7 @@ def test_grace_panel_slider_sets_eps_init_for_the_next_edits_only(grace_panel):
     assert grace_panel.editor.adapter.eps.tolist() == [1.0]
     grace_panel.prompt.value = "The mother tongue of Danielle Darrieux is"  # tiny-model keys: ~0.2 apart
     grace_panel.add.click()
-    assert grace_panel.editor.log[-1]["op"] == "expand" and "ε_0 grows 1 → 6" in grace_panel.message.value
+    assert grace_panel.editor.log[-1]["op"] == "expand" and "ε_0: 1 → 6" in grace_panel.message.value
 
 
 def test_grace_panel_remove_and_reset(grace_panel):
@@ -362,7 +359,7 @@ def test_grace_panel_bad_input_gives_a_visible_message(grace_panel, box, value, 
     getattr(grace_panel, box).value = value
     grace_panel.add.click()  # must not raise
     assert grace_panel.level == "error" and expected in grace_panel.message.value.replace("&#x27;", "'")
-    assert not grace_panel.add.disabled
+    assert not grace_panel.editor.cases and grace_panel.added == 0 and not grace_panel.add.disabled
 
 
 def test_grace_panel_unicode_and_measure(grace_panel):
