@@ -68,33 +68,28 @@ def test_unrelated_prompts_pass_through_untouched(gemma_tiny):
     assert not torch.equal(after[2], before[2])  # the edit prompt changed
 
 
-def test_algorithm_1_add_expand_split(gemma_tiny):
-    model, tok = gemma_tiny
-    editor = grace(model, tok, eps_init=1e-3)
-    k1 = editor._capture(CASE.prompt)[0]
-    k2 = editor._capture(CASE.rephrase_prompts[0])[0]
-    d = float((k1 - k2).norm())
-    editor.eps_init = d  # the rephrase's key lands within eps_i + eps_init of the first key
+def rephrase_within_reach(model, tok, **kw) -> tuple[GRACE, float]:
+    """A GRACE editor whose eps_init equals the distance d between CASE's prompt and rephrase keys,
+    so the rephrase lands within eps_i + eps_init of CASE's entry, with CASE already edited."""
+    editor = grace(model, tok, eps_init=1e-3, **kw)
+    d = float((editor._capture(CASE.prompt)[0] - editor._capture(CASE.rephrase_prompts[0])[0]).norm())
+    editor.eps_init = d
     editor.edit(CASE)
+    return editor, d
+
+
+def test_algorithm_1_add_then_expand(gemma_tiny):
+    editor, d = rephrase_within_reach(*gemma_tiny)
+    assert editor.log[0]["op"] == "add" and float(editor.adapter.eps[0]) == pytest.approx(d)
     (same,) = editor.edit(case("r1", CASE.rephrase_prompts[0], "Rome"))
     assert same["op"] == "expand" and len(editor.adapter.keys) == 1
-    assert editor.adapter.eps[0] == pytest.approx(2 * d)               # deck: eps_i + eps_init
-    (other,) = editor.edit(case("r2", CASE.rephrase_prompts[0] + " the", "Tokyo"))
-    if other["op"] == "split":
-        assert editor.adapter.eps[0] == pytest.approx(other["d_min"] / 2)
-        assert editor.adapter.eps[1] == pytest.approx(other["d_min"] / 2)
+    assert float(editor.adapter.eps[0]) == pytest.approx(2 * d)  # deck: eps_i + eps_init
     table = editor.codebook()
-    assert list(table["label"]) == ["rome", "tokyo"][:len(table)] and table.loc[0, "cases"] == "c1, r1"
+    assert list(table["label"]) == ["rome"] and table.loc[0, "cases"] == "c1, r1"
 
 
 def test_split_halves_both_radii(gemma_tiny):
-    model, tok = gemma_tiny
-    editor = grace(model, tok, eps_init=1e-3)
-    k1 = editor._capture(CASE.prompt)[0]
-    k2 = editor._capture(CASE.rephrase_prompts[0])[0]
-    d = float((k1 - k2).norm())
-    editor.eps_init = d
-    editor.edit(CASE)
+    editor, d = rephrase_within_reach(*gemma_tiny)
     (info,) = editor.edit(case("x", CASE.rephrase_prompts[0], "Tokyo"))
     assert info["op"] == "split" and info["d_min"] == pytest.approx(d, rel=1e-5)
     assert editor.adapter.eps.tolist() == pytest.approx([d / 2, d / 2], rel=1e-5)
@@ -103,11 +98,7 @@ def test_split_halves_both_radii(gemma_tiny):
 
 
 def test_coverage_expansion_sets_eps_to_the_distance(gemma_tiny):
-    model, tok = gemma_tiny
-    editor = grace(model, tok, eps_init=1e-3, expand="coverage")
-    d = float((editor._capture(CASE.prompt)[0] - editor._capture(CASE.rephrase_prompts[0])[0]).norm())
-    editor.eps_init = d
-    editor.edit(CASE)
+    editor, d = rephrase_within_reach(*gemma_tiny, expand="coverage")
     editor.edit(case("r1", CASE.rephrase_prompts[0], "Rome"))
     assert float(editor.adapter.eps[0]) == pytest.approx(d, rel=1e-5)
 
