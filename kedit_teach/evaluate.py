@@ -149,7 +149,7 @@ def evaluate(editor, cases: list[EditCase], mode: str = "single", batch_size: in
         for c in cases:
             edit_s += [i["edit_s"] for i in editor.edit(c)]
             t = time.perf_counter()
-            s, g = run_probes(editor, [p for p in probes if p.case_id == c.case_id], batch_size, sliced)
+            s, g = run_probes(editor, probes_of(c), batch_size, sliced)  # single mode drops nothing
             infer_s += time.perf_counter() - t
             scores += s
             gens += g

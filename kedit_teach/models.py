@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,9 +251,8 @@ def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, devic
 @torch.no_grad()
 def check_finite(model, tokenizer) -> None:
     """A short greedy generation must have finite scores; fp16 overflow shows up here as NaN."""
-    enc = tokenizer([format_prompt(tokenizer, "The capital of France is")], return_tensors="pt",
-                    add_special_tokens=add_special(tokenizer, format_prompt(tokenizer, "x")))
-    out = model.generate(**enc.to(model.device), max_new_tokens=3, do_sample=False,
+    enc = encode_prompts(tokenizer, [format_prompt(tokenizer, "The capital of France is")], model.device)
+    out = model.generate(**enc, max_new_tokens=3, do_sample=False,
                          output_scores=True, return_dict_in_generate=True,
                          pad_token_id=tokenizer.pad_token_id)
     if not all(torch.isfinite(s).all() for s in out.scores):
@@ -380,10 +378,3 @@ def logits_at(model, hidden: torch.Tensor) -> torch.Tensor:
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits
-
-
-def timed(fn, *args, **kwargs):
-    """(result, seconds) of one call."""
-    t = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - t

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..data import EditCase
 from ..metrics import nll, normalize
-from ..models import add_special, decoder_of, encode_pair, format_prompt, logits_at
+from ..models import decoder_of, encode_pair, encode_prompts, format_prompt, logits_at
 from .base import Editor
 from .baselines import default_layer
 
@@ -124,11 +124,11 @@ class GRACE(Editor):
     # ------------------------------------------------------------------ keys and values
     def _capture(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(key, original output) of the wrapped layer at the prompt's last token."""
-        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special(self.tokenizer, prompt))
+        ids = encode_prompts(self.tokenizer, [prompt], self.model.device)
         self.adapter.mode, self.adapter.positions = "capture", torch.tensor([ids["input_ids"].shape[1] - 1])
         try:
             with torch.no_grad():
-                decoder_of(self.model)(**ids.to(self.model.device), use_cache=False)
+                decoder_of(self.model)(**ids, use_cache=False)
         finally:
             self.adapter.mode = "lookup"
         key, out = self.adapter.captured
