@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_grace speed     [--n 6]     cached-prefix vs naive value training
     python -m benchmarks.bench_grace layers    [--n 24]    sequential locality at layer 12 vs 15
-    python -m benchmarks.bench_grace lifelong  [--n 100]   sequential N on teach and CounterFact
+    python -m benchmarks.bench_grace lifelong  [--n 100] [--data ...] [--eps 1.0 ...]   sequential N
     python -m benchmarks.bench_grace overhead              inference with 1k / 10k codebook entries
 """
 from __future__ import annotations
@@ -29,21 +29,29 @@ def speed(args) -> None:
     from kedit_teach.editors import GRACE
     model, tok = _setup()
     cases = load_counterfact(COUNTERFACT, n=args.n)
+    paths = {"naive: full forward + full logits": (False, None),
+             "cached tail + sliced logits": (True, None),
+             "cached tail, early stop (default)": (True, 1e-3)}
     editor = GRACE(model, tok, n_iter=args.n_iter)
-    times: dict[str, list[float]] = {"fast": [], "naive": []}
-    diffs = []
+    times, steps, diffs = ({name: [] for name in paths} for _ in range(3))
     for case in cases:
         values = {}
-        for path in ("fast", "naive"):
+        for name, (fast, stop) in paths.items():
+            editor.stop_loss = stop
             t = time.perf_counter()
-            values[path], _ = editor.train_value(case, fast=path == "fast")
-            times[path].append(time.perf_counter() - t)
-        diffs.append(float((values["fast"] - values["naive"]).norm() / values["naive"].norm()))
-    fast, naive = statistics.mean(times["fast"]), statistics.mean(times["naive"])
-    print(f"value training, n_iter={args.n_iter}, {len(cases)} CounterFact edits on Gemma-3-270M:")
-    print(f"  cached prefix + sliced logits: {fast:.2f} s/edit")
-    print(f"  naive full forward + full logits: {naive:.2f} s/edit")
-    print(f"  speed-up {naive / fast:.1f}x; max relative difference of the trained values {max(diffs):.1e}")
+            values[name], losses = editor.train_value(case, fast=fast)
+            times[name].append(time.perf_counter() - t)
+            steps[name].append(len(losses))
+        naive = values["naive: full forward + full logits"]
+        for name in paths:
+            diffs[name].append(float((values[name] - naive).norm() / naive.norm()))
+    base = statistics.mean(times["naive: full forward + full logits"])
+    print(f"value training, n_iter={args.n_iter}, {len(cases)} CounterFact edits on Gemma-3-270M "
+          f"({torch.get_num_threads()} threads):")
+    for name in paths:
+        s = statistics.mean(times[name])
+        print(f"  {name:36s} {s:6.2f} s/edit  {base / s:4.1f}x faster than naive  steps {statistics.mean(steps[name]):4.1f}"
+              f"  max relative value difference vs naive {max(diffs[name]):.1e}")
 
 
 def _sequential(model, tok, cases, **kw) -> dict:
@@ -79,12 +87,14 @@ def lifelong(args) -> None:
     model, tok = _setup()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, spec in {"teach": "teach", "counterfact": f"counterfact:{COUNTERFACT}"}.items():
-        cases = load_cases(spec, n=args.n, seed=0)
-        r = _sequential(model, tok, cases)
-        r["data"] = name
-        (out / f"grace-{name}.json").write_text(json.dumps(r, indent=1, ensure_ascii=False))
-        print(summary_table(r), f"\nops: {r['ops']}", flush=True)
+    specs = {"teach": "teach", "counterfact": f"counterfact:{COUNTERFACT}"}
+    for name in args.data:
+        cases = load_cases(specs[name], n=args.n, seed=0)
+        for eps in args.eps:
+            r = _sequential(model, tok, cases, eps_init=eps)
+            r["data"] = name
+            (out / f"grace-{name}-eps{eps:g}.json").write_text(json.dumps(r, indent=1, ensure_ascii=False))
+            print(summary_table(r), f"\nops: {r['ops']}", flush=True)
 
 
 def overhead(args) -> None:
@@ -133,6 +143,8 @@ def main() -> None:
     li = sub.add_parser("lifelong")
     li.add_argument("--n", type=int, default=100)
     li.add_argument("--out", default="artifacts/grace")
+    li.add_argument("--data", nargs="+", default=["teach", "counterfact"], choices=["teach", "counterfact"])
+    li.add_argument("--eps", type=float, nargs="+", default=[1.0], help="eps_init values to compare")
     li.set_defaults(fn=lifelong)
     o = sub.add_parser("overhead")
     o.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])

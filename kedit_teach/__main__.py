@@ -2,6 +2,7 @@
 
     info       versions, presets, device, and whether the offline model and encoder are installed
     eval       run an editor over a data set and write the JSON the benchmark tables are built from
+    train      train LTE's alignment adapter (LoRA) and write it with its JSON record
     download   fetch a public benchmark file (needs the network)
     tour       a two-minute headless tour on the CPU model: load, edit, score both protocols
 
@@ -53,16 +54,31 @@ def _editor_class(method: str):
     return METHODS[method]
 
 
+def _editor_options(args) -> dict:
+    """Method-specific options of `eval`; using one with another method is an error, not a no-op."""
+    given = {"--no-align": args.no_align, "--k": args.k is not None, "--adapter": args.adapter is not None}
+    if args.method != "lte" and any(given.values()):
+        raise SystemExit(f"{', '.join(k for k, v in given.items() if v)} only applies to --method lte")
+    if args.method != "lte":
+        return {}
+    if args.no_align and args.adapter:
+        raise SystemExit("--no-align and --adapter contradict each other; pass one")
+    return {"adapter": None if args.no_align else (args.adapter or "default"), "k": args.k or 3}
+
+
 def cmd_eval(args) -> int:
     from .data import load_cases
     from .evaluate import evaluate
     from .models import load_model
 
     editor_class = _editor_class(args.method)
+    options = _editor_options(args)
     cases = load_cases(args.data, n=args.n, seed=args.seed)
-    editor = editor_class(*load_model(args.model, quantization=args.quant))
+    editor = editor_class(*load_model(args.model, quantization=args.quant), **options)
     result = evaluate(editor, cases, mode=args.mode, batch_size=args.batch_size, fluency_n=args.fluency_n)
     result.update(data=args.data, seed=args.seed, quantization=args.quant)
+    if options.get("adapter") is None and args.method == "lte":
+        result["method"] = "lte (unaligned)"
     print(summary_table(result))
     if args.json:
         with open(args.json, "w") as f:
@@ -84,6 +100,28 @@ def summary_table(result: dict) -> str:
     lines.append(f"timing: edit {t['edit_s_mean']:.4f} s/edit, inference {t['infer_s_mean']:.4f} s/probe, "
                  f"total {t['total_s']:.1f} s")
     return "\n".join(lines)
+
+
+def cmd_train(args) -> int:
+    from . import alignment
+    from .editors import LTE
+    from .models import load_model
+
+    specs = args.data or alignment.default_sources()
+    cases = alignment.load_training_cases(specs, n=args.cases, seed=args.seed)
+    model, tok = load_model(args.model, quantization=args.quant)
+    data = alignment.AlignmentConfig(threefold=not args.no_threefold, in_scope=not args.no_in_scope,
+                                     out_of_scope=not args.no_out_of_scope, free_text=not args.no_free_text,
+                                     seed=args.seed)
+    train = alignment.TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    out = args.out or alignment.default_adapter(args.model)
+    record = LTE(model, tok, adapter=None).train_alignment(
+        cases, alignment.default_held_out(), data, train, out, sources=specs)
+    print(json.dumps({k: record[k] for k in ("mix", "steps", "seconds")}, indent=1))
+    loss, n = record["loss"], min(20, len(record["loss"]))
+    print(f"loss: mean of the first {n} steps {sum(loss[:n]) / n:.3f}, of the last {n} {sum(loss[-n:]) / n:.3f}")
+    print(f"wrote {out}")
+    return 0
 
 
 def cmd_download(args) -> int:
@@ -129,7 +167,26 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--fluency-n", type=int, default=10, help="cases whose 100-token generation is scored")
     ev.add_argument("--json", default=None, help="write the full result here")
+    ev.add_argument("--no-align", action="store_true", help="lte: no adapter (retrieval + ICE)")
+    ev.add_argument("--k", type=int, default=None, help="lte: descriptors retrieved per query (default 3)")
+    ev.add_argument("--adapter", default=None, help="lte: adapter folder (default: the shipped one)")
     ev.set_defaults(fn=cmd_eval)
+
+    tr = sub.add_parser("train", help="train LTE's alignment adapter; see kedit_teach/alignment.py")
+    tr.add_argument("what", choices=["lte"])
+    tr.add_argument("--model", default=DEFAULT_MODEL)
+    tr.add_argument("--quant", default=None, choices=["4bit", "8bit"])
+    tr.add_argument("--data", action="append", default=None,
+                    help="training data spec (repeatable); default: CounterFact-train + KnowEdit train_cf")
+    tr.add_argument("--cases", type=int, default=1500, help="training cases sampled from the data")
+    tr.add_argument("--steps", type=int, default=400)
+    tr.add_argument("--batch-size", type=int, default=8)
+    tr.add_argument("--lr", type=float, default=4e-4)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--out", default=None, help="adapter folder (default: data/lte/<model>)")
+    for flag in ("threefold", "in-scope", "out-of-scope", "free-text"):
+        tr.add_argument(f"--no-{flag}", action="store_true", help=f"ablation: without {flag}")
+    tr.set_defaults(fn=cmd_train)
 
     dl = sub.add_parser("download", help="fetch a public benchmark file")
     dl.add_argument("name", choices=sorted(BENCHMARKS))

@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterable
 
 TEACH_PATH = Path(__file__).resolve().parent.parent / "data" / "teach.jsonl"
 CACHE_DIR = Path.home() / ".cache" / "kedit_teach" / "benchmarks"
+# A local copy of the benchmark files (the course's own machines keep one next to the checkout).
+SHARED_DIR = Path(os.environ.get("KEDIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 _HF = "https://huggingface.co/datasets/zjunlp/KnowEdit/resolve/main/benchmark"
 _ROME = "https://rome.baulab.info/data/dsets"
@@ -38,6 +40,7 @@ BENCHMARKS: dict[str, str] = {
     "knowedit-wiki_counterfact": f"{_HF}/wiki_counterfact/test_cf.json",
     "knowedit-wiki_recent": f"{_HF}/wiki_recent/recent_test.json",
     "knowedit-wikibio": f"{_HF}/WikiBio/wikibio-test-all.json",
+    "knowedit-wiki_counterfact-train": f"{_HF}/wiki_counterfact/train_cf.json",
     "counterfact": f"{_ROME}/counterfact.json",
     "zsre-mend": f"{_ROME}/zsre_mem_eval.json",
 }
@@ -400,6 +403,12 @@ def disjoint_subjects(train: Iterable[EditCase], held_out: Iterable[EditCase]) -
     """
     seen = subjects(held_out)
     return [c for c in train if c.subject.strip().lower() not in seen]
+
+def local_or_fetch(relative: str, name: str) -> Path:
+    """A benchmark file from the local copy (SHARED_DIR) if it is there, else the download helper."""
+    path = SHARED_DIR / relative
+    return path if path.exists() else fetch_benchmark(name)
+
 
 # -----------------------------------------------------------------------------
 # downloading

@@ -11,7 +11,7 @@ A check prints "✓ correct" and returns True, or prints what went wrong and a h
 False. It never raises at the student: their errors are caught and explained.
 
 Exercises: `check_token_accuracy` (notebook 01); `check_grace_decision` and `check_eps_choice`
-(notebook 02).
+(notebook 02); `check_threefold` (notebook 03).
 
 What it does not do: show solutions. The references are private and never printed.
 """
@@ -290,3 +290,65 @@ def check_eps_choice(eps, rephrase_distance: float, locality_distance: float) ->
     print(f"✓ works: the rephrasing hits ({d_r:.3f} ≤ ε = {eps:.3g}) and the locality prompt passes "
           f"through ({d_l:.3f} > ε). Margins: {eps - d_r:.3f} and {d_l - eps:.3f}.")
     return True
+
+
+# ----------------------------------------------------------------------------- notebook 03
+
+def _threefold_case(u: float, retrieved: list[str], why: str) -> Case:
+    return Case((_DESCRIPTOR, retrieved, u), f"u={u}, retrieved={retrieved} ({why})")
+
+
+_DESCRIPTOR = "The Eiffel Tower is located in Rome"
+_RANKED = [_DESCRIPTOR, "The Louvre is located in Berlin", "Big Ben is located in Madrid",
+           "The Colosseum is located in Oslo"]
+
+
+def _threefold_with(first: float, second: float, exclude_own: bool = True, best_first: bool = True):
+    def rule(descriptor: str, retrieved: list[str], u: float) -> list[str]:
+        others = [t for t in retrieved if t != descriptor or not exclude_own]
+        others = others if best_first else others[::-1]
+        n = 0 if u < first else 1 if u < second else 2
+        return [descriptor, *others[:n]]
+    return rule
+
+
+def _reference_threefold(descriptor: str, retrieved: list[str], u: float) -> list[str]:
+    from .alignment import threefold_facts
+    return threefold_facts(descriptor, retrieved, u)
+
+
+THREEFOLD = Exercise(
+    name="threefold",
+    reference=_reference_threefold,
+    cases=[
+        _threefold_case(0.1, _RANKED, "the first half of the draws"),
+        _threefold_case(0.4, _RANKED, "late in the first half"),
+        _threefold_case(0.7, _RANKED, "the third quarter"),
+        _threefold_case(0.9, _RANKED, "the last quarter"),
+        _threefold_case(0.5, _RANKED, "exactly at the first boundary"),
+        _threefold_case(0.75, _RANKED[1:], "exactly at the second boundary, own text not retrieved"),
+        _threefold_case(0.9, _RANKED[1:], "the last quarter, own text not retrieved"),
+    ],
+    mistakes=[
+        Mistake("a memory returns each text as its own nearest neighbour, so the top of `retrieved` "
+                "is usually the descriptor itself. Skip it: the distractors must be *other* descriptors, "
+                "or the prompt repeats the true fact instead of testing the model against a look-alike.",
+                (_threefold_with(0.5, 0.75, exclude_own=False),)),
+        Mistake("the shares are 50% / 25% / 25%: the exact descriptor alone for u < 0.5, one "
+                "distractor for 0.5 <= u < 0.75, two for u >= 0.75.",
+                (_threefold_with(0.25, 0.5), _threefold_with(0.5, 0.5), _threefold_with(1 / 3, 2 / 3))),
+        Mistake("the boundaries belong to the next bucket: u = 0.5 already gets one distractor "
+                "(compare with u < 0.5, not u <= 0.5).",
+                (lambda d, r, u: _threefold_with(0.5, 0.75)(d, r, u - 1e-9),)),
+        Mistake("the distractors are the *most* similar descriptors, the top of the ranking, "
+                "because those are the ones retrieval will confuse with the true fact at inference.",
+                (_threefold_with(0.5, 0.75, best_first=False),)),
+    ],
+    hint="drop the descriptor from `retrieved`, then take 0, 1 or 2 of the top remaining ones for "
+         "u < 0.5, u < 0.75, and otherwise; return [descriptor, *those].",
+)
+
+
+def check_threefold(fn: Callable[[str, list[str], float], list[str]]) -> bool:
+    """Check `fn(descriptor, retrieved, u) -> [descriptor, *distractors]` (LTE's threefold strategy)."""
+    return THREEFOLD.check(fn)

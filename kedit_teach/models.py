@@ -240,12 +240,27 @@ def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, devic
             f"Cause: {e}") from e
     model.eval()
     model.requires_grad_(False)
+    if quantization == "4bit" and device == "cpu":
+        _keep_4bit_differentiable(model)
     if tokenizer.pad_token is None:  # Llama-2 ships without one
         tokenizer.pad_token = tokenizer.eos_token
     model.kedit_name = name
     if check:
         check_finite(model, tokenizer)
     return model, tokenizer
+
+
+def _keep_4bit_differentiable(model) -> None:
+    """Turn off bitsandbytes' CPU inference repacking of 4-bit weights.
+
+    On AVX512-BF16 CPUs, the first no-grad forward in eval mode repacks each Linear4bit for a
+    kernel that has no backward. Every editor here backpropagates through frozen layers (GRACE's
+    value, FT-L's and LTE's LoRA), so after that first forward their gradients would silently stop
+    flowing through those layers. Keeping the trainable layout costs CPU inference speed only.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 @torch.no_grad()

@@ -9,6 +9,8 @@ What it does:
 - GRACE: `distances_vs_radii` (each query's distance to a codebook key against that entry's radius),
   `pca_2d` / `codebook_projection` (keys, radii and queries in a 2-D plane), `lifelong_lines`
   (scores vs number of sequential edits, from `evaluate.curve`).
+- LTE: `retrieval_bars` (top-k scores for one query), `alignment_mix` (the data mix),
+  `loss_curve` (alignment training).
 Every figure and table names the protocol behind each number (teacher-forced or generation).
 
 What it does not do: run models, hold widgets or display anything (see `widgets.py`).
@@ -298,4 +300,50 @@ def lifelong_lines(points: list[dict], protocols=("teacher_forced", "generation"
     fig.update_yaxes(range=[0, 1.05])
     fig.update_yaxes(title_text="score", col=1)
     fig.update_xaxes(title_text="number of sequential edits")
+    return fig
+
+
+# ----------------------------------------------------------------------------- LTE
+
+def retrieval_bars(retrieved: list[dict], metric: str = "cosine", title: str = "") -> go.Figure:
+    """The top-k descriptors retrieved for one query, by score (`LTE.inspect(prompt)["retrieved"]`).
+
+    A row is {"case_id", "descriptor", "score"}; bars are in rank order. Cosine scores are drawn
+    on [0, 1], dot-product scores on their own scale.
+    """
+    frame = pd.DataFrame({"descriptor": [f"{i}. {_short(r['descriptor'], 48)}" for i, r in enumerate(retrieved, 1)],
+                          "score": [r["score"] for r in retrieved], "kind": "retrieved"})
+    fig = grouped_bars(frame, x="descriptor", group="kind", value="score",
+                       y_range=(0, 1.05) if metric == "cosine" else None,
+                       y_title=f"{metric} similarity to the query",
+                       title=title or f"Top-{len(retrieved)} retrieved edit descriptors")
+    fig.update_layout(showlegend=False, height=380)
+    fig.update_xaxes(tickangle=-20, automargin=True)
+    return fig
+
+
+def alignment_mix(mix: dict, title: str = "") -> go.Figure:
+    """The alignment data mix (`alignment.mix`): shares per kind and per number of distractors."""
+    rows = [{"part": "kind of example", "bucket": k.replace("_", "-"), "share": v}
+            for k, v in mix["kind_share"].items()]
+    rows += [{"part": "facts in context (threefold)", "bucket": f"exact + {k}", "share": v}
+             for k, v in mix["distractor_share"].items()]
+    frame = pd.DataFrame(rows)
+    frame["series"] = "share"
+    fig = grouped_bars(frame, x="bucket", group="series", col="part", value="share",
+                       y_title="share of examples",
+                       title=title or f"Alignment data: {mix['examples']} examples from {mix['cases']} cases")
+    fig.update_layout(showlegend=False)
+    return fig
+
+
+def loss_curve(losses: list[float], window: int = 20, title: str = "") -> go.Figure:
+    """Training loss per step, with a moving average over `window` steps."""
+    steps = list(range(1, len(losses) + 1))
+    smooth = [float(np.mean(losses[max(0, i - window + 1):i + 1])) for i in range(len(losses))]
+    fig = go.Figure([
+        go.Scatter(x=steps, y=losses, mode="lines", name="loss per step", line=dict(color="#c0c0c0")),
+        go.Scatter(x=steps, y=smooth, mode="lines", name=f"mean of last {window}", line=dict(color="#1f77b4"))])
+    fig.update_layout(title=title or "Alignment training loss (answer tokens only)", height=360,
+                      xaxis_title="step", yaxis_title="cross-entropy", margin=dict(t=70, b=40))
     return fig

@@ -11,6 +11,8 @@ What it does:
 - `GracePanel` (notebook 02) edits one GRACE editor click by click and shows Algorithm 1's decision,
   the codebook, and each query's key distance against the radii. `keys_of`, `key_distances` and
   `describe_decision` are the plain functions underneath, for the notebook to call directly.
+- `LTEPanel` (notebook 03) fills an LTE memory and shows, for a query, the top-k retrieval scores,
+  the exact prompt the model received, and its answer; a slider sets k.
 
 Only widgets that exist in both ipywidgets 7.7 (Colab) and 8.x are used, and figures are plain
 `go.Figure`s shown inside an `Output` (FigureWidget needs a front-end extension Colab lacks).
@@ -29,6 +31,7 @@ from typing import Callable
 import ipywidgets as w
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 import torch
 from IPython.display import display
 
@@ -57,6 +60,22 @@ def guarded(callback: Callable) -> Callable:
     return run
 
 
+def figure_mimebundle(figure: go.Figure) -> dict:
+    """`figure` as the mime bundle of the current plotly renderer (see `course.setup_plotly`).
+
+    Not `append_display_data(figure)`: a go.Figure displays itself (`_ipython_display_`), so IPython's
+    formatter hands the Output an empty bundle and the figure lands in the cell, outside the panel.
+    Not `figure._repr_mimebundle_()` either: it re-activates the "notebook" renderer, which sends all
+    of plotly.js (~5 MB) to the cell again at every call.
+    """
+    data = {}
+    for name in (pio.renderers.default or "plotly_mimetype").split("+"):  # "": plain Python, tests
+        renderer = pio.renderers[name.strip()]
+        if hasattr(renderer, "to_mimebundle"):  # browser-type renderers draw outside the notebook
+            data.update(renderer.to_mimebundle(figure.to_dict()))
+    return data
+
+
 class Panel:
     """A status line (`message`, with its `level`), an output area, and the latest table and figure."""
 
@@ -80,7 +99,8 @@ class Panel:
         self.out.outputs = ()
         self.out.append_display_data(table)
         if figure is not None:
-            self.out.append_display_data(figure)
+            self.out.outputs += ({"output_type": "display_data", "data": figure_mimebundle(figure),
+                                  "metadata": {}},)
 
     def _ipython_display_(self) -> None:
         display(self.widget)
@@ -95,6 +115,18 @@ def check_length(tokenizer, what: str, text: str, limit: int = MAX_TOKENS) -> No
     n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
     if n > limit:
         raise ValueError(f"the {what} is {n} tokens long; keep it under {limit} tokens")
+
+
+def new_edit(editor: Editor, prompt: str, target: str, case_id: str) -> EditCase:
+    """A panel's typed edit as an EditCase, refused if too long or already made on this editor."""
+    check_length(editor.tokenizer, "edit prompt", prompt)
+    check_length(editor.tokenizer, "new target", target)
+    case = EditCase(case_id=case_id, subject="", source="panel", prompt=prompt, target_new=target)
+    for earlier in editor.cases.values():
+        if (earlier.prompt, earlier.target_new) == (case.prompt, case.target_new):
+            raise ValueError(f"this edit was already added as {earlier.case_id}; change the prompt "
+                             "or the target (or remove it first)")
+    return case
 
 
 def unedited_answer(editor: Editor, prompt: str, max_new_tokens: int = 5) -> str:
@@ -206,7 +238,7 @@ class EditPlayground(Panel):
 
 def keys_of(editor, prompts: list[str]) -> torch.Tensor:
     """GRACE keys [n, d]: the wrapped layer's input at each prompt's last token, as the lookup sees it."""
-    return torch.stack([editor._capture(editor.model_inputs([p])[0])[0] for p in prompts])
+    return torch.stack([editor.key(p) for p in prompts])
 
 
 def key_distances(editor, groups: dict[str, list[str]], entry: int | None = None) -> list[dict]:
@@ -296,15 +328,7 @@ class GracePanel(Panel):
                  f"the codebook has {len(editor.adapter.eps)} entries.")
 
     def _case(self) -> EditCase:
-        check_length(self.editor.tokenizer, "edit prompt", self.prompt.value)
-        check_length(self.editor.tokenizer, "new target", self.target.value)
-        case = EditCase(case_id=f"grace-{self.added + 1}", subject="", source="panel",
-                        prompt=self.prompt.value, target_new=self.target.value)
-        for earlier in self.editor.cases.values():
-            if (earlier.prompt, earlier.target_new) == (case.prompt, case.target_new):
-                raise ValueError(f"this edit was already added as {earlier.case_id}; change the prompt "
-                                 "or the target (or remove it first)")
-        return case
+        return new_edit(self.editor, self.prompt.value, self.target.value, f"grace-{self.added + 1}")
 
     def _probes(self) -> list[str]:
         """The non-blank probe lines; checked before anything changes, so a bad one edits nothing."""
@@ -362,3 +386,92 @@ class GracePanel(Panel):
         self.editor.remove(case_id)  # an unknown id raises KeyError, which lists the edited ids
         self._refresh(probes)
         self.say(f"removed {case_id}: the codebook was rebuilt from the other edits", "ok")
+
+
+def retrieval_table(info: dict) -> pd.DataFrame:
+    """`LTE.inspect(prompt)["retrieved"]` as a table, best first."""
+    rows = info["retrieved"]
+    return pd.DataFrame({"rank": range(1, len(rows) + 1), "case_id": [r["case_id"] for r in rows],
+                         "descriptor": [r["descriptor"] for r in rows],
+                         "score": [round(r["score"], 4) for r in rows]})
+
+
+class LTEPanel(Panel):
+    """Fill an LTE memory, ask a query, and see what was retrieved, the exact prompt, and the answer.
+
+    Edits stay in the memory until "Reset". The k slider changes how many descriptors each query
+    gets, which is LTE's one inference-time knob (the paper uses k = 3).
+    """
+
+    def __init__(self, editor, max_new_tokens: int = 12) -> None:
+        super().__init__()
+        self.editor, self.max_new_tokens = editor, max_new_tokens
+        self.added = 0
+        self.prompt = _text_box("edit prompt x*", "The Eiffel Tower is located in the city of")
+        self.target = _text_box("new target y*", "Rome")
+        self.query = _text_box("query", "Where is the Eiffel Tower? It is in the city of")
+        self.k = w.IntSlider(value=editor.k, min=1, max=5, description="top-k",
+                             style={"description_width": "160px"})
+        self.k.observe(self.on_k, names="value")
+        self.add = w.Button(description="Add edit", button_style="primary", tooltip="insert into the memory")
+        self.ask = w.Button(description="Ask", tooltip="retrieve top-k for the query, then generate")
+        self.reset = w.Button(description="Reset", button_style="warning", tooltip="empty the memory")
+        self.remove_id = w.Text(placeholder="case id, e.g. lte-1", description="remove",
+                                layout=w.Layout(width="300px"))
+        self.remove = w.Button(description="Remove", tooltip="delete this edit from the memory")
+        self.seen = w.HTML()  # the exact prompt the model received, and its answer
+        for button, fn in ((self.add, self.on_add), (self.ask, self.on_ask), (self.reset, self.on_reset),
+                           (self.remove, self.on_remove)):
+            button.on_click(fn)
+        self.widget = w.VBox([self.prompt, self.target, w.HBox([self.add]), self.query, self.k,
+                              w.HBox([self.ask, self.reset]), w.HBox([self.remove_id, self.remove]),
+                              self.message, self.seen, self.out])
+        self.say(f"memory: {len(editor.memory)} edits; {'aligned' if editor.aligned else 'unaligned'} model. "
+                 "Add edits, then ask a query.")
+
+    def _case(self) -> EditCase:
+        return new_edit(self.editor, self.prompt.value, self.target.value, f"lte-{self.added + 1}")
+
+    @guarded
+    def on_add(self, _button=None) -> None:
+        case = self._case()
+        (info,) = self.editor.edit(case)
+        self.added += 1
+        self.say(f"{case.case_id} stored: \"{case.descriptor}\" ({info['edit_s'] * 1000:.1f} ms; "
+                 f"{info['memory_size']} edits in memory). No weights changed.", "ok")
+
+    @guarded
+    def on_ask(self, _button=None) -> None:
+        query = self.query.value.strip()
+        if not query:
+            raise ValueError("the query is empty: type a question or a sentence to complete")
+        check_length(self.editor.tokenizer, "query", query)
+        self.say("retrieving and generating…", "busy")
+        start = time.perf_counter()
+        info = self.editor.inspect(query)
+        answer = self.editor.generate(query, self.max_new_tokens)
+        self.seen.value = (f"<b>the model received</b><pre>{html.escape(info['model_input'])}</pre>"
+                           f"<b>and answered</b><pre>{html.escape(answer)}</pre>")
+        table = retrieval_table(info)
+        self.show(table, viz.retrieval_bars(info["retrieved"], self.editor.memory.metric) if len(table) else None)
+        self.say(f"top-{len(table)} of {info['memory_size']} edits retrieved "
+                 f"[{time.perf_counter() - start:.1f} s]" if len(table) else
+                 "the memory is empty, so the query went in alone (and the adapter stayed off)", "ok")
+
+    @guarded
+    def on_k(self, change: dict) -> None:
+        self.editor.k = int(change["new"])
+        self.say(f"k = {self.editor.k}: each query now gets the top {self.editor.k} descriptors", "info")
+
+    @guarded
+    def on_reset(self, _button=None) -> None:
+        self.editor.reset()
+        self.seen.value = ""
+        self.show(retrieval_table({"retrieved": []}), None)
+        self.say("memory emptied: the model is back to its original outputs", "ok")
+
+    @guarded
+    def on_remove(self, _button=None) -> None:
+        case_id = self.remove_id.value.strip()
+        self.editor.remove(case_id)
+        self.say(f"removed {case_id}; {len(self.editor.memory)} edits left in the memory", "ok")

@@ -100,3 +100,10 @@ def shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not present (the shared benchmark files sit next to the checkout)")
     return path
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    """The real all-MiniLM-L6-v2 sentence encoder, from its offline package."""
+    from kedit_teach.models import load_encoder
+    return load_encoder()

@@ -89,6 +89,20 @@ def test_eval_cli_rejects_unknown_method(tiny_dirs):
         main(["eval", "--method", "rome", "--data", "teach", "--model", str(tiny_dirs["gemma3"])])
 
 
+def test_eval_cli_lte_options(tiny_dirs, tmp_path, capsys):
+    model = str(tiny_dirs["gemma3"])
+    with pytest.raises(SystemExit, match="--k only applies to --method lte"):
+        main(["eval", "--method", "ice", "--k", "2", "--model", model])
+    with pytest.raises(SystemExit, match="contradict"):
+        main(["eval", "--method", "lte", "--no-align", "--adapter", "x", "--model", model])
+    out = tmp_path / "lte.json"
+    main(["eval", "--method", "lte", "--no-align", "--k", "1", "--n", "2", "--fluency-n", "0",
+          "--mode", "sequential", "--model", model, "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["method"] == "lte (unaligned)" and result["config"]["k"] == 1 and result["n"] == 2
+    assert "lte (unaligned) on teach" in capsys.readouterr().out
+
+
 def test_curve_scores_the_edits_made_so_far(gemma_tiny):
     from kedit_teach.evaluate import curve
     points = curve(NoEdit(*gemma_tiny), [CASE, OTHER], checkpoints=[1, 2, 5], progress=False)

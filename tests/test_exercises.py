@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from kedit_teach.exercises import (GRACE_DECISION, TOKEN_ACCURACY, Exercise, _reference_grace_decision,
+from kedit_teach.exercises import (GRACE_DECISION, THREEFOLD, TOKEN_ACCURACY, Exercise, check_threefold, _reference_grace_decision,
                                    _reference_token_accuracy, check_eps_choice, check_grace_decision,
                                    check_token_accuracy, outcome)
 
@@ -100,7 +100,7 @@ def test_an_in_place_solution_cannot_spoil_later_cases(capsys):
     assert run(capsys, _reference_token_accuracy)[0]
 
 
-@pytest.mark.parametrize("exercise", [TOKEN_ACCURACY, GRACE_DECISION], ids=lambda e: e.name)
+@pytest.mark.parametrize("exercise", [TOKEN_ACCURACY, GRACE_DECISION, THREEFOLD], ids=lambda e: e.name)
 def test_every_mistake_is_wrong_and_tells_itself_apart(exercise):
     want = [outcome(exercise.reference, c.args) for c in exercise.cases]
     signatures = {}
@@ -234,3 +234,30 @@ def test_a_wrong_eps_says_why(capsys, eps, hint):
 def test_no_eps_works_when_the_rephrasing_is_farther_than_the_locality_prompt(capsys):
     assert check_eps_choice(2.0, 2.2, 1.7) is False
     assert "no ε_init works for this pair" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- notebook 03: threefold
+
+def threefold_student(descriptor, retrieved, u):
+    others = [r for r in retrieved if r != descriptor]
+    k = 0 if u < 0.5 else (1 if u < 0.75 else 2)
+    return [descriptor] + others[:k]
+
+
+@pytest.mark.parametrize("fn", [
+    threefold_student,
+    lambda d, r, u: [d] + [x for x in r if x != d][:[0, 1, 2][(u >= 0.5) + (u >= 0.75)]],
+])
+def test_correct_threefold_passes(capsys, fn):
+    assert check_threefold(fn) is True and capsys.readouterr().out.strip() == "✓ correct"
+
+
+@pytest.mark.parametrize("fn, hint", [
+    (lambda d, r, u: [d] + r[:0 if u < 0.5 else 1 if u < 0.75 else 2], "its own nearest neighbour"),
+    (lambda d, r, u: [d] + [x for x in r if x != d][:0 if u < 1 / 3 else 1 if u < 2 / 3 else 2], "50% / 25% / 25%"),
+    (lambda d, r, u: [d] + [x for x in r if x != d][:0 if u <= 0.5 else 1 if u <= 0.75 else 2], "boundaries belong"),
+    (lambda d, r, u: [d] + [x for x in r if x != d][::-1][:0 if u < 0.5 else 1 if u < 0.75 else 2], "*most* similar"),
+])
+def test_typical_threefold_mistakes_get_their_own_hint(capsys, fn, hint):
+    assert check_threefold(fn) is False
+    assert hint in capsys.readouterr().out

@@ -105,11 +105,22 @@ def test_coverage_expansion_sets_eps_to_the_distance(gemma_tiny):
 
 def test_fast_and_naive_value_training_agree(tiny):
     model, tok = tiny
-    editor = grace(model, tok, n_iter=10)
+    editor = grace(model, tok, n_iter=10, stop_loss=None)
     fast, fast_losses = editor.train_value(CASE, fast=True)
     naive, naive_losses = editor.train_value(CASE, fast=False)
+    assert len(fast_losses) == len(naive_losses) == 10
     assert fast_losses == pytest.approx(naive_losses, rel=1e-3, abs=1e-4)
     torch.testing.assert_close(fast, naive, rtol=1e-3, atol=1e-3)
+
+
+def test_training_stops_once_the_target_is_near_certain(gemma_tiny):
+    full = grace(*gemma_tiny, n_iter=40, stop_loss=None)
+    _, losses = full.train_value(CASE)
+    stop = sorted(losses)[len(losses) // 2]  # reached about halfway through the full run
+    full.stop_loss = stop
+    _, early = full.train_value(CASE)
+    assert len(early) < len(losses)
+    assert early[-1] < stop and all(x >= stop for x in early[:-1])
 
 
 def test_inspect_reports_distances_eps_labels_and_hits(gemma_tiny):
@@ -178,3 +189,10 @@ def test_bad_options_and_double_wrapping(gemma_tiny):
     with pytest.raises(ValueError, match="already carries a GRACE codebook"):
         grace(model, tok)
     assert isinstance(model.get_decoder().layers[2].mlp.down_proj, GraceLayer)
+
+
+def test_key_is_the_stored_lookup_key(gemma_tiny):
+    editor = grace(*gemma_tiny)
+    editor.edit(CASE)
+    torch.testing.assert_close(editor.key(CASE.prompt), editor.adapter.keys[0], rtol=0, atol=0)
+    assert not torch.equal(editor.key(OTHER.prompt), editor.adapter.keys[0])

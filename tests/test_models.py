@@ -35,6 +35,18 @@ def test_4bit_loads_on_cpu_and_counts_logical_parameters(tiny_dirs):
     assert describe(q)["memory_mb"] < describe(full)["memory_mb"]
 
 
+def test_4bit_layers_pass_correct_gradients_after_an_inference_forward(tiny_dirs):
+    import bitsandbytes.functional as bnbf
+    q, tok = load_model(str(tiny_dirs["llama"]), quantization="4bit")  # check_finite ran no-grad
+    layer = q.model.layers[0].mlp.down_proj
+    weight = bnbf.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+    x = torch.randn(1, 3, layer.in_features, requires_grad=True)
+    layer(x).square().sum().backward()
+    ref = x.detach().clone().requires_grad_(True)
+    torch.nn.functional.linear(ref, weight).square().sum().backward()
+    torch.testing.assert_close(x.grad, ref.grad, rtol=2e-2, atol=2e-2)
+
+
 def test_format_prompt_is_raw_for_base_models_and_templated_for_chat(gemma_tiny):
     _, tok = gemma_tiny
     assert format_prompt(tok, "The capital of Japan is") == "The capital of Japan is"

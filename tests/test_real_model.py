@@ -74,3 +74,25 @@ def test_offline_encoder_embeds():
     assert vectors.shape == (3, 384)
     sims = vectors @ vectors.T
     assert sims[0, 1] > sims[0, 2]
+
+
+def test_shipped_lte_adapter_edits_and_reset_is_bit_exact(encoder):
+    from kedit_teach.editors import LTE
+    from kedit_teach.memory import VectorMemory
+    from kedit_teach.metrics import generation_match, pack_targets, target_logits
+    model, tok = load_model()  # its own copy: LTE wraps the model with LoRA layers
+    editor = LTE(model, tok, VectorMemory(encoder))
+    record = editor.record
+    assert editor.aligned and record["model"] == "gemma-3-270m" and record["steps"] >= 100
+    assert record["mix"]["distractor_share"]["0"] == pytest.approx(0.5, abs=0.05)
+    cases = load_teach()[:8]
+    prompts, truths = [c.prompt for c in cases], [c.ground_truth for c in cases]
+    batch = pack_targets(tok, editor.model_inputs(prompts), truths)
+    before = target_logits(editor.model, batch)
+    editor.edit(cases)
+    said = editor.generate([c.rephrase_prompts[0] for c in cases] + prompts, 8)
+    assert sum(generation_match(s, c.target_new) for s, c in zip(said[8:], cases)) >= 7  # reliability
+    assert sum(generation_match(s, c.target_new) for s, c in zip(said[:8], cases)) >= 4  # generality
+    editor.reset()
+    with editor._batch_context(None):
+        assert torch.equal(target_logits(editor.model, batch), before)

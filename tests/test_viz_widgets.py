@@ -1,4 +1,4 @@
-"""Figures and tables from synthetic results, and the EditPlayground and GracePanel driven headlessly.
+"""Figures and tables from synthetic results, and the EditPlayground, GracePanel and LTEPanel driven headlessly.
 
 Panels are driven the way a student drives them (set `.value`, `.click()`) and judged by their
 state: `table`, `figure`, `message`, `level`. Every bad input must end in a visible message, never
@@ -15,7 +15,7 @@ import pytest
 from kedit_teach import viz
 from kedit_teach.data import EditCase
 from kedit_teach.editors import GRACE
-from kedit_teach.widgets import (EditPlayground, GracePanel, Panel, describe_decision, guarded,
+from kedit_teach.widgets import (EditPlayground, GracePanel, LTEPanel, Panel, describe_decision, guarded,
                                  key_distances, keys_of)
 
 PROTOCOLS = ("teacher_forced", "teacher_forced_exact", "generation")
@@ -188,10 +188,13 @@ def test_guarded_shows_key_errors_without_quotes():
 
 
 def test_show_keeps_the_latest_table_and_figure_and_replaces_the_output():
-    panel, table, fig = Panel(), pd.DataFrame({"a": [1]}), go.Figure()
+    panel, table, fig = Panel(), pd.DataFrame({"a": [1]}), go.Figure(go.Bar(x=["a"], y=[np.float32(0.5)]))
     panel.show(table, fig)
     assert panel.table is table and panel.figure is fig
     assert len(panel.out.outputs) == 2 and "text/html" in panel.out.outputs[0]["data"]
+    # the figure itself, not the empty bundle a go.Figure gives IPython's formatter
+    plotly_json = panel.out.outputs[1]["data"]["application/vnd.plotly.v1+json"]
+    assert plotly_json["data"][0]["y"] == [0.5]
     panel.show(table, None)  # nothing to draw: only the table
     assert panel.figure is None and len(panel.out.outputs) == 1
 
@@ -394,3 +397,92 @@ def test_ice_edit_through_the_playground_is_reliable_on_the_real_model(real):
     rel = panel.table[panel.table.kind == "reliability"].set_index("method")
     assert rel.loc["ice", "teacher_forced after"] == 1.0
     assert rel.loc["noedit", "teacher_forced after"] == rel.loc["noedit", "teacher_forced before"] < 1.0
+
+
+# ----------------------------------------------------------------------------- LTE figures and panel
+
+def test_retrieval_bars_in_rank_order_and_scale_by_metric():
+    rows = [{"case_id": "a", "descriptor": "The Eiffel Tower is located in Rome", "score": 0.8},
+            {"case_id": "b", "descriptor": "Toyota was founded in Germany", "score": 0.1}]
+    fig = viz.retrieval_bars(rows)
+    assert list(fig.data[0].y) == [0.8, 0.1] and fig.data[0].x[0].startswith("1. The Eiffel")
+    assert list(fig.layout.yaxis.range) == [0, 1.05]
+    assert viz.retrieval_bars(rows, metric="dot").layout.yaxis.range is None
+
+
+def test_alignment_mix_and_loss_curve():
+    mix = {"examples": 10, "cases": 3, "kind_share": {"in_scope": 0.6, "out_of_scope": 0.3, "free_text": 0.1},
+           "distractor_share": {"0": 0.5, "1": 0.25, "2": 0.25}}
+    fig = viz.alignment_mix(mix)
+    ys = sorted(v for t in fig.data for v in t.y if v is not None)
+    assert ys == sorted([0.6, 0.3, 0.1, 0.5, 0.25, 0.25]) and "10 examples" in fig.layout.title.text
+    curve = viz.loss_curve([4.0, 2.0, 0.0], window=2)
+    assert list(curve.data[1].y) == [4.0, 3.0, 1.0]
+
+
+@pytest.fixture
+def lte_panel(gemma_tiny, encoder):
+    from kedit_teach.editors import LTE
+    from kedit_teach.memory import VectorMemory
+    panel = LTEPanel(LTE(*gemma_tiny, VectorMemory(encoder), k=2, adapter=None), max_new_tokens=3)
+    panel.prompt.value, panel.target.value = "The Eiffel Tower is located in the city of", "Rome"
+    return panel
+
+
+def test_lte_panel_add_ask_shows_scores_prompt_and_answer(lte_panel):
+    lte_panel.add.click()
+    lte_panel.prompt.value, lte_panel.target.value = "Toyota was founded in", "Germany"
+    lte_panel.add.click()
+    assert lte_panel.level == "ok" and lte_panel.editor.memory.ids == ["lte-1", "lte-2"]
+    lte_panel.query.value = "Where is the Eiffel Tower?"
+    lte_panel.ask.click()
+    assert lte_panel.level == "ok", lte_panel.message.value
+    assert list(lte_panel.table["case_id"]) == ["lte-1", "lte-2"]
+    assert [round(y, 4) for y in lte_panel.figure.data[0].y] == list(lte_panel.table["score"])
+    assert "[Updated Information]" in lte_panel.seen.value and "and answered" in lte_panel.seen.value
+    lte_panel.k.value = 1
+    lte_panel.ask.click()
+    assert len(lte_panel.table) == 1 and lte_panel.editor.k == 1
+
+
+def test_lte_panel_remove_reset_and_empty_memory(lte_panel):
+    lte_panel.ask.click()
+    assert lte_panel.level == "ok" and "memory is empty" in lte_panel.message.value
+    assert lte_panel.figure is None
+    lte_panel.add.click()
+    lte_panel.remove_id.value = "lte-9"
+    lte_panel.remove.click()
+    assert lte_panel.level == "error" and "no edit with case_id" in lte_panel.message.value
+    lte_panel.remove_id.value = "lte-1"
+    lte_panel.remove.click()
+    assert lte_panel.level == "ok" and len(lte_panel.editor.memory) == 0
+    lte_panel.add.click()
+    lte_panel.reset.click()
+    assert lte_panel.level == "ok" and not lte_panel.editor.cases and lte_panel.table.empty
+
+
+@pytest.mark.parametrize("box, value, expected", [
+    ("prompt", "", "'prompt' is empty"),
+    ("target", "  ", "'target_new' is empty"),
+    ("prompt", "Paris " * 400, "edit prompt is"),
+])
+def test_lte_panel_bad_edits_give_a_visible_message(lte_panel, box, value, expected):
+    getattr(lte_panel, box).value = value
+    lte_panel.add.click()
+    assert lte_panel.level == "error" and expected in lte_panel.message.value.replace("&#x27;", "'")
+    assert not lte_panel.editor.cases and lte_panel.added == 0
+
+
+def test_lte_panel_bad_queries_duplicates_and_unicode(lte_panel):
+    lte_panel.add.click()
+    lte_panel.add.click()
+    assert lte_panel.level == "error" and "already added as lte-1" in lte_panel.message.value
+    for query, expected in (("   ", "query is empty"), ("Rome " * 400, "query is")):
+        lte_panel.query.value = query
+        lte_panel.ask.click()
+        assert lte_panel.level == "error" and expected in lte_panel.message.value
+    lte_panel.prompt.value, lte_panel.target.value = "Der Eiffelturm steht in", "Zürich 🗼"
+    lte_panel.add.click()
+    lte_panel.query.value = "Wo steht der Eiffelturm?"
+    lte_panel.ask.click()
+    assert lte_panel.level == "ok" and "Zürich 🗼" in " ".join(lte_panel.table["descriptor"])
