@@ -144,7 +144,7 @@ def main() -> None:
     li.add_argument("--n", type=int, default=100)
     li.add_argument("--out", default="artifacts/grace")
     li.add_argument("--data", nargs="+", default=["teach", "counterfact"], choices=["teach", "counterfact"])
-    li.add_argument("--eps", type=float, nargs="+", default=[1.0], help="eps_init values to compare")
+    li.add_argument("--eps", type=float, nargs="+", default=[0.8], help="eps_init values to compare")
     li.set_defaults(fn=lifelong)
     o = sub.add_parser("overhead")
     o.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])

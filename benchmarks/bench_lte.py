@@ -113,6 +113,10 @@ def _evaluate(editor, cases, name: str) -> dict:
     return result
 
 
+def _slug(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-=" else "_" for ch in label)
+
+
 def compare(args) -> None:
     from kedit_teach.data import load_cases
     from kedit_teach.editors import ICE, LTE
@@ -146,18 +150,22 @@ def ablation(args) -> None:
             "w/o out-of-scope": {"out_of_scope": False}, "w/o free text": {"free_text": False}}
     print(f"ablation: {args.steps} training steps each, {len(cases)} sequential CounterFact edits, k=3\n{HEADER}")
     for label, flags in rows.items():
+        name = f"ablation-{_slug(label)}-n{args.n}-steps{args.steps}"
+        if (OUT / f"{name}.json").exists():  # rows already measured with these settings
+            print(f"| {label} (kept from an earlier run) | {_row(json.loads((OUT / f'{name}.json').read_text()))} |")
+            continue
         model, tok = load_model()
         editor = LTE(model, tok, VectorMemory(encoder), adapter=None)
         start = time.perf_counter()
         editor.train_alignment(train_cases, held_out, alignment.AlignmentConfig(**flags),
-                               alignment.TrainConfig(steps=args.steps), out=OUT / "adapters" / label.replace(" ", "_"))
+                               alignment.TrainConfig(steps=args.steps), out=OUT / "adapters" / _slug(label))
         trained = time.perf_counter() - start
-        r = _evaluate(editor, cases, f"ablation-{label.replace(' ', '_')}")
+        r = _evaluate(editor, cases, name)
         print(f"| {label} ({trained / 60:.1f} min) | {_row(r)} |", flush=True)
     shipped = LTE(*load_model(), VectorMemory(encoder))
     for k in (1, 2, 3):
         shipped.k = k
-        r = _evaluate(shipped, cases, f"ablation-k{k}")
+        r = _evaluate(shipped, cases, f"ablation-shipped-k{k}-n{args.n}")
         print(f"| shipped adapter, k={k} | {_row(r)} |", flush=True)
 
 
