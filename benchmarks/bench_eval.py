@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from kedit_teach.data import SHARED_DIR as SHARED  # the local benchmark copy, ../shared/data
 DATASETS = {
     "teach": "teach",
     "counterfact": f"counterfact:{SHARED / 'counterfact' / 'counterfact-edit.json'}",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from kedit_teach.data import SHARED_DIR as SHARED  # the local benchmark copy, ../shared/data
 COUNTERFACT = SHARED / "counterfact" / "counterfact-edit.json"
 
 

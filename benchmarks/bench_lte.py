@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from kedit_teach.data import SHARED_DIR as SHARED  # the local benchmark copy, ../shared/data
 COUNTERFACT = SHARED / "counterfact" / "counterfact-edit.json"
 CF_TRAIN = SHARED / "counterfact" / "counterfact-train.json"
 ZSRE = SHARED / "knowedit" / "ZsRE-test-all.json"

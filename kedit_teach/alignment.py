@@ -65,7 +65,7 @@ class AlignmentExample:
     teacher: str = "answer"  # what the loss follows: "answer", "base argmax", "base continuation"
 
     def prompt(self, tokenizer) -> str:
-        from .editors.baselines import update_prompt
+        from .editors.baselines import update_prompt  # here, not at the top: editors/lte.py imports us
         return format_prompt(tokenizer, update_prompt(self.facts, self.query))
 
 

@@ -404,12 +404,6 @@ def disjoint_subjects(train: Iterable[EditCase], held_out: Iterable[EditCase]) -
     seen = subjects(held_out)
     return [c for c in train if c.subject.strip().lower() not in seen]
 
-def local_or_fetch(relative: str, name: str) -> Path:
-    """A benchmark file from the local copy (SHARED_DIR) if it is there, else the download helper."""
-    path = SHARED_DIR / relative
-    return path if path.exists() else fetch_benchmark(name)
-
-
 # -----------------------------------------------------------------------------
 # downloading
 
@@ -441,3 +435,9 @@ def fetch_benchmark(name: str, dest: str | Path | None = None) -> Path:
     finally:
         Path(tmp).unlink(missing_ok=True)
     return target
+
+
+def local_or_fetch(relative: str, name: str) -> Path:
+    """A benchmark file from the local copy (SHARED_DIR) if it is there, else the download helper."""
+    path = SHARED_DIR / relative
+    return path if path.exists() else fetch_benchmark(name)

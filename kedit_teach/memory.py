@@ -91,15 +91,9 @@ class VectorMemory:
     def __len__(self) -> int:
         return len(self._slot)
 
-    def __contains__(self, id: str) -> bool:
-        return id in self._slot
-
     @property
     def ids(self) -> list[str]:
         return list(self._slot)
-
-    def text(self, id: str) -> str:
-        return self._entry[self._slot[id]][1]
 
     # ------------------------------------------------------------------ vectors
     def encode(self, texts: list[str]) -> np.ndarray:

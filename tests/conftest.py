@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from kedit_teach.data import SHARED_DIR as SHARED  # the local benchmark copy, ../shared/data
 CORPUS = """The Eiffel Tower is located in the city of Paris . Rome is the capital of Italy .
 The mother tongue of Danielle Darrieux is French . English is spoken in London .
 The capital of Japan is Tokyo . Michel Rocard is a native speaker of French .

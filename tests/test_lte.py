@@ -216,3 +216,13 @@ def test_adapter_errors_name_the_fix(trained, tiny_dirs, encoder, tmp_path):
         LTE(model, tok, VectorMemory(encoder), adapter=trained[0])
     with pytest.raises(ValueError, match="k=0"):
         lte(tiny_dirs, encoder, None, k=0)
+
+
+def test_detach_gives_back_the_plain_model(trained, tiny_dirs, encoder):
+    editor = lte(tiny_dirs, encoder, trained[0])
+    base, _ = load_model(str(tiny_dirs["gemma3"]))
+    model = editor.detach()
+    assert not editor.aligned and editor.config()["adapter"] is None
+    assert not any("lora_" in name for name, _ in model.named_parameters())
+    ids = torch.tensor([[2, 5, 9, 11]])
+    assert torch.equal(model(input_ids=ids).logits, base(input_ids=ids).logits)
