@@ -114,7 +114,7 @@ def cmd_train(args) -> int:
                                      out_of_scope=not args.no_out_of_scope, free_text=not args.no_free_text,
                                      seed=args.seed)
     train = alignment.TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    out = args.out or alignment.default_adapter(args.model)
+    out = args.out or alignment.trained_adapter(args.model)
     record = LTE(model, tok, adapter=None).train_alignment(
         cases, alignment.default_held_out(), data, train, out, sources=specs)
     print(json.dumps({k: record[k] for k in ("mix", "steps", "seconds")}, indent=1))
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--batch-size", type=int, default=8)
     tr.add_argument("--lr", type=float, default=4e-4)
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--out", default=None, help="adapter folder (default: data/lte/<model>)")
+    tr.add_argument("--out", default=None, help="adapter folder (default: <cache>/lte/<model>, which LTE then loads by default)")
     for flag in ("threefold", "in-scope", "out-of-scope", "free-text"):
         tr.add_argument(f"--no-{flag}", action="store_true", help=f"ablation: without {flag}")
     tr.set_defaults(fn=cmd_train)

@@ -14,7 +14,7 @@ answer whose tokens carry the loss (the prompt carries none). Three kinds:
                 teacher-forced locality metric compares), half its greedy continuation (what the
                 generation metric compares: without these, the model learns to stop after a short
                 answer, as in-scope examples do, and every longer continuation changes).
-- free_text:    general prompts written for this project (`data/free_text.jsonl`) under a few
+- free_text:    general prompts written for this project (`assets/free_text.jsonl`) under a few
                 unrelated facts, also distilled from the base model: retrieval always prepends k
                 facts at inference, so ignoring irrelevant ones is a skill to keep.
 
@@ -37,12 +37,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import EditCase, disjoint_subjects
+from .data import ASSETS, EditCase, disjoint_subjects
 from .metrics import generate_greedy, nll, pack_targets, target_budget, target_logits, teacher_forced
-from .models import format_prompt
+from .models import cache_dir, format_prompt
 
-FREE_TEXT_PATH = Path(__file__).resolve().parent.parent / "data" / "free_text.jsonl"
-ADAPTER_DIR = Path(__file__).resolve().parent.parent / "data" / "lte"
+FREE_TEXT_PATH = ASSETS / "free_text.jsonl"
+SHIPPED_ADAPTERS = ASSETS / "lte"
 ADAPTER_FILE, RECORD_FILE = "adapter.safetensors", "record.json"
 KINDS = ("in_scope", "out_of_scope", "free_text")
 THREEFOLD = ((0.50, 0), (0.25, 1), (0.25, 2))  # (share of examples, number of similar distractors)
@@ -290,9 +290,20 @@ def train_lora(peft_model, tokenizer, examples: list[AlignmentExample], cfg: Tra
 # ----------------------------------------------------------------------------- saved adapters
 
 
+def _folder(model_name: str) -> str:
+    # a preset, a hub id ("Qwen/Qwen2.5-7B-Instruct") or a local path, as one folder name
+    return model_name.strip("/").replace("/", "--")
+
+
+def trained_adapter(model_name: str) -> Path:
+    """Where `train lte` writes by default: the user's cache, never the installed package."""
+    return cache_dir() / "lte" / _folder(model_name)
+
+
 def default_adapter(model_name: str) -> Path:
-    """Where the adapter shipped for a preset lives (committed for the CPU model)."""
-    return ADAPTER_DIR / model_name
+    """The adapter LTE(adapter="default") loads: one you trained, else the one shipped (CPU model)."""
+    mine = trained_adapter(model_name)
+    return mine if (mine / ADAPTER_FILE).exists() else SHIPPED_ADAPTERS / _folder(model_name)
 
 
 def save_adapter(peft_model, path: str | Path, record: dict) -> Path:

@@ -28,7 +28,9 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-TEACH_PATH = Path(__file__).resolve().parent.parent / "data" / "teach.jsonl"
+# Files the package ships (pyproject package-data), so a pip install has them too.
+ASSETS = Path(__file__).resolve().parent / "assets"
+TEACH_PATH = ASSETS / "teach.jsonl"
 CACHE_DIR = Path.home() / ".cache" / "kedit_teach" / "benchmarks"
 # A local copy of the benchmark files (the course's own machines keep one next to the checkout).
 SHARED_DIR = Path(os.environ.get("KEDIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

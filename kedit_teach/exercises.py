@@ -10,7 +10,7 @@ means writing a reference, cases that tell the mistakes apart, and the mistakes 
 A check prints "✓ correct" and returns True, or prints what went wrong and a hint and returns
 False. It never raises at the student: their errors are caught and explained.
 
-Exercises: `check_token_accuracy` (notebook 01); `check_grace_decision` and `check_eps_choice`
+Exercises: `check_next_token` (notebook 00); `check_token_accuracy` (notebook 01); `check_grace_decision` and `check_eps_choice`
 (notebook 02); `check_threefold` (notebook 03).
 
 What it does not do: show solutions. The references are private and never printed.
@@ -40,7 +40,7 @@ def _canonical(value: Any) -> Any:
         value = value.tolist()
     if isinstance(value, (list, tuple)):
         return tuple(_canonical(v) for v in value)
-    if isinstance(value, (bool, str)) or value is None:
+    if isinstance(value, (bool, str, int)) or value is None:  # ints stay ints: token ids read as ids
         return value
     if isinstance(value, (int, float)):
         return "nan" if math.isnan(value) else round(float(value), 6)
@@ -107,6 +107,86 @@ class Exercise:
                 if [outcome(wrong, c.args) for c in self.cases] == got:
                     return mistake.hint
         return self.hint
+
+
+# ----------------------------------------------------------------------------- notebook 00
+
+def _reference_next_token(logits: torch.Tensor, k: int) -> tuple[list[int], list[float]]:
+    top = logits[0, -1].softmax(-1).topk(k)
+    return top.indices.tolist(), top.values.tolist()
+
+
+# Each row is a distribution with at most 2 decimals and no ties among its top 3, so any correct
+# softmax (float32 or float64, softmax() or exp()/sum) rounds to the same 6 decimals.
+_DISTRIBUTIONS = [
+    [0.05, 0.40, 0.10, 0.25, 0.01, 0.15, 0.03, 0.01],
+    [0.30, 0.02, 0.08, 0.10, 0.22, 0.05, 0.18, 0.05],
+    [0.60, 0.10, 0.30],
+    [0.10, 0.20, 0.05, 0.60, 0.05],
+    [0.10, 0.50, 0.15, 0.25],
+    [0.40, 0.05, 0.35, 0.20],
+]
+
+
+def _model_logits(rows: list[int], shift: float) -> torch.Tensor:
+    """Logits [1, T, V] (what `model(**inputs).logits` returns) whose softmax at position t is
+    _DISTRIBUTIONS[rows[t]]; `shift` moves every logit, which a softmax ignores."""
+    return (torch.tensor([_DISTRIBUTIONS[r] for r in rows]).log() + shift)[None]
+
+
+def _next_token_case(rows: list[int], k: int, shift: float, why: str) -> Case:
+    logits = _model_logits(rows, shift)
+    return Case((logits, k), f"logits of shape {list(logits.shape)} and k={k} ({why})")
+
+
+def _top(probs: torch.Tensor, k: int) -> tuple[list[int], list[float]]:
+    top = probs.topk(k)
+    return top.indices.tolist(), top.values.tolist()
+
+
+NEXT_TOKEN = Exercise(
+    name="next_token",
+    reference=_reference_next_token,
+    cases=[
+        _next_token_case([1, 0], k=3, shift=2.0, why="two positions, vocabulary of 8"),
+        _next_token_case([0], k=2, shift=-1.0, why="a one-token prompt"),
+        _next_token_case([1, 1, 0], k=1, shift=0.5, why="k=1: the greedy choice"),
+        _next_token_case([4, 5, 5, 4], k=2, shift=3.0, why="as many positions as vocabulary entries"),
+        _next_token_case([3, 3], k=3, shift=0.0, why="raw logits that are already log-probabilities"),
+    ],
+    mistakes=[
+        Mistake("position t holds the prediction for the token *after* token t, so the next token after "
+                "the whole prompt is predicted at the last position: logits[0, -1], not logits[0, 0].",
+                (lambda x, k: _top(x[0, 0].softmax(-1), k),)),
+        Mistake("logits are scores (any real number), not probabilities: turn them into "
+                "probabilities with a softmax over the vocabulary before taking the top k.",
+                (lambda x, k: _top(x[0, -1], k), lambda x, k: _top(x[0, -1].log_softmax(-1), k))),
+        Mistake("softmax over the vocabulary, the last dimension (dim=-1): at each position the "
+                "probabilities of all possible next tokens sum to 1. dim=1 mixes positions.",
+                (lambda x, k: _top(x.softmax(1)[0, -1], k), lambda x, k: _top(x.softmax(0)[0, -1], k))),
+        Mistake("softmax over the whole vocabulary first, then take the top k: a softmax over only "
+                "the k best logits inflates their probabilities so they always sum to 1.",
+                (lambda x, k: (x[0, -1].topk(k).indices.tolist(), x[0, -1].topk(k).values.softmax(-1).tolist()),)),
+        Mistake("torch.topk returns (values, indices): return the token ids first, then the "
+                "probabilities, e.g. `return top.indices, top.values`.",
+                (lambda x, k: tuple(reversed(_top(x[0, -1].softmax(-1), k))),
+                 lambda x, k: x[0, -1].softmax(-1).topk(k))),
+        Mistake("most likely first: sort in descending order (torch.topk already does). "
+                "argsort() sorts ascending, so its first entries are the *least* likely tokens.",
+                (lambda x, k: ((p := x[0, -1].softmax(-1)).argsort()[:k].tolist(), p.sort().values[:k].tolist()),
+                 lambda x, k: ((p := x[0, -1].softmax(-1)).argsort()[-k:].tolist(), p.sort().values[-k:].tolist()))),
+        Mistake("logits has shape [batch, positions, vocabulary]: index the batch too, logits[0, -1] "
+                "is one vector of V scores. logits[-1] is still a [positions, vocabulary] matrix.",
+                (lambda x, k: _top(x[-1].softmax(-1), k),)),
+    ],
+    hint="probs = logits[0, -1].softmax(-1), then top = probs.topk(k); return the ids and the "
+         "probabilities as two lists, most likely first.",
+)
+
+
+def check_next_token(fn: Callable[[torch.Tensor, int], tuple]) -> bool:
+    """Check `fn(logits [1, T, V], k) -> (ids of the k most likely next tokens, their probabilities)`."""
+    return NEXT_TOKEN.check(fn)
 
 
 # ----------------------------------------------------------------------------- notebook 01

@@ -141,6 +141,16 @@ def teacher_forced(model, tokenizer, texts: list[str], targets: list[str], batch
 
 
 @torch.no_grad()
+def next_token_probs(model, tokenizer, text: str, k: int = 10) -> list[tuple[str, float]]:
+    """The k most likely next tokens after one formatted text, most likely first, with their
+    probabilities under a softmax over the whole vocabulary. Greedy decoding picks the first."""
+    enc = encode_prompts(tokenizer, [text], model.device)
+    last = hidden_states(model, enc["input_ids"], enc["attention_mask"])[0, -1]
+    top = logits_at(model, last).softmax(-1).topk(k)
+    return [(tokenizer.decode([i]), p) for i, p in zip(top.indices.tolist(), top.values.tolist())]
+
+
+@torch.no_grad()
 def generate_greedy(model, tokenizer, texts: list[str], max_new_tokens: int | list[int],
                     batch_size: int = 16, desc: str | None = None,
                     on_batch: BatchHook = _no_hook) -> list[str]:

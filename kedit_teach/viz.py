@@ -6,6 +6,7 @@ What it does:
   to come) is a thin call to it, so colours, labels and facets look the same across the course.
 - `metrics_bar` / `scores_table` / `cost_table` / `probes_table` read `evaluate()` results.
 - `before_after` / `before_after_table` read the per-probe rows of one edit (`widgets.edit_report`).
+- `next_token_bars`: one prompt's most likely next tokens (`metrics.next_token_probs`).
 - GRACE: `distances_vs_radii` (each query's distance to a codebook key against that entry's radius),
   `pca_2d` / `codebook_projection` (keys, radii and queries in a 2-D plane), `lifelong_lines`
   (scores vs number of sequential edits, from `evaluate.curve`).
@@ -51,6 +52,10 @@ def label(value) -> str:
     return LABELS.get(value, str(value))
 
 
+def _short(text: str, n: int = 32) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
 def _levels(frame: pd.DataFrame, column: str | None) -> list:
     """Distinct values in order of first appearance; [None] for "no facet"."""
     return [None] if column is None else list(pd.unique(frame[column]))
@@ -72,9 +77,11 @@ def grouped_bars(frame: pd.DataFrame, x: str, group: str, col: str | None = None
     """
     rows, cols, groups, xs = (_levels(frame, c) for c in (row, col, group, x))
     colors = colors or dict(zip(groups, cycle(qualitative.Plotly)))
-    titles = [" · ".join(label(v) for v in (r, c) if v is not None) for r in rows for c in cols]
+    # Column names once, over the top row, and row names as the y titles of the first column:
+    # "row · column" over every subplot ran into its neighbours.
+    titles = [label(c) if c is not None else "" for c in cols] if col is not None else None
     fig = make_subplots(rows=len(rows), cols=len(cols), subplot_titles=titles, shared_yaxes=True,
-                        vertical_spacing=0.25 / len(rows), horizontal_spacing=0.04)
+                        vertical_spacing=0.3 / len(rows), horizontal_spacing=0.04)
     for i, r in enumerate(rows, 1):
         for j, c in enumerate(cols, 1):
             where = pd.Series(True, index=frame.index)
@@ -93,8 +100,17 @@ def grouped_bars(frame: pd.DataFrame, x: str, group: str, col: str | None = None
                       legend_title_text=label(group), margin=dict(t=90, b=40))
     if y_range is not None:
         fig.update_yaxes(range=list(y_range))
-    fig.update_yaxes(title_text=y_title, col=1)
+    for i, r in enumerate(rows, 1):
+        fig.update_yaxes(title_text=y_title if r is None else label(r).replace(": ", "<br>"),
+                         row=i, col=1)
+    # "locality (unchanged)" on two lines, so kind names fit flat under their bars
+    fig.update_xaxes(tickvals=[label(v) for v in xs], ticktext=[_tick(label(v)) for v in xs],
+                     tickangle=-30, tickfont_size=11)
     return fig
+
+
+def _tick(text: str) -> str:
+    return text.replace(" (", "<br>(") if len(text) > 12 else text
 
 
 # ----------------------------------------------------------------------------- evaluate() results
@@ -172,13 +188,25 @@ def before_after(rows: list[dict], protocols=("teacher_forced", "generation"),
                         colors=STAGE_COLORS, title=title)
 
 
+# ----------------------------------------------------------------------------- one prompt
+
+def next_token_bars(top: list[tuple[str, float]], prompt: str = "") -> go.Figure:
+    """The model's most likely next tokens and their probabilities (`metrics.next_token_probs`).
+
+    Tokens are shown with their leading space made visible (␣), since " Paris" and "Paris" are
+    different tokens.
+    """
+    frame = pd.DataFrame({"token": [f"{i}. {t.replace(' ', '␣')}" for i, (t, _) in enumerate(top, 1)],
+                          "probability": [p for _, p in top], "kind": "next token"})
+    fig = grouped_bars(frame, x="token", group="kind", value="probability", y_title="probability",
+                       title=f"Next token after “{_short(prompt, 60)}”" if prompt else "Next-token probabilities")
+    fig.update_layout(showlegend=False, height=360)
+    return fig
+
+
 # ----------------------------------------------------------------------------- GRACE
 
 RADIUS_COLOR = "#222"
-
-
-def _short(text: str, n: int = 32) -> str:
-    return text if len(text) <= n else text[:n - 1] + "…"
 
 
 def distances_vs_radii(rows: list[dict], title: str = "") -> go.Figure:

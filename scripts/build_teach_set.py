@@ -1,4 +1,4 @@
-"""Build data/teach.jsonl, the bundled teaching set of counterfactual edits, checked on the model.
+"""Build kedit_teach/assets/teach.jsonl, the bundled teaching set of counterfactual edits, checked on the model.
 
 What it does: the fact tables below (written for this project, not copied from any dataset) are
 expanded by templates into candidate edit cases, one relation per domain, each with 2+ paraphrases,
@@ -19,7 +19,7 @@ and the continuation must start with the answer's words. Rephrasings are not che
 What it does not do: verify that the facts are true (that is on whoever edits the tables) or score
 editors. Output is deterministic: no randomness, and the same prompts always form the same batches.
 
-    export KEDIT_CACHE=/tmp/kcache; python scripts/build_teach_set.py [--out data/teach.jsonl]
+    export KEDIT_CACHE=/tmp/kcache; python scripts/build_teach_set.py [--out kedit_teach/assets/teach.jsonl]
 """
 from __future__ import annotations
 
@@ -387,7 +387,7 @@ def check(cands: list[dict], said: dict[str, str]) -> tuple[list[dict], Counter]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "data" / "teach.jsonl"))
+    ap.add_argument("--out", default=str(ROOT / "kedit_teach" / "assets" / "teach.jsonl"))
     args = ap.parse_args()
     t0 = time.time()
     cands = candidates()

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from kedit_teach.exercises import (GRACE_DECISION, THREEFOLD, TOKEN_ACCURACY, Exercise, check_threefold, _reference_grace_decision,
-                                   _reference_token_accuracy, check_eps_choice, check_grace_decision,
+from kedit_teach.exercises import (GRACE_DECISION, NEXT_TOKEN, THREEFOLD, TOKEN_ACCURACY, Exercise,
+                                   _reference_grace_decision, _reference_token_accuracy, check_eps_choice,
+                                   check_grace_decision, check_next_token, check_threefold,
                                    check_token_accuracy, outcome)
 
 
@@ -100,7 +101,7 @@ def test_an_in_place_solution_cannot_spoil_later_cases(capsys):
     assert run(capsys, _reference_token_accuracy)[0]
 
 
-@pytest.mark.parametrize("exercise", [TOKEN_ACCURACY, GRACE_DECISION, THREEFOLD], ids=lambda e: e.name)
+@pytest.mark.parametrize("exercise", [NEXT_TOKEN, TOKEN_ACCURACY, GRACE_DECISION, THREEFOLD], ids=lambda e: e.name)
 def test_every_mistake_is_wrong_and_tells_itself_apart(exercise):
     want = [outcome(exercise.reference, c.args) for c in exercise.cases]
     signatures = {}
@@ -261,3 +262,40 @@ def test_correct_threefold_passes(capsys, fn):
 def test_typical_threefold_mistakes_get_their_own_hint(capsys, fn, hint):
     assert check_threefold(fn) is False
     assert hint in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- next-token probabilities
+
+def next_token_student(logits, k):
+    probs = torch.softmax(logits[0, -1], dim=-1)
+    values, indices = torch.topk(probs, k)
+    return indices.tolist(), values.tolist()
+
+
+def by_hand(logits, k):
+    scores = logits[0][-1].double()
+    probs = scores.exp() / scores.exp().sum()
+    order = torch.sort(probs, descending=True).indices[:k]
+    return order, probs[order]  # tensors, float64
+
+
+@pytest.mark.parametrize("fn", [next_token_student, by_hand,
+                                lambda x, k: (x[0, -1].argsort(descending=True)[:k].tolist(),
+                                              sorted(x[0, -1].softmax(0).tolist(), reverse=True)[:k])])
+def test_correct_next_token_passes(capsys, fn):
+    assert check_next_token(fn) is True and capsys.readouterr().out.strip() == "✓ correct"
+
+
+@pytest.mark.parametrize("fn, hint", [
+    (lambda x, k: torch.topk(torch.softmax(x[0, 0], -1), k)[::-1], "the last position"),
+    (lambda x, k: (x[0, -1].topk(k).indices, x[0, -1].topk(k).values), "not probabilities"),
+    (lambda x, k: (x.softmax(dim=1)[0, -1].topk(k).indices, x.softmax(dim=1)[0, -1].topk(k).values), "dim=1 mixes"),
+    (lambda x, k: (lambda t: (t.indices, t.values.softmax(-1)))(x[0, -1].topk(k)), "whole vocabulary first"),
+    (lambda x, k: torch.topk(torch.softmax(x[0, -1], -1), k), "returns (values, indices)"),
+    (lambda x, k: (lambda p: (p.argsort()[:k], p.sort().values[:k]))(x[0, -1].softmax(-1)), "sorts ascending"),
+    (lambda x, k: (lambda t: (t.indices, t.values))(x[-1].softmax(-1).topk(k)), "index the batch"),
+])
+def test_typical_next_token_mistakes_get_their_own_hint(capsys, fn, hint):
+    assert check_next_token(fn) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗ not yet. On logits of shape [1, 2, 8] and k=3") and hint in out.split("Hint: ")[1]

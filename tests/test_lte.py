@@ -5,6 +5,7 @@ adapter on the real 270M model is covered in test_real_model.py.
 """
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 
 import pytest
@@ -200,7 +201,7 @@ def test_save_load_round_trip(trained, tiny_dirs, encoder, tmp_path):
 
 
 def test_adapter_errors_name_the_fix(trained, tiny_dirs, encoder, tmp_path):
-    with pytest.raises(AdapterError, match="no LTE adapter ships for model"):
+    with pytest.raises(AdapterError, match="no LTE adapter for model.*none ships"):
         lte(tiny_dirs, encoder, "default")
     with pytest.raises(AdapterError, match="is missing"):
         lte(tiny_dirs, encoder, tmp_path)
@@ -216,6 +217,19 @@ def test_adapter_errors_name_the_fix(trained, tiny_dirs, encoder, tmp_path):
         LTE(model, tok, VectorMemory(encoder), adapter=trained[0])
     with pytest.raises(ValueError, match="k=0"):
         lte(tiny_dirs, encoder, None, k=0)
+
+
+def test_default_adapter_prefers_the_one_trained_into_the_cache(trained, tiny_dirs, encoder, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.setenv("KEDIT_CACHE", str(tmp_path))
+    name = str(tiny_dirs["gemma3"])  # a local path: it must become one folder inside the cache
+    mine = alignment.trained_adapter(name)
+    assert mine.parent == tmp_path / "lte" and alignment.default_adapter(name).parent == alignment.SHIPPED_ADAPTERS
+    shutil.copytree(trained[0], mine)
+    assert alignment.default_adapter(name) == mine
+    editor = lte(tiny_dirs, encoder, "default")
+    assert editor.aligned and editor.record == trained[1]
+    assert alignment.default_adapter("gemma-3-270m") == alignment.SHIPPED_ADAPTERS / "gemma-3-270m"
 
 
 def test_detach_gives_back_the_plain_model(trained, tiny_dirs, encoder):

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from kedit_teach.metrics import (TokenScore, generate_greedy, generation_match, ngram_entropy, normalize,
-                                 pack_targets, target_budget, teacher_forced)
+import torch
+
+from kedit_teach.metrics import (TokenScore, generate_greedy, generation_match, next_token_probs, ngram_entropy,
+                                 normalize, pack_targets, target_budget, teacher_forced)
 
 PROMPTS = ["The Eiffel Tower is located in the city of", "The capital of Japan is",
            "Michel Rocard is a native speaker of"]
@@ -78,3 +80,17 @@ def test_ngram_entropy_rewards_diverse_text():
     import math
     assert ngram_entropy("a b c d e") == pytest.approx((2 / 3 * 2 + 4 / 3 * math.log2(3)) / 2)
     assert ngram_entropy("the cat sat on the mat and looked at the dog") > ngram_entropy("the cat the cat the cat")
+
+
+def test_next_token_probs_are_the_full_softmax_and_greedy_takes_the_first(gemma_tiny):
+    model, tok = gemma_tiny
+    top = next_token_probs(model, tok, PROMPTS[0], k=5)
+    probs = [p for _, p in top]
+    assert len(top) == 5 and probs == sorted(probs, reverse=True) and sum(probs) < 1
+    with torch.no_grad():
+        logits = model(**tok(PROMPTS[0], return_tensors="pt")).logits[0, -1]
+    ids = logits.topk(5).indices.tolist()
+    assert [t for t, _ in top] == [tok.decode([i]) for i in ids]
+    assert probs == pytest.approx(logits.softmax(-1)[ids].tolist(), abs=1e-6)
+    first, = model.generate(**tok(PROMPTS[0], return_tensors="pt"), max_new_tokens=1, do_sample=False)[:, -1]
+    assert first.item() == ids[0]

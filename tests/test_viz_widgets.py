@@ -78,8 +78,20 @@ def test_before_after_figure_averages_probes_of_a_kind():
     (after,) = bars(fig, method="ice", protocol="teacher_forced", stage="after")
     assert dict(zip(after.x, after.y)) == {"reliability": 1.0, "generality": 0.5}
     assert not bars(fig, protocol="teacher_forced_exact")
+    # facets named once each: methods over the columns, protocols as the rows' y titles
+    assert [a.text for a in fig.layout.annotations] == ["noedit", "ice"]
+    assert fig.layout.yaxis.title.text == "teacher-forced<br>token accuracy"
+    assert fig.layout.yaxis3.title.text == "generation<br>greedy generate()"
+    assert "locality<br>(unchanged)" in viz.metrics_bar(RESULTS).layout.xaxis.ticktext
     table = viz.before_after_table(ROWS)
     assert len(table) == len(ROWS) and table["teacher_forced after"].tolist()[-1] == 0.0
+
+
+def test_next_token_bars_show_spaces_and_rank():
+    fig = viz.next_token_bars([(" Paris", 0.6), ("Paris", 0.1), (" the", 0.05)], "The Eiffel Tower is in")
+    (bar,) = fig.data
+    assert list(bar.x) == ["1. ␣Paris", "2. Paris", "3. ␣the"] and list(bar.y) == [0.6, 0.1, 0.05]
+    assert "The Eiffel Tower is in" in fig.layout.title.text and fig.layout.yaxis.title.text == "probability"
 
 
 # ----------------------------------------------------------------------------- panels

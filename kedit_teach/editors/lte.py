@@ -32,7 +32,7 @@ class LTE(Editor):
 
     def __init__(self, model, tokenizer, memory: VectorMemory | None = None, k: int = 3,
                  adapter: str | Path | None = "default"):
-        """adapter: "default" (the one shipped for this model preset), a folder, or None (unaligned)."""
+        """adapter: "default" (yours from `train lte`, else the one shipped for this preset), a folder, or None (unaligned)."""
         super().__init__(model, tokenizer)
         self._hits: dict[str, list[Hit]] = {}  # prompt -> retrieval, until the memory or k changes
         self.k = k
@@ -53,7 +53,8 @@ class LTE(Editor):
         path = alignment.default_adapter(str(name))
         if not (path / alignment.ADAPTER_FILE).exists():
             raise alignment.AdapterError(
-                f"no LTE adapter ships for model {name!r} (looked in {path}). Train one with "
+                f"no LTE adapter for model {name!r}: none ships with the package and none was "
+                f"trained into {alignment.trained_adapter(str(name))}. Train one with "
                 f"`python -m kedit_teach train lte --model {name}`, pass adapter=<folder>, or use "
                 "adapter=None (unaligned LTE, i.e. retrieval + in-context editing)")
         return path
