@@ -7,6 +7,7 @@ is in the pytest report); it needs the real model, hence `real`.
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -45,6 +46,19 @@ def test_sync_script_finds_nothing_to_change():
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync_notebooks.py"), "--check"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@by_name
+def test_every_notebook_has_a_checked_exercise(path):
+    """A stub the student completes, checked by a `check_*` of kedit_teach.exercises, whose
+    reference solution the notebook never shows."""
+    from kedit_teach import exercises
+    code = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    stubs = "\n".join(s for s in code if "raise NotImplementedError" in s)
+    checks = set(re.findall(r"\b(check_\w+)\(", stubs))
+    assert checks, f"{path.name} has no exercise: a cell with a NotImplementedError stub and its check_*()"
+    assert all(callable(getattr(exercises, name, None)) for name in checks), checks
+    assert "_reference" not in "\n".join(code)
 
 
 def test_readme_badges_point_at_the_course_repo():

@@ -7,12 +7,15 @@ through the panel lands on the real Gemma-3-270M.
 """
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from kedit_teach import viz
+from kedit_teach import viz, widgets
 from kedit_teach.data import EditCase
 from kedit_teach.editors import GRACE
 from kedit_teach.widgets import (EditPlayground, GracePanel, LTEPanel, Panel, describe_decision, guarded,
@@ -95,6 +98,15 @@ def test_next_token_bars_show_spaces_and_rank():
 
 
 # ----------------------------------------------------------------------------- panels
+
+def test_every_panel_in_the_package_is_driven_in_this_file():
+    # a new panel (RECIPE's, the benchmark's) must come with headless tests here, which
+    # test_widgets_colab.py then reruns under ipywidgets 7.7.1
+    panels = [c.__name__ for _, c in inspect.getmembers(widgets, inspect.isclass)
+              if issubclass(c, Panel) and c is not Panel]
+    source = Path(__file__).read_text(encoding="utf-8")
+    assert len(panels) >= 3 and [p for p in panels if f"{p}(" not in source] == []
+
 
 @pytest.fixture
 def playground(gemma_tiny):
