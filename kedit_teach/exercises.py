@@ -10,8 +10,8 @@ means writing a reference, cases that tell the mistakes apart, and the mistakes 
 A check prints "✓ correct" and returns True, or prints what went wrong and a hint and returns
 False. It never raises at the student: their errors are caught and explained.
 
-Exercises: `check_next_token` (notebook 00); `check_token_accuracy` (notebook 01); `check_grace_decision` and `check_eps_choice`
-(notebook 02); `check_threefold` (notebook 03).
+Exercises: `check_next_token` (notebook 00); `check_token_accuracy` (notebook 01);
+`check_grace_decision` and `check_eps_choice` (notebook 02); `check_threefold` (notebook 03).
 
 What it does not do: show solutions. The references are private and never printed.
 """
@@ -42,7 +42,7 @@ def _canonical(value: Any) -> Any:
         return tuple(_canonical(v) for v in value)
     if isinstance(value, (bool, str, int)) or value is None:  # ints stay ints: token ids read as ids
         return value
-    if isinstance(value, (int, float)):
+    if isinstance(value, float):
         return "nan" if math.isnan(value) else round(float(value), 6)
     return repr(value)
 

@@ -103,7 +103,7 @@ def grouped_bars(frame: pd.DataFrame, x: str, group: str, col: str | None = None
     for i, r in enumerate(rows, 1):
         fig.update_yaxes(title_text=y_title if r is None else label(r).replace(": ", "<br>"),
                          row=i, col=1)
-    # "locality (unchanged)" on two lines, so kind names fit flat under their bars
+    # "locality (unchanged)" on two lines, so long kind names don't run into their neighbours
     fig.update_xaxes(tickvals=[label(v) for v in xs], ticktext=[_tick(label(v)) for v in xs],
                      tickangle=-30, tickfont_size=11)
     return fig
