@@ -44,10 +44,11 @@ def memory(args) -> None:
     cases = load_counterfact(COUNTERFACT, n=200)
     texts, queries = [c.descriptor for c in cases], [c.rephrase_prompts[0] for c in cases]
     rng = np.random.default_rng(0)
-    print(f"memory timing, MiniLM ({VectorMemory(encoder).dim}-d, cosine), median of 20 "
+    dim = VectorMemory(encoder).dim
+    print(f"memory timing, MiniLM ({dim}-d, cosine), median of 20 "
           f"({faiss_threads()} faiss threads):")
     for size in args.sizes:
-        background = rng.standard_normal((size, VectorMemory(encoder).dim))
+        background = rng.standard_normal((size, dim))
         top1 = {}
         for kind in ("flat", "hnsw"):
             mem = VectorMemory(encoder, index=kind)

@@ -37,7 +37,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import ASSETS, EditCase, disjoint_subjects
+from .data import (ASSETS, SHARED_DIR, BenchmarkUnavailable, EditCase, disjoint_subjects, load_cases, load_counterfact,
+                   load_knowedit, load_teach, local_or_fetch)
+from .memory import build_memory
 from .metrics import generate_greedy, nll, pack_targets, target_budget, target_logits, teacher_forced
 from .models import cache_dir, format_prompt
 
@@ -94,7 +96,6 @@ def load_free_text(path: str | Path = FREE_TEXT_PATH) -> list[tuple[str, str]]:
 
 def similar_descriptors(cases: list[EditCase], encoder=None, n: int = 2) -> dict[str, list[str]]:
     """case_id -> the retriever's ranking of the other cases' descriptors (top n + a few spare)."""
-    from .memory import build_memory
     texts = [c.descriptor for c in cases]
     memory = build_memory(texts, [c.case_id for c in cases], encoder, desc="encoding descriptors")
     return {c.case_id: [h.text for h in hits if h.id != c.case_id]
@@ -383,7 +384,6 @@ def example_table(examples: list[AlignmentExample], tokenizer, n_per_kind: int =
 def default_sources() -> list[str]:
     """Training data specs: CounterFact-train (local copy only) and KnowEdit's wiki_counterfact train
     split, which adds multi-hop in-scope and same-subject out-of-scope questions (downloadable)."""
-    from .data import SHARED_DIR, local_or_fetch
     specs = []
     cf_train = SHARED_DIR / "counterfact" / "counterfact-train.json"
     if cf_train.exists():
@@ -396,7 +396,6 @@ def available_training_cases(held_out: list[EditCase], n: int | None = None,
                              seed: int = 0) -> tuple[list[EditCase], list[str]]:
     """(cases, sources) for a demo: the default sources if they can be had, else, offline, the
     bundled teaching set's cases whose subjects are not held out. Says which it used."""
-    from .data import BenchmarkUnavailable, load_teach
     try:
         specs = default_sources()
         return load_training_cases(specs, n, seed), specs
@@ -408,7 +407,6 @@ def available_training_cases(held_out: list[EditCase], n: int | None = None,
 
 def default_held_out() -> list[EditCase]:
     """Every case the course evaluates on: their subjects never appear in training."""
-    from .data import SHARED_DIR, load_counterfact, load_knowedit, load_teach
     cases = load_teach()
     for rel, loader in (("counterfact/counterfact-edit.json", load_counterfact),
                         ("knowedit/ZsRE-test-all.json", load_knowedit)):
@@ -419,7 +417,6 @@ def default_held_out() -> list[EditCase]:
 
 def load_training_cases(specs: list[str], n: int | None = None, seed: int = 0) -> list[EditCase]:
     """Training cases from data specs (see data.load_cases), shuffled and cut to n."""
-    from .data import load_cases
     cases = [c for spec in specs for c in load_cases(spec)]
     # case_ids repeat across files; prefix them with the source so ids stay unique
     for i, c in enumerate(cases):

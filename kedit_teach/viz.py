@@ -230,7 +230,7 @@ def distances_vs_radii(rows: list[dict], title: str = "") -> go.Figure:
         meta={"radius": True}, customdata=frame[["entry", "prompt"]].values,
         hovertemplate="entry %{customdata[0]}: ε = %{y:.3f}<br>%{customdata[1]}<extra></extra>"))
     fig.update_xaxes(title_text="query (prompt; hit = the codebook replaces the layer's output)",
-                     tickangle=-30, automargin=True)
+                     automargin=True)
     fig.update_layout(height=480)
     return fig
 

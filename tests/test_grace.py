@@ -72,7 +72,7 @@ def rephrase_within_reach(model, tok, **kw) -> tuple[GRACE, float]:
     """A GRACE editor whose eps_init equals the distance d between CASE's prompt and rephrase keys,
     so the rephrase lands within eps_i + eps_init of CASE's entry, with CASE already edited."""
     editor = grace(model, tok, eps_init=1e-3, **kw)
-    d = float((editor._capture(CASE.prompt)[0] - editor._capture(CASE.rephrase_prompts[0])[0]).norm())
+    d = float((editor.key(CASE.prompt) - editor.key(CASE.rephrase_prompts[0])).norm())
     editor.eps_init = d
     editor.edit(CASE)
     return editor, d

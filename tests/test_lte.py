@@ -117,7 +117,7 @@ def test_distilled_targets_are_the_base_models_own_answers(gemma_tiny, encoder):
 
 @pytest.fixture(scope="module")
 def trained(tiny_dirs, encoder, tmp_path_factory):
-    """A tiny model aligned for 30 steps, saved; (adapter folder, losses)."""
+    """A tiny model aligned for 30 steps, saved; (adapter folder, training record)."""
     model, tok = load_model(str(tiny_dirs["gemma3"]))
     editor = LTE(model, tok, VectorMemory(encoder), adapter=None)
     out = tmp_path_factory.mktemp("adapter")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .. import alignment
 from ..memory import Hit, VectorMemory
-from ..models import format_prompt
+from ..models import format_prompt, load_encoder
 from .base import Editor
 from .baselines import update_prompt
 
@@ -36,10 +36,7 @@ class LTE(Editor):
         super().__init__(model, tokenizer)
         self._hits: dict[str, list[Hit]] = {}  # prompt -> retrieval, until the memory or k changes
         self.k = k
-        if memory is None:
-            from ..models import load_encoder
-            memory = VectorMemory(load_encoder())
-        self.memory = memory
+        self.memory = memory if memory is not None else VectorMemory(load_encoder())
         self.record: dict | None = None
         self.adapter_name: str | None = None
         self._off = False  # inside unedited(): no retrieval, no adapter
