@@ -296,6 +296,11 @@ def _folder(model_name: str) -> str:
     return model_name.strip("/").replace("/", "--")
 
 
+def is_adapter(path: str | Path) -> bool:
+    """Whether a folder holds saved LoRA weights (`read_record` then checks the rest)."""
+    return (Path(path) / ADAPTER_FILE).exists()
+
+
 def trained_adapter(model_name: str) -> Path:
     """Where `train lte` writes by default: the user's cache, never the installed package."""
     return cache_dir() / "lte" / _folder(model_name)
@@ -304,7 +309,7 @@ def trained_adapter(model_name: str) -> Path:
 def default_adapter(model_name: str) -> Path:
     """The adapter LTE(adapter="default") loads: one you trained, else the one shipped (CPU model)."""
     mine = trained_adapter(model_name)
-    return mine if (mine / ADAPTER_FILE).exists() else SHIPPED_ADAPTERS / _folder(model_name)
+    return mine if is_adapter(mine) else SHIPPED_ADAPTERS / _folder(model_name)
 
 
 def save_adapter(peft_model, path: str | Path, record: dict) -> Path:

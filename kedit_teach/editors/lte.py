@@ -48,7 +48,7 @@ class LTE(Editor):
             return Path(adapter)
         name = getattr(self.model, "kedit_name", None)
         path = alignment.default_adapter(str(name))
-        if not (path / alignment.ADAPTER_FILE).exists():
+        if not alignment.is_adapter(path):
             raise alignment.AdapterError(
                 f"no LTE adapter for model {name!r}: none ships with the package and none was "
                 f"trained into {alignment.trained_adapter(str(name))}. Train one with "
