@@ -105,12 +105,13 @@ HEADER = ("| run | teacher-forced rel/gen/loc/port | exact | generation | edit |
           "|---|---|---|---|---|---|")
 
 
-def _evaluate(editor, cases, name: str) -> dict:
+def _evaluate(editor, cases, name: str, out: Path = OUT) -> dict:
+    """A sequential run, saved as out/name.json, and the editor reset."""
     from kedit_teach.evaluate import evaluate
     result = evaluate(editor, cases, mode="sequential", fluency_n=10)
     editor.reset()
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{name}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
     return result
 
 

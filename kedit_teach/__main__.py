@@ -2,7 +2,7 @@
 
     info       versions, presets, device, and whether the offline model and encoder are installed
     eval       run an editor over a data set and write the JSON the benchmark tables are built from
-    train      train LTE's alignment adapter (LoRA) and write it with its JSON record
+    train      train LTE's alignment adapter (LoRA) or RECIPE's modules, and write them with a JSON record
     download   fetch a public benchmark file (needs the network)
     tour       a two-minute headless tour on the CPU model: load, edit, score both protocols
 
@@ -56,14 +56,22 @@ def _editor_class(method: str):
 
 def _editor_options(args) -> dict:
     """Method-specific options of `eval`; using one with another method is an error, not a no-op."""
-    given = {"--no-align": args.no_align, "--k": args.k is not None, "--adapter": args.adapter is not None}
-    if args.method != "lte" and any(given.values()):
-        raise SystemExit(f"{', '.join(k for k, v in given.items() if v)} only applies to --method lte")
-    if args.method != "lte":
-        return {}
-    if args.no_align and args.adapter:
-        raise SystemExit("--no-align and --adapter contradict each other; pass one")
-    return {"adapter": None if args.no_align else (args.adapter or "default"), "k": args.k or 3}
+    given = {"lte": {"--no-align": args.no_align, "--k": args.k is not None, "--adapter": args.adapter is not None},
+             "recipe": {"--no-sentinel": args.no_sentinel, "--threshold": args.threshold is not None,
+                        "--no-prompts": args.no_prompts, "--modules": args.modules is not None}}
+    for method, flags in given.items():
+        if args.method != method and any(flags.values()):
+            raise SystemExit(f"{', '.join(k for k, v in flags.items() if v)} only applies to --method {method}")
+    if args.method == "lte":
+        if args.no_align and args.adapter:
+            raise SystemExit("--no-align and --adapter contradict each other; pass one")
+        return {"adapter": None if args.no_align else (args.adapter or "default"), "k": args.k or 3}
+    if args.method == "recipe":
+        if args.threshold is not None and not args.no_sentinel:
+            raise SystemExit("--threshold replaces the sentinel: pass it together with --no-sentinel")
+        return {"modules": args.modules or "default", "sentinel": not args.no_sentinel,
+                "threshold": args.threshold or 0.0, "prompts": not args.no_prompts}
+    return {}
 
 
 def cmd_eval(args) -> int:
@@ -103,23 +111,57 @@ def summary_table(result: dict) -> str:
 
 
 def cmd_train(args) -> int:
+    only = {"lte": {f"--no-{f}": getattr(args, f"no_{f.replace('-', '_')}") for f in ("threefold", "in-scope", "out-of-scope", "free-text")},
+            "recipe": {"--d-rep": args.d_rep is not None, "--finetune-encoder": args.finetune_encoder}}
+    for what, flags in only.items():
+        if args.what != what and any(flags.values()):
+            raise SystemExit(f"{', '.join(k for k, v in flags.items() if v)} only applies to `train {what}`")
+    return {"lte": train_lte, "recipe": train_recipe}[args.what](args)
+
+
+def train_lte(args) -> int:
     from . import alignment
     from .editors import LTE
     from .models import load_model
 
     specs = args.data or alignment.default_sources()
-    cases = alignment.load_training_cases(specs, n=args.cases, seed=args.seed)
+    cases = alignment.load_training_cases(specs, n=args.cases or 1500, seed=args.seed)
     model, tok = load_model(args.model, quantization=args.quant)
     data = alignment.AlignmentConfig(threefold=not args.no_threefold, in_scope=not args.no_in_scope,
                                      out_of_scope=not args.no_out_of_scope, free_text=not args.no_free_text,
                                      seed=args.seed)
-    train = alignment.TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    train = alignment.TrainConfig(steps=args.steps or alignment.TrainConfig.steps, batch_size=args.batch_size,
+                                  lr=args.lr or alignment.TrainConfig.lr, seed=args.seed)
     out = args.out or alignment.trained_adapter(args.model)
     record = LTE(model, tok, adapter=None).train_alignment(
         cases, alignment.default_held_out(), data, train, out, sources=specs)
     print(json.dumps({k: record[k] for k in ("mix", "steps", "seconds")}, indent=1))
     loss, n = record["loss"], min(20, len(record["loss"]))
     print(f"loss: mean of the first {n} steps {sum(loss[:n]) / n:.3f}, of the last {n} {sum(loss[-n:]) / n:.3f}")
+    print(f"wrote {out}")
+    return 0
+
+
+def train_recipe(args) -> int:
+    import time
+
+    from . import prompt_learning as pl
+    from .models import load_model
+
+    examples, data = pl.training_examples(args.data, n=args.cases, seed=args.seed)
+    model, tok = load_model(args.model, quantization=args.quant)
+    modules = pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=args.d_rep or pl.ModuleConfig.d_rep,
+                                                         finetune_encoder=args.finetune_encoder))
+    cfg = pl.TrainConfig(steps=args.steps or pl.TrainConfig.steps, batch_size=args.batch_size,
+                         lr=args.lr or pl.TrainConfig.lr, seed=args.seed)
+    start = time.perf_counter()
+    curves = pl.train_modules(modules, model, tok, examples, cfg)
+    out = args.out or pl.trained_path(args.model)
+    pl.save_modules(modules, out, pl.make_record(modules, args.model, cfg, data, curves, time.perf_counter() - start))
+    n = min(20, len(curves["total"]))
+    print(json.dumps(data, indent=1))
+    print("losses, mean of the first and last", n, "steps:",
+          ", ".join(f"{k} {sum(v[:n]) / n:.3f} -> {sum(v[-n:]) / n:.3f}" for k, v in curves.items()))
     print(f"wrote {out}")
     return 0
 
@@ -170,22 +212,29 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--no-align", action="store_true", help="lte: no adapter (retrieval + ICE)")
     ev.add_argument("--k", type=int, default=None, help="lte: descriptors retrieved per query (default 3)")
     ev.add_argument("--adapter", default=None, help="lte: adapter folder (default: the shipped one)")
+    ev.add_argument("--no-sentinel", action="store_true", help="recipe: a fixed --threshold instead of the sentinel")
+    ev.add_argument("--threshold", type=float, default=None, help="recipe, with --no-sentinel: the fixed gate (default 0)")
+    ev.add_argument("--no-prompts", action="store_true", help="recipe: retrieve but attach no continuous prompt")
+    ev.add_argument("--modules", default=None, help="recipe: modules folder (default: the shipped ones)")
     ev.set_defaults(fn=cmd_eval)
 
-    tr = sub.add_parser("train", help="train LTE's alignment adapter; see kedit_teach/alignment.py")
-    tr.add_argument("what", choices=["lte"])
+    tr = sub.add_parser("train", help="train LTE's adapter (alignment.py) or RECIPE's modules (prompt_learning.py)")
+    tr.add_argument("what", choices=["lte", "recipe"])
     tr.add_argument("--model", default=DEFAULT_MODEL)
     tr.add_argument("--quant", default=None, choices=["4bit", "8bit"])
     tr.add_argument("--data", action="append", default=None,
-                    help="training data spec (repeatable); default: CounterFact-train + KnowEdit train_cf")
-    tr.add_argument("--cases", type=int, default=1500, help="training cases sampled from the data")
-    tr.add_argument("--steps", type=int, default=400)
+                    help="training data spec (repeatable); default: lte: CounterFact-train + KnowEdit train_cf, "
+                         "recipe: those and KnowEdit recent_train (plus the bundled cases not evaluated on)")
+    tr.add_argument("--cases", type=int, default=None, help="training cases sampled from the data (lte: 1500, recipe: all)")
+    tr.add_argument("--steps", type=int, default=None, help="lte: 400, recipe: 600")
     tr.add_argument("--batch-size", type=int, default=8)
-    tr.add_argument("--lr", type=float, default=4e-4)
+    tr.add_argument("--lr", type=float, default=None, help="lte: 4e-4, recipe: 1e-3")
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--out", default=None, help="adapter folder (default: <cache>/lte/<model>, which LTE then loads by default)")
+    tr.add_argument("--out", default=None, help="output folder (default: <cache>/<lte|recipe>/<model>, loaded by default from then on)")
     for flag in ("threefold", "in-scope", "out-of-scope", "free-text"):
-        tr.add_argument(f"--no-{flag}", action="store_true", help=f"ablation: without {flag}")
+        tr.add_argument(f"--no-{flag}", action="store_true", help=f"lte ablation: without {flag}")
+    tr.add_argument("--d-rep", type=int, default=None, help="recipe: width of the learned representations (default 256)")
+    tr.add_argument("--finetune-encoder", action="store_true", help="recipe: fine-tune MiniLM too (as the reference)")
     tr.set_defaults(fn=cmd_train)
 
     dl = sub.add_parser("download", help="fetch a public benchmark file")

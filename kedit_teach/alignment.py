@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -238,12 +239,23 @@ def add_lora(model, cfg: TrainConfig):
     return get_peft_model(model, lora)
 
 
-def _autocast(model):
+def cpu_autocast(model):
     """bf16 autocast for fp32 weights on CPU (2.5x faster per step here); otherwise none needed."""
     param = next(model.parameters())
     if param.device.type == "cpu" and param.dtype == torch.float32:
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return torch.autocast(param.device.type, enabled=False)
+
+
+def shuffled_batches(n: int, size: int, rng: random.Random) -> Iterator[list[int]]:
+    """Endless batches of `size` indices into n examples; reshuffled whenever fewer than `size` remain."""
+    order, pos = list(range(n)), n
+    while True:
+        if pos + size > n:
+            rng.shuffle(order)
+            pos = 0
+        yield order[pos:pos + size]
+        pos += size
 
 
 def train_lora(peft_model, tokenizer, examples: list[AlignmentExample], cfg: TrainConfig | None = None,
@@ -260,20 +272,14 @@ def train_lora(peft_model, tokenizer, examples: list[AlignmentExample], cfg: Tra
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then linear decay to zero
         opt, lambda s: min((s + 1) / max(cfg.warmup, 1), max(cfg.steps - s, 0) / max(cfg.steps - cfg.warmup, 1)))
-    order = list(range(len(examples)))
-    rng = random.Random(cfg.seed)
-    rng.shuffle(order)
-    losses, pos = [], 0
+    batches = shuffled_batches(len(examples), cfg.batch_size, random.Random(cfg.seed))
+    losses = []
     peft_model.train()
     bar = tqdm(range(cfg.steps), desc="LTE alignment", disable=not progress)
     try:
         for _ in bar:
-            if pos + cfg.batch_size > len(order):
-                rng.shuffle(order)
-                pos = 0
-            chunk = [examples[i] for i in order[pos:pos + cfg.batch_size]]
-            pos += cfg.batch_size
-            with _autocast(peft_model):
+            chunk = [examples[i] for i in next(batches)]
+            with cpu_autocast(peft_model):
                 loss = batch_loss(peft_model, tokenizer, chunk)
             opt.zero_grad()
             loss.backward()
@@ -291,7 +297,7 @@ def train_lora(peft_model, tokenizer, examples: list[AlignmentExample], cfg: Tra
 # ----------------------------------------------------------------------------- saved adapters
 
 
-def _folder(model_name: str) -> str:
+def model_folder(model_name: str) -> str:
     # a preset, a hub id ("Qwen/Qwen2.5-7B-Instruct") or a local path, as one folder name
     return model_name.strip("/").replace("/", "--")
 
@@ -303,13 +309,13 @@ def is_adapter(path: str | Path) -> bool:
 
 def trained_adapter(model_name: str) -> Path:
     """Where `train lte` writes by default: the user's cache, never the installed package."""
-    return cache_dir() / "lte" / _folder(model_name)
+    return cache_dir() / "lte" / model_folder(model_name)
 
 
 def default_adapter(model_name: str) -> Path:
     """The adapter LTE(adapter="default") loads: one you trained, else the one shipped (CPU model)."""
     mine = trained_adapter(model_name)
-    return mine if is_adapter(mine) else SHIPPED_ADAPTERS / _folder(model_name)
+    return mine if is_adapter(mine) else SHIPPED_ADAPTERS / model_folder(model_name)
 
 
 def save_adapter(peft_model, path: str | Path, record: dict) -> Path:

@@ -11,7 +11,8 @@ A check prints "✓ correct" and returns True, or prints what went wrong and a h
 False. It never raises at the student: their errors are caught and explained.
 
 Exercises: `check_next_token` (notebook 00); `check_token_accuracy` (notebook 01);
-`check_grace_decision` and `check_eps_choice` (notebook 02); `check_threefold` (notebook 03).
+`check_grace_decision` and `check_eps_choice` (notebook 03); `check_threefold` (notebook 04);
+`check_sentinel_decision` (notebook 05).
 
 What it does not do: show solutions. The references are private and never printed.
 """
@@ -25,6 +26,7 @@ from typing import Any, Callable
 import torch
 
 from .alignment import threefold_facts
+from .prompt_learning import sentinel_decision
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,7 @@ def check_token_accuracy(fn: Callable[[torch.Tensor, torch.Tensor], float]) -> b
     return TOKEN_ACCURACY.check(fn)
 
 
-# ----------------------------------------------------------------------------- notebook 02
+# ----------------------------------------------------------------------------- notebook 03
 
 def _decide(far: Callable, add: Callable, expand: Callable, split: Callable) -> Callable:
     """A decision rule from its parts: when an edit is far, and the radii add, expand and split return.
@@ -374,7 +376,7 @@ def check_eps_choice(eps, rephrase_distance: float, locality_distance: float) ->
     return True
 
 
-# ----------------------------------------------------------------------------- notebook 03
+# ----------------------------------------------------------------------------- notebook 04
 
 def _threefold_case(u: float, retrieved: list[str], why: str) -> Case:
     return Case((_DESCRIPTOR, retrieved, u), f"u={u}, retrieved={retrieved} ({why})")
@@ -429,3 +431,70 @@ THREEFOLD = Exercise(
 def check_threefold(fn: Callable[[str, list[str], float], list[str]]) -> bool:
     """Check `fn(descriptor, retrieved, u) -> [descriptor, *distractors]` (LTE's threefold strategy)."""
     return THREEFOLD.check(fn)
+
+
+# ----------------------------------------------------------------------------- notebook 05
+
+def _keys(*rows) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+_Q = torch.tensor([1.0, 0.0, 0.0])
+_THETA = torch.tensor([0.5, 0.5, 0.0])  # q . r_Theta = 0.5
+
+
+def _sentinel_case(keys: torch.Tensor, why: str, query: torch.Tensor = _Q, theta: torch.Tensor = _THETA) -> Case:
+    def shown(t: torch.Tensor):
+        return [shown(r) for r in t] if t.dim() > 1 else [round(x, 2) for x in t.tolist()]
+    return Case((query, keys, theta), f"query={shown(query)}, keys={shown(keys)}, sentinel={shown(theta)} ({why})")
+
+
+def _gate_with(score, top: bool = True, strict: bool = True, above: bool = True):
+    def rule(q, keys, theta):
+        if len(keys) == 0:
+            return None
+        s, gate = score(q, keys), score(q, theta[None])[0]
+        order = s.argsort(descending=True).tolist() if top else list(range(len(s)))
+        for j in order:
+            passes = (s[j] > gate if strict else s[j] >= gate) if above else s[j] < gate
+            if passes:
+                return j
+            if top:
+                return None
+        return None
+    return rule
+
+
+_dot = lambda q, keys: keys @ q  # noqa: E731
+_cos = lambda q, keys: torch.nn.functional.cosine_similarity(keys, q[None], dim=-1)  # noqa: E731
+
+SENTINEL = Exercise(
+    name="decide",
+    reference=sentinel_decision,  # the rule RECIPE's editor applies to faiss's top hit
+    cases=[
+        _sentinel_case(_keys([0.9, 0.1, 0.0], [0.2, 0.9, 0.0]), "the best key beats the sentinel"),
+        _sentinel_case(_keys([0.3, 0.1, 0.0], [0.2, 0.9, 0.0]), "every key is below the sentinel"),
+        _sentinel_case(_keys([0.6, 0.0, 0.0], [0.8, 0.0, 0.0]), "two keys above it, the second is closer"),
+        _sentinel_case(_keys([4.0, 9.0, 0.0], [1.0, 0.0, 0.0]), "a long key pointing elsewhere, a short one aligned"),
+        _sentinel_case(_keys([0.5, 3.0, 0.0]), "a tie: the key scores exactly what the sentinel does"),
+        _sentinel_case(torch.zeros(0, 3), "an empty repository"),
+    ],
+    mistakes=[
+        Mistake("RECIPE scores with the dot product r~_q . r_k (scaled by 1/sqrt(d), which changes no "
+                "decision), not the cosine: the vectors' lengths are learned too, and the sentinel's "
+                "threshold is on that scale.", (_gate_with(_cos),)),
+        Mistake("attach a prompt only when the best key scores *strictly* more than the sentinel; "
+                "on a tie the sentinel wins and nothing is attached.", (_gate_with(_dot, strict=False),)),
+        Mistake("take the top-1 key first, then compare it with the sentinel. Returning the first key "
+                "above the sentinel can attach a worse match than the best one.", (_gate_with(_dot, top=False),)),
+        Mistake("it is the other way round: a prompt is attached when the key beats the sentinel, and "
+                "nothing when the sentinel is closer.", (_gate_with(_dot, above=False),)),
+    ],
+    hint="scores = keys @ query; j = the argmax; return j if scores[j] > sentinel @ query else None "
+         "(and None when there are no keys).",
+)
+
+
+def check_sentinel_decision(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], int | None]) -> bool:
+    """Check `fn(query, keys, sentinel) -> index or None` (RECIPE's Knowledge Sentinel rule)."""
+    return SENTINEL.check(fn)

@@ -115,6 +115,10 @@ class VectorMemory:
             faiss.normalize_L2(v)
         return v
 
+    def vectors(self, ids: list[str]) -> np.ndarray:
+        """The stored (prepared) vectors of these ids, [len(ids), dim]."""
+        return np.stack([self.index.reconstruct(self._slot[i]) for i in ids]).reshape(-1, self.dim)
+
     # ------------------------------------------------------------------ add / remove
     def add(self, texts: str | list[str], ids: str | list[str] | None = None) -> list[str]:
         """Encode and store texts (one or a batch). ids default to the texts' positions."""

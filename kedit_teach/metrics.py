@@ -10,6 +10,11 @@ Protocols (every number the course shows is labelled with one of these):
 Everything is batched: one forward pass per batch, and the 262k-way output layer runs only at the
 scored positions. The target is always tokenised as a continuation of the prompt (`encode_pair`).
 
+Both protocols take optional `prefixes`: per row, a few vectors in the input-embedding space that go
+in right after <bos> (RECIPE's continuous prompts). They enter through `inputs_embeds`, and the
+attention mask and padding are rebuilt around them, so left-padded generation with a KV cache and
+right-padded scoring stay consistent (`splice_prefixes`).
+
 What it does not do: decide what text reaches the model (editors do, via `format_prompt` and their
 own context), or aggregate results per metric (see `evaluate.py`).
 """
@@ -99,12 +104,48 @@ def pack_targets(tokenizer, texts: list[str], targets: list[str]) -> TargetBatch
     return TargetBatch(ids, mask, rows, cols, [y for _, y in pairs], torch.tensor([len(p) for p, _ in pairs]))
 
 
-def target_logits(model, batch: TargetBatch, sliced: bool = True) -> torch.Tensor:
+# One optional [n_vectors, hidden] tensor per row, or None for a row that gets nothing.
+Prefixes = list[torch.Tensor | None]
+
+
+def splice_prefixes(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefixes: Prefixes,
+                    left_pad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input embeddings with each row's prefix vectors inserted after its <bos> (or first, without one).
+
+    Returns (inputs_embeds, attention_mask, inserted): the rows re-padded on the same side, and the
+    number of vectors inserted per row. The vectors are used as given: they live in the space
+    `embed_tokens` outputs, which on Gemma is already multiplied by sqrt(hidden). Differentiable.
+    """
+    embed = model.get_input_embeddings()
+    bos = getattr(model.config, "bos_token_id", None)
+    rows = []
+    for ids, keep, prefix in zip(input_ids, attention_mask.bool(), prefixes):
+        real = ids[keep].to(embed.weight.device)
+        vectors = embed(real[None])[0]
+        if prefix is not None and len(prefix):
+            at = int(bos is not None and len(real) > 0 and int(real[0]) == bos)
+            # <bos> stays first: Gemma and Llama attend to it as a sink, and a model never saw text before it.
+            vectors = torch.cat([vectors[:at], prefix.to(vectors), vectors[at:]])
+        rows.append(vectors)
+    width = max(len(v) for v in rows)
+    pads = [(width - len(v), 0) if left_pad else (0, width - len(v)) for v in rows]
+    embeds = torch.stack([torch.nn.functional.pad(v, (0, 0, *p)) for v, p in zip(rows, pads)])
+    mask = torch.stack([torch.nn.functional.pad(torch.ones(len(v), dtype=torch.long), p)
+                        for v, p in zip(rows, pads)]).to(embeds.device)
+    inserted = torch.tensor([0 if p is None else len(p) for p in prefixes])
+    return embeds, mask, inserted
+
+
+def target_logits(model, batch: TargetBatch, sliced: bool = True, prefixes: Prefixes | None = None) -> torch.Tensor:
     """Logits [n_target_tokens, vocab] at the target positions only (or via full logits)."""
     ids, mask = batch.input_ids.to(model.device), batch.attention_mask.to(model.device)
+    inputs, cols = {"input_ids": ids, "attention_mask": mask}, batch.cols
+    if prefixes is not None:
+        embeds, mask, inserted = splice_prefixes(model, ids, mask, prefixes, left_pad=False)
+        inputs, cols = {"inputs_embeds": embeds, "attention_mask": mask}, cols + inserted[batch.rows]
     if sliced:
-        return logits_at(model, hidden_states(model, ids, mask)[batch.rows, batch.cols])
-    return model(input_ids=ids, attention_mask=mask).logits[batch.rows, batch.cols].float()
+        return logits_at(model, hidden_states(model, **inputs)[batch.rows, cols])
+    return model(**inputs).logits[batch.rows, cols].float()
 
 
 def nll(logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
@@ -122,7 +163,7 @@ def target_nll(model, tokenizer, texts: list[str], targets: list[str]) -> torch.
 @torch.no_grad()
 def teacher_forced(model, tokenizer, texts: list[str], targets: list[str], batch_size: int = 16,
                    sliced: bool = True, desc: str | None = None,
-                   on_batch: BatchHook = _no_hook) -> list[TokenScore]:
+                   on_batch: BatchHook = _no_hook, prefixes: Prefixes | None = None) -> list[TokenScore]:
     """Argmax predictions at every target position, given the formatted prompt and the gold prefix.
 
     sliced=False computes full logits at every position (what most reference code does); it is kept
@@ -131,8 +172,9 @@ def teacher_forced(model, tokenizer, texts: list[str], targets: list[str], batch
     results: list[TokenScore] = []
     for start in _batches(len(texts), batch_size, desc):
         batch = pack_targets(tokenizer, texts[start:start + batch_size], targets[start:start + batch_size])
+        chunk = None if prefixes is None else prefixes[start:start + batch_size]
         with on_batch(batch.key_positions):
-            preds = target_logits(model, batch, sliced).argmax(-1).tolist()
+            preds = target_logits(model, batch, sliced, chunk).argmax(-1).tolist()
         k = 0
         for y in batch.target_ids:
             results.append(TokenScore(y, preds[k:k + len(y)]))
@@ -153,10 +195,11 @@ def next_token_probs(model, tokenizer, text: str, k: int = 10) -> list[tuple[str
 @torch.no_grad()
 def generate_greedy(model, tokenizer, texts: list[str], max_new_tokens: int | list[int],
                     batch_size: int = 16, desc: str | None = None,
-                    on_batch: BatchHook = _no_hook) -> list[str]:
+                    on_batch: BatchHook = _no_hook, prefixes: Prefixes | None = None) -> list[str]:
     """Greedy continuations (new text only) of formatted prompts, batched with left padding.
 
     max_new_tokens may differ per prompt; a batch decodes to its longest and each row is cut back.
+    With prefixes the prompt goes in as `inputs_embeds` (the prefill); later steps use the KV cache.
     """
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(texts)
     outputs: list[str] = []
@@ -164,10 +207,15 @@ def generate_greedy(model, tokenizer, texts: list[str], max_new_tokens: int | li
         chunk, budget = texts[start:start + batch_size], budgets[start:start + batch_size]
         enc = encode_prompts(tokenizer, chunk, model.device)
         width = enc["input_ids"].shape[1]
+        inputs, skip = dict(enc), width  # generate() returns the prompt ids, then the new ones
+        if prefixes is not None:
+            embeds, mask, _ = splice_prefixes(model, enc["input_ids"], enc["attention_mask"],
+                                              prefixes[start:start + batch_size], left_pad=True)
+            inputs, skip = {"inputs_embeds": embeds, "attention_mask": mask}, 0  # from embeddings: new ones only
         with on_batch(torch.full((len(chunk),), width - 1)):  # left padding: prompts end at the last column
-            out = model.generate(**enc, max_new_tokens=max(budget), do_sample=False,
+            out = model.generate(**inputs, max_new_tokens=max(budget), do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
-        new = out[:, width:]
+        new = out[:, skip:]
         outputs += [tokenizer.decode(row[:b], skip_special_tokens=True) for row, b in zip(new, budget)]
     return outputs
 

@@ -12,6 +12,8 @@ What it does:
   (scores vs number of sequential edits, from `evaluate.curve`).
 - LTE: `retrieval_bars` (top-k scores for one query), `alignment_mix` (the data mix),
   `loss_curve` (alignment training).
+- RECIPE: `sentinel_bars` (one query's similarity to stored knowledge, the sentinel as the line to
+  beat), `gate_sweep_lines` (fixed thresholds against the sentinel), `loss_curves` (its five losses).
 Every figure and table names the protocol behind each number (teacher-forced or generation).
 
 What it does not do: run models, hold widgets or display anything (see `widgets.py`).
@@ -365,13 +367,78 @@ def alignment_mix(mix: dict, title: str = "") -> go.Figure:
     return fig
 
 
+def _smooth(values: list[float], window: int) -> list[float]:
+    return [float(np.mean(values[max(0, i - window + 1):i + 1])) for i in range(len(values))]
+
+
 def loss_curve(losses: list[float], window: int = 20, title: str = "") -> go.Figure:
     """Training loss per step, with a moving average over `window` steps."""
     steps = list(range(1, len(losses) + 1))
-    smooth = [float(np.mean(losses[max(0, i - window + 1):i + 1])) for i in range(len(losses))]
     fig = go.Figure([
         go.Scatter(x=steps, y=losses, mode="lines", name="loss per step", line=dict(color="#c0c0c0")),
-        go.Scatter(x=steps, y=smooth, mode="lines", name=f"mean of last {window}", line=dict(color="#1f77b4"))])
+        go.Scatter(x=steps, y=_smooth(losses, window), mode="lines", name=f"mean of last {window}",
+                   line=dict(color="#1f77b4"))])
     fig.update_layout(title=title or "Alignment training loss (answer tokens only)", height=360,
                       xaxis_title="step", yaxis_title="cross-entropy", margin=dict(t=70, b=40))
+    return fig
+
+
+# ----------------------------------------------------------------------------- RECIPE
+
+RECIPE_LOSSES = {"rel": "L_rel (Eq. 10)", "gen": "L_gen (Eq. 11)", "loc": "L_loc (Eq. 12)",
+                 "no": "L_no (neighbour InfoNCE)", "so": "L_so (sentinel InfoNCE)"}
+
+
+def loss_curves(curves: dict[str, list[float]], window: int = 20, title: str = "") -> go.Figure:
+    """RECIPE's losses per step (`prompt_learning.train_modules`), each as a moving average. A loss
+    computed on every k-th step only (`TrainConfig.edit_every`) is spread over the same steps."""
+    steps = len(curves.get("total") or next(iter(curves.values())))
+    fig = go.Figure([go.Scatter(x=[(i + 1) * steps / len(v) for i in range(len(v))], y=_smooth(v, window), mode="lines",
+                                name=RECIPE_LOSSES.get(k, k), meta={"loss": k})
+                     for k, v in curves.items() if k in RECIPE_LOSSES and v])
+    fig.update_layout(title=title or f"RECIPE training losses (mean of the last {window} steps)", height=380,
+                      xaxis_title="step", yaxis_title="loss", yaxis_type="log", margin=dict(t=70, b=40))
+    return fig
+
+
+def sentinel_bars(info: dict, title: str = "") -> go.Figure:
+    """One query against the stored knowledge (`RECIPE.inspect(prompt)`): a bar per entry, best first,
+    and the gate it must beat as a vertical line (the sentinel's score r~_q . r_Theta, or a fixed
+    threshold). The attached entry, if any, is green; the bars carry meta {case_id, attached}."""
+    rows = info["knowledge"]
+    fig = go.Figure()
+    for r in rows[::-1]:  # best on top
+        attached = r["case_id"] == info["retrieved"]
+        fig.add_trace(go.Bar(x=[r["score"]], y=[_short(f"{r['case_id']}: {r['knowledge']}", 56)], orientation="h",
+                             marker_color="#1a7f37" if attached else "#b0b0b0", showlegend=False,
+                             meta={"case_id": r["case_id"], "attached": attached},
+                             hovertemplate=f"{r['knowledge']}<br>score %{{x:.3f}}<extra></extra>"))
+    gate = info["threshold"]
+    name = "sentinel r~q·rΘ" if info["gate"] == "sentinel" else "fixed threshold"
+    fig.add_vline(x=gate, line_dash="dash", line_color="#c62828",
+                  annotation_text=f"{name} = {gate:.2f}", annotation_position="top")
+    decision = (f"attach the prompt of {info['retrieved']}" if info["retrieved"] else "attach nothing")
+    fig.update_layout(title=dict(text=f"{title or 'Query vs stored knowledge'}<br><sup>{_short(info['model_input'], 70)} "
+                                      f"→ {decision}</sup>"),
+                      height=120 + 40 * max(len(rows), 1), margin=dict(t=90, l=10, r=10, b=40),
+                      xaxis_title="r~q · rk / √d", barmode="overlay")
+    fig.update_yaxes(automargin=True)
+    return fig
+
+
+def gate_sweep_lines(sweep: dict, title: str = "") -> go.Figure:
+    """Decision accuracy of fixed thresholds (lines) against the sentinel (dashed), per query kind
+    (`editors.recipe.gate_sweep`)."""
+    colors = dict(zip(sweep["kinds"], cycle(qualitative.Plotly)))
+    fig = go.Figure()
+    for kind in sweep["kinds"]:
+        fig.add_trace(go.Scatter(x=sweep["thresholds"], y=sweep["fixed"][kind], mode="lines", name=f"{kind}: fixed threshold",
+                                 line=dict(color=colors[kind]), meta={"kind": kind, "gate": "fixed"}))
+        fig.add_trace(go.Scatter(x=[sweep["thresholds"][0], sweep["thresholds"][-1]], y=[sweep["sentinel"][kind]] * 2,
+                                 mode="lines", name=f"{kind}: sentinel", line=dict(color=colors[kind], dash="dash"),
+                                 meta={"kind": kind, "gate": "sentinel"}))
+    fig.update_layout(title=title or f"Right decisions: a fixed threshold vs the Knowledge Sentinel "
+                                     f"({sweep['stored']} stored edits)",
+                      height=420, xaxis_title="fixed threshold on r~q · rk / √d", yaxis_title="share of queries decided right",
+                      yaxis_range=[0, 1.05], margin=dict(t=70, b=40))
     return fig

@@ -8,11 +8,15 @@ What it does:
 - `edit_report` scores one edit before and after, under every protocol, for several editors.
 - `EditPlayground` (notebook 01) turns typed text into an EditCase and shows `edit_report` as a
   table and a before/after chart.
-- `GracePanel` (notebook 02) edits one GRACE editor click by click and shows Algorithm 1's decision,
+- `GracePanel` (notebook 03) edits one GRACE editor click by click and shows Algorithm 1's decision,
   the codebook, and each query's key distance against the radii. `keys_of`, `key_distances` and
   `describe_decision` are the plain functions underneath, for the notebook to call directly.
-- `LTEPanel` (notebook 03) fills an LTE memory and shows, for a query, the top-k retrieval scores,
+- `LTEPanel` (notebook 04) fills an LTE memory and shows, for a query, the top-k retrieval scores,
   the exact prompt the model received, and its answer; a slider sets k.
+- `RECIPEPanel` (notebook 05) stores knowledge in a RECIPE editor and shows, for a query, its
+  similarity to each entry with the sentinel as the line to beat, the decision, and the answer
+  with and without the continuous prompt; a toggle and a slider swap the sentinel for a fixed
+  threshold. `StorePanel` is the shell the two share.
 
 Only widgets that exist in both ipywidgets 7.7 (Colab) and 8.x are used, and figures are plain
 `go.Figure`s shown inside an `Output` (FigureWidget needs a front-end extension Colab lacks).
@@ -234,7 +238,7 @@ class EditPlayground(Panel):
             self.add.disabled = False
 
 
-# ----------------------------------------------------------------------------- GRACE (notebook 02)
+# ----------------------------------------------------------------------------- GRACE (notebook 03)
 
 def keys_of(editor, prompts: list[str]) -> torch.Tensor:
     """GRACE keys [n, d]: the wrapped layer's input at each prompt's last token, as the lookup sees it."""
@@ -396,12 +400,12 @@ def retrieval_table(info: dict) -> pd.DataFrame:
                          "score": [round(r["score"], 4) for r in rows]})
 
 
-class LTEPanel(Panel):
-    """Fill an LTE memory, ask a query, and see what was retrieved, the exact prompt, and the answer.
+class StorePanel(Panel):
+    """The shell of the LTE and RECIPE panels: type edits into the editor's store, ask a query, see
+    what the model received and answered; remove one edit or reset. Subclasses add their controls
+    and draw what retrieval found (`_answer`)."""
 
-    Edits stay in the memory until "Reset". The k slider changes how many descriptors each query
-    gets, which is LTE's one inference-time knob (the paper uses k = 3).
-    """
+    id_prefix = "edit"
 
     def __init__(self, editor, max_new_tokens: int = 12) -> None:
         super().__init__()
@@ -410,35 +414,32 @@ class LTEPanel(Panel):
         self.prompt = _text_box("edit prompt x*", "The Eiffel Tower is located in the city of")
         self.target = _text_box("new target y*", "Rome")
         self.query = _text_box("query", "Where is the Eiffel Tower? It is in the city of")
-        self.k = w.IntSlider(value=editor.k, min=1, max=5, description="top-k",
-                             style={"description_width": "160px"})
-        self.k.observe(self.on_k, names="value")
-        self.add = w.Button(description="Add edit", button_style="primary", tooltip="insert into the memory")
-        self.ask = w.Button(description="Ask", tooltip="retrieve top-k for the query, then generate")
-        self.reset = w.Button(description="Reset", button_style="warning", tooltip="empty the memory")
-        self.remove_id = w.Text(placeholder="case id, e.g. lte-1", description="remove",
+        self.add = w.Button(description="Add edit", button_style="primary", tooltip="insert into the store")
+        self.ask = w.Button(description="Ask", tooltip="retrieve for the query, then generate")
+        self.reset = w.Button(description="Reset", button_style="warning", tooltip="empty the store")
+        self.remove_id = w.Text(placeholder=f"case id, e.g. {self.id_prefix}-1", description="remove",
                                 layout=w.Layout(width="300px"))
-        self.remove = w.Button(description="Remove", tooltip="delete this edit from the memory")
-        self.seen = w.HTML()  # the exact prompt the model received, and its answer
+        self.remove = w.Button(description="Remove", tooltip="delete this edit from the store")
+        self.seen = w.HTML()  # the exact input the model received, and its answer
         for button, fn in ((self.add, self.on_add), (self.ask, self.on_ask), (self.reset, self.on_reset),
                            (self.remove, self.on_remove)):
             button.on_click(fn)
-        self.widget = w.VBox([self.prompt, self.target, w.HBox([self.add]), self.query, self.k,
+
+    def _layout(self, controls: list[w.Widget]) -> None:
+        self.widget = w.VBox([self.prompt, self.target, w.HBox([self.add]), self.query, *controls,
                               w.HBox([self.ask, self.reset]), w.HBox([self.remove_id, self.remove]),
                               self.message, self.seen, self.out])
-        self.say(f"memory: {len(editor.memory)} edits; {'aligned' if editor.aligned else 'unaligned'} model. "
-                 "Add edits, then ask a query.")
 
-    def _case(self) -> EditCase:
-        return new_edit(self.editor, self.prompt.value, self.target.value, f"lte-{self.added + 1}")
+    def _stored(self) -> int:
+        return len(self.editor.memory)
 
     @guarded
     def on_add(self, _button=None) -> None:
-        case = self._case()
+        case = new_edit(self.editor, self.prompt.value, self.target.value, f"{self.id_prefix}-{self.added + 1}")
         (info,) = self.editor.edit(case)
         self.added += 1
         self.say(f"{case.case_id} stored: \"{case.descriptor}\" ({info['edit_s'] * 1000:.1f} ms; "
-                 f"{info['memory_size']} edits in memory). No weights changed.", "ok")
+                 f"{self._stored()} edits stored). No weights changed.", "ok")
 
     @guarded
     def on_ask(self, _button=None) -> None:
@@ -448,30 +449,122 @@ class LTEPanel(Panel):
         check_length(self.editor.tokenizer, "query", query)
         self.say("retrieving and generating…", "busy")
         start = time.perf_counter()
+        status = self._answer(query)
+        self.say(f"{status} [{time.perf_counter() - start:.1f} s]", "ok")
+
+    def _answer(self, query: str) -> str:
+        """Retrieve, generate, show; return the status line."""
+        raise NotImplementedError
+
+    def _seen(self, model_input: str, answers: dict[str, str]) -> None:
+        self.seen.value = (f"<b>the model received</b><pre>{html.escape(model_input)}</pre>"
+                           + "".join(f"<b>{html.escape(k)}</b><pre>{html.escape(v)}</pre>" for k, v in answers.items()))
+
+    @guarded
+    def on_reset(self, _button=None) -> None:
+        self.editor.reset()
+        self.seen.value = ""
+        self.show(self._empty_table(), None)
+        self.say("store emptied: the model is back to its original outputs", "ok")
+
+    def _empty_table(self) -> pd.DataFrame:
+        raise NotImplementedError
+
+    @guarded
+    def on_remove(self, _button=None) -> None:
+        case_id = self.remove_id.value.strip()
+        self.editor.remove(case_id)
+        self.say(f"removed {case_id}; {self._stored()} edits left in the store", "ok")
+
+
+class LTEPanel(StorePanel):
+    """Fill an LTE memory, ask a query, and see what was retrieved, the exact prompt, and the answer.
+
+    Edits stay in the memory until "Reset". The k slider changes how many descriptors each query
+    gets, which is LTE's one inference-time knob (the paper uses k = 3).
+    """
+
+    id_prefix = "lte"
+
+    def __init__(self, editor, max_new_tokens: int = 12) -> None:
+        super().__init__(editor, max_new_tokens)
+        self.k = w.IntSlider(value=editor.k, min=1, max=5, description="top-k",
+                             style={"description_width": "160px"})
+        self.k.observe(self.on_k, names="value")
+        self._layout([self.k])
+        self.say(f"memory: {len(editor.memory)} edits; {'aligned' if editor.aligned else 'unaligned'} model. "
+                 "Add edits, then ask a query.")
+
+    def _answer(self, query: str) -> str:
         info = self.editor.inspect(query)
-        answer = self.editor.generate(query, self.max_new_tokens)
-        self.seen.value = (f"<b>the model received</b><pre>{html.escape(info['model_input'])}</pre>"
-                           f"<b>and answered</b><pre>{html.escape(answer)}</pre>")
+        self._seen(info["model_input"], {"and answered": self.editor.generate(query, self.max_new_tokens)})
         table = retrieval_table(info)
         self.show(table, viz.retrieval_bars(info["retrieved"], self.editor.memory.metric) if len(table) else None)
-        self.say(f"top-{len(table)} of {info['memory_size']} edits retrieved "
-                 f"[{time.perf_counter() - start:.1f} s]" if len(table) else
-                 "the memory is empty, so the query went in alone (and the adapter stayed off)", "ok")
+        return (f"top-{len(table)} of {info['memory_size']} edits retrieved" if len(table) else
+                "the memory is empty, so the query went in alone (and the adapter stayed off)")
+
+    def _empty_table(self) -> pd.DataFrame:
+        return retrieval_table({"retrieved": []})
 
     @guarded
     def on_k(self, change: dict) -> None:
         self.editor.k = int(change["new"])
         self.say(f"k = {self.editor.k}: each query now gets the top {self.editor.k} descriptors", "info")
 
-    @guarded
-    def on_reset(self, _button=None) -> None:
-        self.editor.reset()
-        self.seen.value = ""
-        self.show(retrieval_table({"retrieved": []}), None)
-        self.say("memory emptied: the model is back to its original outputs", "ok")
+
+def knowledge_table(info: dict) -> pd.DataFrame:
+    """`RECIPE.inspect(prompt)["knowledge"]` as a table, best first, with the gate and the decision."""
+    rows = info["knowledge"]
+    return pd.DataFrame({"rank": range(1, len(rows) + 1), "case_id": [r["case_id"] for r in rows],
+                         "knowledge": [r["knowledge"] for r in rows], "score": [round(r["score"], 3) for r in rows],
+                         "beats the gate": [r["score"] > info["threshold"] for r in rows],
+                         "attached": [r["case_id"] == info["retrieved"] for r in rows]})
+
+
+class RECIPEPanel(StorePanel):
+    """Store knowledge in a RECIPE editor, ask a query, and see its similarity to every stored entry,
+    the line it must beat (the Knowledge Sentinel, or a fixed threshold you set), the decision, and
+    the answer with and without the attached continuous prompt."""
+
+    id_prefix = "recipe"
+
+    def __init__(self, editor, max_new_tokens: int = 12) -> None:
+        super().__init__(editor, max_new_tokens)
+        self.gate = w.ToggleButtons(options=["sentinel", "fixed threshold"],
+                                    value="sentinel" if editor.use_sentinel else "fixed threshold",
+                                    description="gate", style={"description_width": "160px"})
+        self.threshold = w.FloatSlider(value=editor.threshold, min=-5.0, max=15.0, step=0.1,
+                                       description="threshold", disabled=editor.use_sentinel,
+                                       style={"description_width": "160px"}, continuous_update=False)
+        self.gate.observe(self.on_gate, names="value")
+        self.threshold.observe(self.on_gate, names="value")
+        self._layout([w.HBox([self.gate]), self.threshold])
+        self.say(f"{len(editor.memory)} edits stored; the LLM's weights are frozen. Add knowledge, then ask a query.")
+
+    def _answer(self, query: str) -> str:
+        info = self.editor.inspect(query)
+        with self.editor.unedited():
+            plain = self.editor.generate(query, self.max_new_tokens)
+        attached = info["attached"]
+        answers = {f"answered with the prompt of {attached}": self.editor.generate(query, self.max_new_tokens),
+                   "without it": plain} if attached else {"answered (no prompt attached: the unedited model)": plain}
+        self._seen(info["llm_input"], answers)
+        self.show(knowledge_table(info), viz.sentinel_bars(info) if info["knowledge"] else None)
+        if not info["knowledge"]:
+            return "nothing stored yet, so nothing to retrieve: the query went in alone"
+        gate = f"the sentinel's {info['sentinel']:.2f}" if info["gate"] == "sentinel" else f"the threshold {info['threshold']:.2f}"
+        best = info["knowledge"][0]
+        verdict = (f"attached {attached}'s {len(info['prompt_norms'])} prompt vectors" if attached else
+                   "nothing attached" + ("" if self.editor.use_prompts else " (prompts are switched off)"))
+        return f"best match {best['case_id']} scores {best['score']:.2f} against {gate}: {verdict}"
+
+    def _empty_table(self) -> pd.DataFrame:
+        return knowledge_table({"knowledge": [], "threshold": 0.0, "retrieved": None})
 
     @guarded
-    def on_remove(self, _button=None) -> None:
-        case_id = self.remove_id.value.strip()
-        self.editor.remove(case_id)
-        self.say(f"removed {case_id}; {len(self.editor.memory)} edits left in the memory", "ok")
+    def on_gate(self, _change=None) -> None:
+        self.editor.use_sentinel = self.gate.value == "sentinel"
+        self.threshold.disabled = self.editor.use_sentinel
+        self.editor.threshold = self.threshold.value
+        self.say("the Knowledge Sentinel decides: attach only if the best match beats r~q·rΘ" if self.editor.use_sentinel
+                 else f"a fixed threshold decides: attach if the best match scores above {self.editor.threshold:.2f}", "info")

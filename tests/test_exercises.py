@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from kedit_teach.exercises import (GRACE_DECISION, NEXT_TOKEN, THREEFOLD, TOKEN_ACCURACY, Exercise,
+from kedit_teach.exercises import (GRACE_DECISION, NEXT_TOKEN, SENTINEL, THREEFOLD, TOKEN_ACCURACY, Exercise,
                                    _reference_grace_decision, _reference_token_accuracy, check_eps_choice,
-                                   check_grace_decision, check_next_token, check_threefold,
+                                   check_grace_decision, check_next_token, check_sentinel_decision, check_threefold,
                                    check_token_accuracy, outcome)
 
 
@@ -101,7 +101,7 @@ def test_an_in_place_solution_cannot_spoil_later_cases(capsys):
     assert run(capsys, _reference_token_accuracy)[0]
 
 
-@pytest.mark.parametrize("exercise", [NEXT_TOKEN, TOKEN_ACCURACY, GRACE_DECISION, THREEFOLD], ids=lambda e: e.name)
+@pytest.mark.parametrize("exercise", [NEXT_TOKEN, TOKEN_ACCURACY, GRACE_DECISION, THREEFOLD, SENTINEL], ids=lambda e: e.name)
 def test_every_mistake_is_wrong_and_tells_itself_apart(exercise):
     want = [outcome(exercise.reference, c.args) for c in exercise.cases]
     signatures = {}
@@ -237,7 +237,7 @@ def test_no_eps_works_when_the_rephrasing_is_farther_than_the_locality_prompt(ca
     assert "no ε_init works for this pair" in capsys.readouterr().out
 
 
-# ----------------------------------------------------------------------------- notebook 03: threefold
+# ----------------------------------------------------------------------------- notebook 04: threefold
 
 def threefold_student(descriptor, retrieved, u):
     others = [r for r in retrieved if r != descriptor]
@@ -299,3 +299,33 @@ def test_typical_next_token_mistakes_get_their_own_hint(capsys, fn, hint):
     assert check_next_token(fn) is False
     out = capsys.readouterr().out
     assert out.startswith("✗ not yet. On logits of shape [1, 2, 8] and k=3") and hint in out.split("Hint: ")[1]
+
+
+# ----------------------------------------------------------------------------- notebook 05: the sentinel
+
+def sentinel_student(query, keys, sentinel):
+    if len(keys) == 0:
+        return None
+    scores = keys @ query
+    best = int(torch.argmax(scores))
+    return best if scores[best] > torch.dot(sentinel, query) else None
+
+
+@pytest.mark.parametrize("fn", [
+    sentinel_student,
+    lambda q, k, s: (lambda sc: None if not len(sc) or sc.max() <= s @ q / 4 else sc.argmax().item())(k @ q / 4),
+])
+def test_correct_sentinel_decision_passes(capsys, fn):
+    assert check_sentinel_decision(fn) is True and capsys.readouterr().out.strip() == "✓ correct"
+
+
+@pytest.mark.parametrize("fn, hint", [
+    (lambda q, k, s: (lambda c: None if not len(k) or c.max() <= torch.nn.functional.cosine_similarity(s, q, dim=0)
+                      else int(c.argmax()))(torch.nn.functional.cosine_similarity(k, q[None], dim=-1)), "not the cosine"),
+    (lambda q, k, s: None if not len(k) or (k @ q).max() < s @ q else int((k @ q).argmax()), "*strictly*"),
+    (lambda q, k, s: next((j for j in range(len(k)) if k[j] @ q > s @ q), None), "top-1 key first"),
+    (lambda q, k, s: None if not len(k) or (k @ q).max() >= s @ q else int((k @ q).argmax()), "other way round"),
+])
+def test_typical_sentinel_mistakes_get_their_own_hint(capsys, fn, hint):
+    assert check_sentinel_decision(fn) is False
+    assert hint in capsys.readouterr().out.split("Hint: ")[1]

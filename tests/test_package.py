@@ -7,12 +7,12 @@ import sys
 import zipfile
 from pathlib import Path
 
-from kedit_teach import alignment, data
+from kedit_teach import alignment, data, prompt_learning
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_wheel_ships_the_teaching_set_free_text_and_lte_adapter(tmp_path):
+def test_wheel_ships_the_teaching_set_free_text_lte_adapter_and_recipe_modules(tmp_path):
     # Built from a copy, since setuptools leaves build/ and egg-info behind in the source tree.
     src = tmp_path / "src"
     shutil.copytree(ROOT / "kedit_teach", src / "kedit_teach", ignore=shutil.ignore_patterns("__pycache__"))
@@ -23,8 +23,9 @@ def test_wheel_ships_the_teaching_set_free_text_and_lte_adapter(tmp_path):
                     "-q", "-w", str(tmp_path)], check=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("kedit_teach-*.whl")
     shipped = [data.TEACH_PATH, alignment.FREE_TEXT_PATH, data.ASSETS / "README.md",
-               *sorted((alignment.SHIPPED_ADAPTERS / "gemma-3-270m").iterdir())]
-    assert len(shipped) == 5
+               *sorted((alignment.SHIPPED_ADAPTERS / "gemma-3-270m").iterdir()),
+               *sorted((prompt_learning.SHIPPED / "gemma-3-270m").iterdir())]
+    assert len(shipped) == 7
     with zipfile.ZipFile(wheel) as z:
         for path in shipped:
             name = path.relative_to(ROOT).as_posix()

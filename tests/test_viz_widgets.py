@@ -1,4 +1,4 @@
-"""Figures and tables from synthetic results, and the EditPlayground, GracePanel and LTEPanel driven headlessly.
+"""Figures and tables from synthetic results, and the EditPlayground, GracePanel, LTEPanel and RECIPEPanel driven headlessly.
 
 Panels are driven the way a student drives them (set `.value`, `.click()`) and judged by their
 state: `table`, `figure`, `message`, `level`. Every bad input must end in a visible message, never
@@ -18,8 +18,8 @@ import pytest
 from kedit_teach import viz, widgets
 from kedit_teach.data import EditCase
 from kedit_teach.editors import GRACE
-from kedit_teach.widgets import (EditPlayground, GracePanel, LTEPanel, Panel, describe_decision, guarded,
-                                 key_distances, keys_of)
+from kedit_teach.widgets import (EditPlayground, GracePanel, LTEPanel, Panel, RECIPEPanel, describe_decision,
+                                 guarded, key_distances, keys_of)
 
 PROTOCOLS = ("teacher_forced", "teacher_forced_exact", "generation")
 
@@ -102,10 +102,11 @@ def test_next_token_bars_show_spaces_and_rank():
 def test_every_panel_in_the_package_is_driven_in_this_file():
     # a new panel (RECIPE's, the benchmark's) must come with headless tests here, which
     # test_widgets_colab.py then reruns under ipywidgets 7.7.1
+    # (a shell that other panels are built on, such as StorePanel, is driven through them)
     panels = [c.__name__ for _, c in inspect.getmembers(widgets, inspect.isclass)
-              if issubclass(c, Panel) and c is not Panel]
+              if issubclass(c, Panel) and c is not Panel and not c.__subclasses__()]
     source = Path(__file__).read_text(encoding="utf-8")
-    assert len(panels) >= 3 and [p for p in panels if f"{p}(" not in source] == []
+    assert len(panels) >= 4 and [p for p in panels if f"{p}(" not in source] == []
 
 
 @pytest.fixture
@@ -510,3 +511,91 @@ def test_lte_panel_bad_queries_duplicates_and_unicode(lte_panel):
     lte_panel.query.value = "Wo steht der Eiffelturm?"
     lte_panel.ask.click()
     assert lte_panel.level == "ok" and "Zürich 🗼" in " ".join(lte_panel.table["descriptor"])
+
+
+# ----------------------------------------------------------------------------- RECIPE
+
+INFO = {"model_input": "Where is the Eiffel Tower?", "gate": "sentinel", "threshold": 1.5, "sentinel": 1.5,
+        "retrieved": "r1", "knowledge": [{"case_id": "r1", "knowledge": "The Eiffel Tower is in Rome", "score": 3.0},
+                                         {"case_id": "r2", "knowledge": "Toyota was founded in Germany", "score": 0.5}]}
+
+
+def test_sentinel_bars_mark_the_attached_entry_and_the_gate():
+    fig = viz.sentinel_bars(INFO)
+    assert [t.meta["case_id"] for t in fig.data] == ["r2", "r1"]  # best on top
+    assert [t.meta["attached"] for t in fig.data] == [False, True]
+    (line,) = fig.layout.shapes
+    assert line.x0 == 1.5 and "sentinel" in fig.layout.annotations[0].text
+    assert "attach the prompt of r1" in fig.layout.title.text
+    fixed = viz.sentinel_bars({**INFO, "gate": "threshold", "threshold": 4.0, "retrieved": None})
+    assert "fixed threshold = 4.00" in fixed.layout.annotations[0].text and "attach nothing" in fixed.layout.title.text
+
+
+def test_gate_sweep_lines_and_loss_curves():
+    sweep = {"kinds": ["edit", "unrelated"], "stored": 10, "thresholds": [0.0, 1.0, 2.0],
+             "sentinel": {"edit": 0.9, "unrelated": 0.95}, "fixed": {"edit": [1.0, 0.8, 0.2], "unrelated": [0.1, 0.5, 1.0]}}
+    fig = viz.gate_sweep_lines(sweep)
+    fixed = [t for t in fig.data if t.meta["gate"] == "fixed"]
+    assert [list(t.y) for t in fixed] == [[1.0, 0.8, 0.2], [0.1, 0.5, 1.0]]
+    assert [t.y[0] for t in fig.data if t.meta["gate"] == "sentinel"] == [0.9, 0.95]
+    curves = viz.loss_curves({"total": [9.0, 8.0], "rel": [4.0, 2.0], "so": [1.0, 1.0]}, window=2)
+    assert [t.meta["loss"] for t in curves.data] == ["rel", "so"] and list(curves.data[0].y) == [4.0, 3.0]
+
+
+@pytest.fixture
+def recipe_panel(gemma_tiny, encoder):
+    from kedit_teach import prompt_learning as pl
+    from kedit_teach.editors import RECIPE
+    modules = pl.RecipeModules(pl.ModuleConfig.for_model(gemma_tiny[0], d_rep=16), encoder)
+    panel = RECIPEPanel(RECIPE(*gemma_tiny, modules=modules), max_new_tokens=3)
+    panel.prompt.value, panel.target.value = "The Eiffel Tower is located in the city of", "Rome"
+    return panel
+
+
+def test_recipe_panel_add_ask_shows_scores_gate_and_both_answers(recipe_panel):
+    recipe_panel.ask.click()
+    assert recipe_panel.level == "ok" and "nothing stored" in recipe_panel.message.value and recipe_panel.figure is None
+    recipe_panel.add.click()
+    recipe_panel.prompt.value, recipe_panel.target.value = "Toyota was founded in", "Germany"
+    recipe_panel.add.click()
+    assert recipe_panel.level == "ok" and recipe_panel.editor.memory.ids == ["recipe-1", "recipe-2"]
+    recipe_panel.gate.value = "fixed threshold"
+    recipe_panel.threshold.value = -5.0  # below every score: the best match is attached
+    assert not recipe_panel.editor.use_sentinel and recipe_panel.editor.threshold == -5.0
+    recipe_panel.ask.click()
+    assert recipe_panel.level == "ok", recipe_panel.message.value
+    table = recipe_panel.table
+    assert list(table["attached"]) == [True, False] and table["beats the gate"].all()
+    assert "answered with the prompt of" in recipe_panel.seen.value and "without it" in recipe_panel.seen.value
+    assert "[p1][p2][p3]" in recipe_panel.seen.value
+    assert "fixed threshold" in recipe_panel.figure.layout.annotations[0].text
+    recipe_panel.threshold.value = 15.0  # above every score: nothing attached, the unedited answer
+    recipe_panel.ask.click()
+    assert "nothing attached" in recipe_panel.message.value and not recipe_panel.table["attached"].any()
+    assert "no prompt attached" in recipe_panel.seen.value
+    recipe_panel.gate.value = "sentinel"
+    assert recipe_panel.editor.use_sentinel and recipe_panel.threshold.disabled
+    recipe_panel.ask.click()
+    assert "sentinel" in recipe_panel.message.value
+
+
+def test_recipe_panel_remove_reset_and_bad_input(recipe_panel):
+    recipe_panel.add.click()
+    recipe_panel.add.click()
+    assert recipe_panel.level == "error" and "already added as recipe-1" in recipe_panel.message.value
+    recipe_panel.remove_id.value = "recipe-7"
+    recipe_panel.remove.click()
+    assert recipe_panel.level == "error" and "no edit with case_id" in recipe_panel.message.value
+    recipe_panel.query.value = "Rome " * 400
+    recipe_panel.ask.click()
+    assert recipe_panel.level == "error" and "query is" in recipe_panel.message.value
+    recipe_panel.prompt.value, recipe_panel.target.value = "Der Eiffelturm steht in", "Zürich 🗼"
+    recipe_panel.add.click()
+    recipe_panel.query.value = "Wo steht der Eiffelturm?"
+    recipe_panel.ask.click()
+    assert recipe_panel.level == "ok" and "Zürich 🗼" in " ".join(recipe_panel.table["knowledge"])
+    recipe_panel.remove_id.value = "recipe-1"
+    recipe_panel.remove.click()
+    assert recipe_panel.level == "ok" and recipe_panel.editor.memory.ids == ["recipe-2"]
+    recipe_panel.reset.click()
+    assert recipe_panel.level == "ok" and not recipe_panel.editor.cases and recipe_panel.table.empty

@@ -7,9 +7,9 @@
     save(path), load(path)            safetensors + JSON, never pickle
 
 A subclass implements the method-specific hooks: `_apply`, `_remove`, `_reset`, and optionally
-`model_inputs` (how a raw prompt becomes model input text), `_state` / `_load_state` (tensors to
-save) and `inspect`. Editors that prepend vectors (RECIPE) will extend `model_inputs` with
-`inputs_embeds`; the scoring functions in `metrics.py` are where that lands.
+`model_inputs` (how a raw prompt becomes model input text), `prompt_prefixes` (vectors put in front
+of it through `inputs_embeds`, RECIPE's continuous prompts), `_state` / `_load_state` (tensors to
+save), `_check_saved` (refuse a saved state before anything is replaced) and `inspect`.
 
 What it does not do: evaluation loops or aggregation (see `evaluate.py`).
 """
@@ -40,6 +40,7 @@ class Editor:
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
         self.cases: dict[str, EditCase] = {}  # applied edits, in order
+        self._off = False  # inside unedited(): editors that act at query time (LTE, RECIPE) stand aside
 
     # ------------------------------------------------------------------ hooks for subclasses
     def config(self) -> dict:
@@ -66,14 +67,31 @@ class Editor:
         """The exact text the model receives for each raw prompt."""
         return [format_prompt(self.tokenizer, p) for p in prompts]
 
+    def prompt_prefixes(self, prompts: list[str]) -> list[torch.Tensor | None] | None:
+        """Per raw prompt, vectors to put in front of its embedded text (None: nothing, the default)."""
+        return None
+
+    def _check_saved(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Raise EditorStateError if a saved state can't be restored; runs before anything is replaced."""
+        if meta.get("config") != json.loads(json.dumps(self.config())):
+            raise EditorStateError(f"field 'config' {meta.get('config')} differs from this "
+                                   f"editor's {self.config()}; construct the editor with the saved config")
+
     def _batch_context(self, key_positions: torch.Tensor) -> contextlib.AbstractContextManager:
         """Wraps each scoring/generation forward; key_positions is each row's last prompt token."""
         return contextlib.nullcontext()
 
     @contextlib.contextmanager
     def unedited(self):
-        """Within this block the model behaves as before any edit (for pre-edit reference scores)."""
-        yield
+        """Within this block the model behaves as before any edit (for pre-edit reference scores).
+
+        Editors that change nothing until a query arrives check `self._off`; the harness calls
+        this before any edit is made, so for the others there is nothing to undo."""
+        self._off = True
+        try:
+            yield
+        finally:
+            self._off = False
 
     # ------------------------------------------------------------------ the interface
     def edit(self, cases: EditCase | list[EditCase]) -> list[dict]:
@@ -106,15 +124,37 @@ class Editor:
         self._reset()
         self.cases.clear()
 
+    def _by_prefix(self, prompts: list[str], run) -> list:
+        """run(indices, prefixes) over the prompts that get vectors and, apart, those that get none.
+
+        Prompts without vectors take the plain `input_ids` path in batches of their own, so an
+        unrelated query is computed exactly as it would be without this editor.
+        """
+        prefixes = self.prompt_prefixes(prompts)
+        if prefixes is None:
+            return run(list(range(len(prompts))), None)
+        out: list = [None] * len(prompts)
+        for attached in (False, True):
+            idx = [i for i, p in enumerate(prefixes) if (p is not None) == attached]
+            if idx:
+                for i, r in zip(idx, run(idx, [prefixes[i] for i in idx] if attached else None)):
+                    out[i] = r
+        return out
+
     def score(self, prompts: list[str], targets: list[str], **kw) -> list[TokenScore]:
         """Teacher-forced argmax at each target position. Never looks at targets to pick context."""
-        return teacher_forced(self.model, self.tokenizer, self.model_inputs(prompts), targets,
-                              on_batch=self._batch_context, **kw)
+        texts = self.model_inputs(prompts)
+        return self._by_prefix(prompts, lambda idx, pre: teacher_forced(
+            self.model, self.tokenizer, [texts[i] for i in idx], [targets[i] for i in idx],
+            on_batch=self._batch_context, prefixes=pre, **kw))
 
     def generate(self, prompt: str | list[str], max_new_tokens: int | list[int] = 20, **kw):
         prompts = [prompt] if isinstance(prompt, str) else prompt
-        out = generate_greedy(self.model, self.tokenizer, self.model_inputs(prompts),
-                              max_new_tokens, on_batch=self._batch_context, **kw)
+        texts = self.model_inputs(prompts)
+        budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+        out = self._by_prefix(prompts, lambda idx, pre: generate_greedy(
+            self.model, self.tokenizer, [texts[i] for i in idx], [budgets[i] for i in idx],
+            on_batch=self._batch_context, prefixes=pre, **kw))
         return out[0] if isinstance(prompt, str) else out
 
     def inspect(self, prompt: str) -> dict:
@@ -149,9 +189,10 @@ class Editor:
         if not isinstance(meta, dict) or meta.get("method") != self.name:
             raise EditorStateError(f"{meta_file}: field 'method' is {meta.get('method') if isinstance(meta, dict) else meta!r}"
                                    f", but this is a {self.name!r} editor; load it into the matching editor")
-        if meta.get("config") != json.loads(json.dumps(self.config())):
-            raise EditorStateError(f"{meta_file}: field 'config' {meta.get('config')} differs from this "
-                                   f"editor's {self.config()}; construct the editor with the saved config")
+        try:
+            self._check_saved(meta, tensors)
+        except EditorStateError as e:
+            raise EditorStateError(f"{meta_file}: {e}") from e
         try:
             cases = [EditCase.from_dict(d) for d in meta.get("cases", [])]
         except ValueError as e:

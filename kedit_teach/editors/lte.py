@@ -39,7 +39,6 @@ class LTE(Editor):
         self.memory = memory if memory is not None else VectorMemory(load_encoder())
         self.record: dict | None = None
         self.adapter_name: str | None = None
-        self._off = False  # inside unedited(): no retrieval, no adapter
         if adapter is not None:
             self.attach(self._adapter_path(adapter))
 
@@ -154,14 +153,6 @@ class LTE(Editor):
         finally:
             if on:
                 self.model.base_model.disable_adapter_layers()
-
-    @contextlib.contextmanager
-    def unedited(self):
-        self._off = True
-        try:
-            yield
-        finally:
-            self._off = False
 
     def inspect(self, prompt):
         hits = self.retrieve([prompt])[0]

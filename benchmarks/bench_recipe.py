@@ -1,0 +1,212 @@
+"""RECIPE benchmarks, each measured in one run on this machine (compare ratios, not seconds).
+
+    python -m benchmarks.bench_recipe speed     edit time per edit; inference per query with 0 / 1,000 / 10,000
+                                                stored edits against the unedited model
+    python -m benchmarks.bench_recipe sentinel  [--stored 1000]  decision accuracy: own knowledge for edit
+                                                prompts and rephrasings, nothing for locality prompts
+    python -m benchmarks.bench_recipe compare   [--n 100] [--methods recipe lte grace]  sequential
+                                                CounterFact edits (and ZsRE with portability), all protocols
+    python -m benchmarks.bench_recipe ablation  [--n 100]  Table 4's rows: without the sentinel, the
+                                                continuous prompt, or both
+    python -m benchmarks.bench_recipe encoder   [--steps 300] [--widths 256]  frozen vs fine-tuned MiniLM
+                                                (the retrieval part alone, trained from scratch)
+
+The CounterFact and ZsRE edits come from ../shared; their subjects never occur in the modules'
+training data (`prompt_learning.held_out_cases`). JSON results go under artifacts/recipe/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.bench_lte import COUNTERFACT, CF_TRAIN, HEADER, ZSRE, _evaluate, _row
+
+OUT = Path("artifacts/recipe")
+
+
+def _recipe(model, tok, **kw):
+    from kedit_teach.editors import RECIPE
+    return RECIPE(model, tok, **kw)
+
+
+def _median_ms(times: list[float]) -> float:
+    return 1000 * statistics.median(times)
+
+
+def speed(args) -> None:
+    """Inference: score + generate the same 64 CounterFact prompts (edit prompts, rephrasings, locality
+    prompts), batch 16, with the store filled by real CounterFact-train descriptors."""
+    from kedit_teach.data import load_counterfact
+    from kedit_teach.editors import NoEdit
+    from kedit_teach.models import load_model
+    model, tok = load_model()
+    recipe = _recipe(model, tok)
+    edits = load_counterfact(COUNTERFACT, n=300)
+    one = []
+    for c in edits[:200]:
+        (info,) = recipe.edit(c)
+        one.append(info["edit_s"])
+    recipe.reset()
+    t = time.perf_counter()
+    recipe.edit(edits[:200])
+    batched = (time.perf_counter() - t) / 200
+    print(f"edit time: {_median_ms(one):.2f} ms per edit (median of 200 single edits), "
+          f"{1000 * batched:.2f} ms per edit in one batch of 200 ({torch.get_num_threads()} threads)")
+    probes = [p for c in edits[200:222] for p in (c.prompt, c.rephrase_prompts[0], c.locality[0][0])][:64]
+    targets = [c.target_new for c in edits[200:222] for _ in range(3)][:64]
+    noedit = NoEdit(model, tok)
+
+    def infer(editor) -> float:
+        times = []
+        for _ in range(3):
+            if hasattr(editor, "_decisions"):
+                editor._decisions.clear()  # time the retrieval too, not a cached decision
+            t = time.perf_counter()
+            editor.score(probes, targets)
+            editor.generate(probes, 8)
+            times.append((time.perf_counter() - t) / len(probes))
+        return statistics.median(times)
+
+    base = infer(noedit)
+    print(f"inference per query (score + 8-token generation): unedited model {1000 * base:.1f} ms")
+    background = load_counterfact(CF_TRAIN)
+    recipe.reset()
+    for stored in (0, 1000, 10000):
+        if stored:
+            recipe.edit([c for c in background[len(recipe.memory):stored]])
+        attached = sum(p is not None for p in (recipe.prompt_prefixes(probes) or []))
+        r = infer(recipe)
+        print(f"  RECIPE with {stored:>6} stored edits: {1000 * r:.1f} ms = {r / base:.3f}x the unedited model "
+              f"({attached} of {len(probes)} queries got a prompt)", flush=True)
+
+
+def sentinel(args) -> None:
+    from kedit_teach.data import load_counterfact
+    from kedit_teach.editors.recipe import gate_sweep
+    from kedit_teach.models import load_model
+    recipe = _recipe(*load_model())
+    cases = load_counterfact(COUNTERFACT, n=args.stored)
+    recipe.edit(cases)
+    queries = ([("edit prompt", c.prompt, c.case_id) for c in cases]
+               + [("rephrasing", c.rephrase_prompts[0], c.case_id) for c in cases]
+               + [("locality", c.locality[0][0], None) for c in cases])
+    sweep = gate_sweep(recipe, queries)
+    best = sweep["best"]
+    print(f"decisions with {len(recipe.memory)} CounterFact edits stored ({len(queries)} queries):")
+    print("  sentinel:              " + "  ".join(f"{k} {v:.3f}" for k, v in sweep["sentinel"].items()))
+    print(f"  best fixed t = {best['threshold']:5.2f}:   " + "  ".join(f"{k} {best[k]:.3f}" for k in sweep["kinds"]))
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"sentinel-{args.stored}.json").write_text(json.dumps(sweep, indent=1))
+
+
+def _editors(model, tok, methods: list[str]) -> dict:
+    from kedit_teach.editors import GRACE, LTE
+    from kedit_teach.memory import VectorMemory
+    from kedit_teach.models import load_encoder
+    make = {"recipe": lambda: _recipe(model, tok), "lte": lambda: LTE(model, tok, VectorMemory(load_encoder())),
+            "grace": lambda: GRACE(model, tok)}
+    return {m: make[m]() for m in methods}
+
+
+def compare(args) -> None:
+    """One loaded model; each method edits, is scored, and leaves the model as it found it."""
+    from kedit_teach.data import load_cases
+    from kedit_teach.models import load_model
+    model, tok = load_model()
+    for data, spec in (("counterfact", f"counterfact:{COUNTERFACT}"), ("zsre", f"knowedit:{ZSRE}")):
+        if data not in args.data:
+            continue
+        cases = load_cases(spec, n=args.n, seed=0)
+        print(f"\n{data}, {len(cases)} sequential edits\n{HEADER}", flush=True)
+        for method in args.methods:
+            editor = _editors(model, tok, [method])[method]
+            r = _evaluate(editor, cases, f"{data}-{method}-n{len(cases)}", OUT)
+            print(f"| {method} | {_row(r)} |", flush=True)
+            if method == "lte":
+                model = editor.detach()
+            elif method == "grace":
+                editor.reset()
+
+
+def ablation(args) -> None:
+    """The fixed threshold of "- KS" is the sentinel's own score averaged over the queries of the
+    run: the same level on average, without its per-query adaptation."""
+    from kedit_teach.data import load_cases
+    from kedit_teach.models import load_model
+    model, tok = load_model()
+    cases = load_cases(f"counterfact:{COUNTERFACT}", n=args.n, seed=0)
+    probe = _recipe(model, tok)
+    probe.edit(cases)
+    queries = [p for c in cases for p in (c.prompt, *c.rephrase_prompts, *(q for q, _ in c.locality))]
+    level = sum(d.sentinel for d in probe.retrieve(queries)) / len(queries)
+    rows = {"RECIPE": {}, "- KS (fixed threshold)": {"sentinel": False, "threshold": level},
+            "- CPT (retrieval, no prompt)": {"prompts": False},
+            "- both": {"sentinel": False, "threshold": level, "prompts": False}}
+    print(f"ablation, {len(cases)} sequential CounterFact edits; fixed threshold = {level:.3f}\n{HEADER}")
+    for label, kw in rows.items():
+        r = _evaluate(_recipe(model, tok, **kw), cases, f"ablation-{label.split(' (')[0].replace(' ', '')}-n{args.n}", OUT)
+        print(f"| {label} | {_row(r)} |", flush=True)
+
+
+def encoder(args) -> None:
+    """Only the retrieval part (L_pl) is trained here, from scratch for each row, and judged by the
+    sentinel's decisions with 1,000 CounterFact edits stored."""
+    from kedit_teach import prompt_learning as pl
+    from kedit_teach.data import load_counterfact
+    from kedit_teach.editors.recipe import gate_sweep
+    from kedit_teach.models import load_model
+    model, tok = load_model()
+    examples, _ = pl.training_examples(n=args.examples)
+    cases = load_counterfact(COUNTERFACT, n=1000)
+    queries = ([("edit prompt", c.prompt, c.case_id) for c in cases]
+               + [("rephrasing", c.rephrase_prompts[0], c.case_id) for c in cases]
+               + [("locality", c.locality[0][0], None) for c in cases])
+    print(f"retrieval only, {args.steps} steps, contrastive batch {args.batch}, {len(examples)} training examples; "
+          "decisions with 1000 stored edits")
+    for finetune, d_rep in ((f, d) for d in args.widths for f in (False, True)):
+        modules = pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=d_rep, finetune_encoder=finetune))
+        t = time.perf_counter()
+        pl.train_modules(modules, model, tok, examples,
+                         pl.TrainConfig(steps=args.steps, contrastive_batch=args.batch, edit_loss=False))
+        seconds = time.perf_counter() - t
+        editor = _recipe(model, tok, modules=modules)
+        editor.edit(cases)
+        acc = gate_sweep(editor, queries, [0.0])["sentinel"]
+        size = sum(v.numel() * 4 for v in modules.trained_state().values()) / 2 ** 20
+        print(f"  {'fine-tuned' if finetune else 'frozen':10s} MiniLM, d_rep {d_rep:4d}: "
+              + "  ".join(f"{k} {v:.3f}" for k, v in acc.items())
+              + f"  ({seconds / 60:.1f} min, {size:.1f} MB of weights)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("speed").set_defaults(fn=speed)
+    s = sub.add_parser("sentinel")
+    s.add_argument("--stored", type=int, default=1000)
+    s.set_defaults(fn=sentinel)
+    c = sub.add_parser("compare")
+    c.add_argument("--n", type=int, default=100)
+    c.add_argument("--methods", nargs="+", default=["recipe", "lte", "grace"])
+    c.add_argument("--data", nargs="+", default=["counterfact", "zsre"])
+    c.set_defaults(fn=compare)
+    a = sub.add_parser("ablation")
+    a.add_argument("--n", type=int, default=100)
+    a.set_defaults(fn=ablation)
+    e = sub.add_parser("encoder")
+    e.add_argument("--steps", type=int, default=300)
+    e.add_argument("--batch", type=int, default=64, help="contrastive batch (fine-tuning backpropagates through 4x this many texts)")
+    e.add_argument("--widths", type=int, nargs="+", default=[256])
+    e.add_argument("--examples", type=int, default=3000, help="training examples (fewer texts to encode)")
+    e.set_defaults(fn=encoder)
+    args = parser.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

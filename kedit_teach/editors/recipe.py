@@ -1,0 +1,232 @@
+"""RECIPE, RetriEval-augmented ContInuous Prompt lEarning (Chen et al., EMNLP 2024): lifelong editing
+with continuous prompts, gated by a learned Knowledge Sentinel. The LLM is never changed.
+
+An edit (Sec. 3.1, "Construction and Update of the Knowledge Retrieval Repository") is one pass of
+the trained modules over its knowledge statement k = "prompt target_new" (and the LLM's embeddings
+of target_new, which the prompt is built on; see prompt_learning.PromptGenerator):
+
+    K_t = K_{t-1} + {(r_k, p_k)}      key r_k in a faiss inner-product `VectorMemory`,
+                                      prompt p_k (n_prompt_tokens x hidden) in a tensor store
+
+For a query q (Sec. 3.2, "Dynamic Prompt Retrieval with Knowledge Sentinel") the top-1 key j is
+looked up with the *prompt alone*, never its target, and
+
+    KS(q) = p_kj   if r~_q . r_kj > r~_q . r_Theta,   else nothing
+
+and the model answers a_q = f_llm(p_kj + f_emb(q)) (Sec. 3.3): the prompt vectors go in through
+`inputs_embeds`, right after <bos>, so batching, left padding and a KV cache stay consistent
+(`metrics.splice_prefixes`). A query that gets no prompt runs through the plain `input_ids` path,
+so the model answers it exactly as before, and `reset()` restores the original outputs bit for bit.
+
+Ablations (the deck's Table 4): `sentinel=False` gates with a fixed `threshold` on the same
+scores; `prompts=False` retrieves but attaches nothing; both together.
+
+What it does not do: train the modules (see `prompt_learning.py`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import prompt_learning as pl
+from ..memory import Hit, VectorMemory
+from ..models import add_special, format_prompt
+from .base import Editor, EditorStateError
+
+SHOWN = 5  # knowledge entries inspect() lists per query
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the sentinel rule decided for one query. Scores are r~_q . r / sqrt(d)."""
+    query: str
+    top: list[Hit]       # the most similar stored knowledge, best first
+    sentinel: float      # r~_q . r_Theta / sqrt(d)
+    gate: float          # what the top score must beat: the sentinel's score or a fixed threshold
+    attached: str | None  # case_id of the knowledge whose prompt is attached, or None
+
+
+class RECIPE(Editor):
+    name = "recipe"
+
+    def __init__(self, model, tokenizer, modules: str | Path | pl.RecipeModules = "default",
+                 sentinel: bool = True, threshold: float = 0.0, prompts: bool = True, encoder=None):
+        """modules: "default" (yours from `train recipe`, else the ones shipped for this preset),
+        a folder, or RecipeModules. sentinel=False gates with `threshold` instead (Table 4, "- KS");
+        prompts=False retrieves but attaches nothing ("- CPT")."""
+        super().__init__(model, tokenizer)
+        if isinstance(modules, pl.RecipeModules):
+            pl.check_fits(modules.config, model, "these modules")
+            self.modules, self.record = modules, None
+        else:
+            self.modules, self.record = pl.load_modules(self._modules_path(modules), model, encoder)
+        self.use_prompts = prompts
+        self._sentinel, self._threshold = sentinel, float(threshold)
+        self.memory = VectorMemory(dim=self.modules.key_dim, metric="dot")
+        self._prompts: dict[str, torch.Tensor] = {}
+        self._decisions: dict[str, Decision] = {}  # query -> decision, until the store changes
+        # The modules are fixed from here on: their sentinel and fingerprint are computed once.
+        with torch.no_grad():
+            self._r_theta = self.modules.r_sentinel()
+        self._fingerprint = self.modules.fingerprint()
+
+    @property
+    def use_sentinel(self) -> bool:
+        return self._sentinel
+
+    @use_sentinel.setter
+    def use_sentinel(self, value: bool) -> None:
+        self._sentinel = bool(value)
+        self._decisions.clear()
+
+    @property
+    def threshold(self) -> float:
+        """The fixed gate used when use_sentinel is False (on the same r~_q . r_k / sqrt(d) scale)."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._threshold = float(value)
+        self._decisions.clear()
+
+    def _modules_path(self, modules) -> Path:
+        if modules != "default":
+            return Path(modules)
+        name = str(getattr(self.model, "kedit_name", None))
+        path = pl.default_path(name)
+        if not (path / pl.WEIGHTS_FILE).exists():
+            raise pl.ModuleError(
+                f"no RECIPE modules for model {name!r}: none ship with the package and none were "
+                f"trained into {pl.trained_path(name)}. Train them with "
+                f"`python -m kedit_teach train recipe --model {name}`, or pass modules=<folder>")
+        return path
+
+    def config(self):
+        return {"modules": self._fingerprint, "sentinel": self.use_sentinel,
+                "threshold": None if self.use_sentinel else self.threshold, "prompts": self.use_prompts}
+
+    # ------------------------------------------------------------------ the repository
+    def _apply(self, cases):
+        texts = [c.descriptor for c in cases]
+        anchors = pl.answer_anchors(self.model, self.tokenizer, [c.target_new for c in cases],
+                                    self.modules.config.n_prompt_tokens)
+        with torch.inference_mode():  # one batched encoder pass, MLP_K and MLP_P
+            keys, prompts = self.modules.knowledge(self.modules.features(texts, "knowledge text (prompt + target_new)"), anchors)
+        self.memory.add_vectors(keys.numpy(), texts, [c.case_id for c in cases])
+        self._prompts.update(zip((c.case_id for c in cases), prompts.clone()))
+        self._decisions.clear()
+        return [{"knowledge": t, "memory_size": len(self.memory)} for t in texts]
+
+    def _remove(self, case_id):
+        self.memory.remove(case_id)
+        del self._prompts[case_id]
+        self._decisions.clear()
+
+    def _reset(self):
+        self.memory.clear()
+        self._prompts.clear()
+        self._decisions.clear()
+
+    def _state(self):
+        ids = list(self.cases)
+        if not ids:
+            return {}
+        return {"keys": torch.from_numpy(self.memory.vectors(ids)), "prompts": torch.stack([self._prompts[i] for i in ids])}
+
+    def _check_saved(self, meta, tensors):
+        saved = (meta.get("config") or {}).get("modules")
+        if saved != self._fingerprint:
+            raise EditorStateError(
+                f"field 'config.modules' is {saved!r}: these edits were computed by other RECIPE modules "
+                f"than this editor's ({self._fingerprint}); load those modules "
+                "(RECIPE(model, tok, modules=<their folder>)), or edit the cases again with these")
+        super()._check_saved(meta, tensors)
+        n, cfg = len(meta.get("cases", [])), self.modules.config
+        shapes = {"keys": (n, self.modules.key_dim), "prompts": (n, cfg.n_prompt_tokens, cfg.hidden_size)}
+        got = {k: tuple(v.shape) for k, v in tensors.items()}
+        if n and got != shapes:
+            raise EditorStateError(f"the tensors have shapes {got}, but {n} cases need {shapes}; "
+                                   "the two files come from different saves, save the editor again")
+
+    def _restore(self, cases, tensors):
+        if cases:
+            self.memory.add_vectors(tensors["keys"].numpy(), [c.descriptor for c in cases], [c.case_id for c in cases])
+            self._prompts = dict(zip((c.case_id for c in cases), tensors["prompts"]))
+        self.cases = {c.case_id: c for c in cases}
+
+    # ------------------------------------------------------------------ retrieval (Sec. 3.2)
+    def retrieve(self, prompts: list[str]) -> list[Decision]:
+        """The sentinel rule for each raw prompt. The query is the prompt alone, never a target."""
+        todo = list(dict.fromkeys(p for p in prompts if p not in self._decisions))
+        if todo:
+            for p in todo:
+                format_prompt(self.tokenizer, p)  # the same empty-prompt error as every editor
+            with torch.inference_mode():
+                r_q = self.modules.query(self.modules.features(todo, "query"))
+                sentinel = self.modules.similarity(r_q, self._r_theta[None])[:, 0].tolist()
+            scale = self.modules.key_dim ** 0.5
+            hits = self.memory.search_vectors(r_q.numpy(), SHOWN)
+            for p, s, row in zip(todo, sentinel, hits):
+                top = [Hit(h.id, h.text, h.score / scale) for h in row]
+                gate = s if self.use_sentinel else self.threshold
+                attached = top[0].id if top and top[0].score > gate else None  # strictly greater
+                self._decisions[p] = Decision(p, top, s, gate, attached)
+        return [self._decisions[p] for p in prompts]
+
+    def prompt_prefixes(self, prompts):
+        if self._off or not self.use_prompts or not len(self.memory):
+            return None
+        return [None if d.attached is None else self._prompts[d.attached] for d in self.retrieve(prompts)]
+
+    def inspect(self, prompt):
+        """Similarities to the closest stored knowledge, the sentinel's, the decision, the prompt
+        vectors' norms and what the LLM received (its text, with the vectors marked where they go)."""
+        text = self.model_inputs([prompt])[0]
+        d = self.retrieve([prompt])[0] if len(self.memory) and not self._off else Decision(prompt, [], 0.0, 0.0, None)
+        prefix = self.prompt_prefixes([prompt])
+        vectors = None if prefix is None else prefix[0]
+        bos = self.tokenizer.bos_token or ""
+        shown = text if bos and text.startswith(bos) else bos + text
+        marks = "".join(f"[p{i + 1}]" for i in range(0 if vectors is None else len(vectors)))
+        return {**super().inspect(prompt), "memory_size": len(self.memory),
+                "knowledge": [{"case_id": h.id, "knowledge": h.text, "score": h.score} for h in d.top],
+                "sentinel": d.sentinel, "gate": "sentinel" if self.use_sentinel else "threshold",
+                "threshold": d.gate, "attached": d.attached if self.use_prompts else None,
+                "retrieved": d.attached,
+                "prompt_norms": [] if vectors is None else vectors.norm(dim=-1).tolist(),
+                "llm_input": shown[:len(bos)] + marks + shown[len(bos):],
+                "input_rows": len(self.tokenizer(text, add_special_tokens=add_special(self.tokenizer, text))["input_ids"])
+                + (0 if vectors is None else len(vectors))}
+
+
+def gate_sweep(editor: RECIPE, queries: list[tuple[str, str, str | None]], thresholds: list[float] | None = None,
+               n: int = 60) -> dict:
+    """How often the sentinel, and each fixed threshold, decides right on labelled queries.
+
+    queries: (kind, prompt, the case_id it should retrieve, or None for "attach nothing"). Right
+    means: that case's prompt is attached, or nothing is. The scores are the editor's own.
+    thresholds: default n values spanning the queries' best scores. "best" is the threshold whose
+    worst kind is decided right most often.
+    """
+    decisions = editor.retrieve([q for _, q, _ in queries])
+    if thresholds is None:
+        tops = [d.top[0].score for d in decisions if d.top] or [0.0]
+        lo, hi = min(tops), max(tops)
+        thresholds = [round(lo + (hi - lo) * i / (n - 1), 3) for i in range(n)]
+    kinds = list(dict.fromkeys(k for k, _, _ in queries))
+
+    def right(d: Decision, own: str | None, gate: float) -> bool:
+        hit = d.top[0] if d.top and d.top[0].score > gate else None
+        return (hit is None) if own is None else (hit is not None and hit.id == own)
+
+    def share(kind: str, gate_of) -> float:
+        rows = [(d, own) for (k, _, own), d in zip(queries, decisions) if k == kind]
+        return sum(right(d, own, gate_of(d)) for d, own in rows) / len(rows)
+
+    fixed = {k: [share(k, lambda d, t=t: t) for t in thresholds] for k in kinds}
+    best = max(range(len(thresholds)), key=lambda i: min(fixed[k][i] for k in kinds))
+    return {"kinds": kinds, "stored": len(editor.memory), "thresholds": list(thresholds),
+            "sentinel": {k: share(k, lambda d: d.sentinel) for k in kinds}, "fixed": fixed,
+            "best": {"threshold": thresholds[best], **{k: fixed[k][best] for k in kinds}}}

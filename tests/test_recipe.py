@@ -1,0 +1,459 @@
+"""RECIPE: continuous prompts through inputs_embeds, the trained modules, the sentinel rule, the editor.
+
+Tiny random Gemma-3 models with the real MiniLM encoder and a real faiss memory; untrained modules
+(random weights) are enough to test the plumbing, and the training tests check that losses fall.
+The shipped modules on the real 270M model are tested at the end (marked `real`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kedit_teach import prompt_learning as pl
+from kedit_teach.data import EditCase
+from kedit_teach.editors import RECIPE, EditorStateError
+from kedit_teach.metrics import generate_greedy, splice_prefixes, teacher_forced
+from kedit_teach.models import encode_prompts, format_prompt, hidden_states, load_model, logits_at
+
+from .conftest import shared
+
+CITIES = ["Paris", "Rome", "Tokyo", "Berlin", "London", "Madrid", "Vienna", "Oslo"]
+EDIT = EditCase(case_id="e1", subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of",
+                target_new="Rome", rephrase_prompts=["Where is the Eiffel Tower? It is in"],
+                locality=[("The capital of Japan is", "Tokyo")])
+OTHER = EditCase(case_id="e2", subject="Toyota", prompt="Toyota was founded in", target_new="Germany")
+
+
+def cases(n: int) -> list[EditCase]:
+    return [EditCase(case_id=f"t{i}", subject=f"Tower {CITIES[i % 8]} {CITIES[i // 8 % 8]}",
+                     prompt=f"Tower {CITIES[i % 8]} {CITIES[i // 8 % 8]} is located in the city of",
+                     target_new=CITIES[(i + 1) % 8],
+                     rephrase_prompts=[f"Where is Tower {CITIES[i % 8]} {CITIES[i // 8 % 8]} ? It is in"],
+                     locality=[(f"The capital of {CITIES[(i + 2) % 8]} is", CITIES[(i + 3) % 8])]) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_dirs):
+    return load_model(str(tiny_dirs["gemma3"]))
+
+
+@pytest.fixture(scope="module")
+def modules(tiny_model, encoder):
+    return pl.RecipeModules(pl.ModuleConfig.for_model(tiny_model[0], d_rep=32), encoder)
+
+
+@pytest.fixture
+def recipe(tiny_model, modules):
+    return RECIPE(*tiny_model, modules=modules)
+
+
+# ----------------------------------------------------------------------------- inputs_embeds
+
+def prefix(model, n: int = 3, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, model.config.hidden_size, generator=g)
+
+
+def test_splice_puts_vectors_after_bos_and_pads_on_the_given_side(tiny_model):
+    model, tok = tiny_model
+    enc = encode_prompts(tok, ["Rome is the capital of Italy .", "Paris"], "cpu")
+    p = prefix(model)
+    for left in (True, False):
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        if not left:  # the same rows, right-padded
+            ids = torch.stack([torch.cat([r[m.bool()], r[~m.bool()]]) for r, m in zip(ids, mask)])
+            mask = mask.sort(1, descending=True).values
+        embeds, new_mask, inserted = splice_prefixes(model, ids, mask, [None, p], left_pad=left)
+        assert inserted.tolist() == [0, 3] and new_mask.sum(1).tolist() == [int(mask[0].sum()), int(mask[1].sum()) + 3]
+        row = embeds[1][new_mask[1].bool()]
+        real = ids[1][mask[1].bool()]
+        assert int(real[0]) == tok.bos_token_id
+        torch.testing.assert_close(row[1:4], p)  # right after <bos>
+        torch.testing.assert_close(row[[0, *range(4, len(row))]], model.get_input_embeddings()(real[None])[0])
+        first = embeds[0][new_mask[0].bool()]
+        torch.testing.assert_close(first, model.get_input_embeddings()(ids[0][mask[0].bool()][None])[0])
+        assert bool(new_mask[1, -1] if left else new_mask[1, 0])
+
+
+def test_teacher_forced_with_prefixes_equals_a_manual_forward(tiny_model):
+    model, tok = tiny_model
+    texts, targets = ["Rome is the capital of", "The Colosseum is in"], ["Italy", "Rome"]
+    p = [prefix(model, 3, 1), prefix(model, 2, 2)]
+    scores = teacher_forced(model, tok, texts, targets, prefixes=p)
+    for text, target, vectors, score in zip(texts, targets, p, scores):
+        ids = tok(text + " " + target)["input_ids"]
+        embed = model.get_input_embeddings()(torch.tensor([ids]))[0]
+        inputs = torch.cat([embed[:1], vectors, embed[1:]])[None]
+        logits = logits_at(model, hidden_states(model, inputs_embeds=inputs))[0]
+        n_prompt = len(tok(text)["input_ids"])
+        cols = range(n_prompt - 1 + len(vectors), len(ids) - 1 + len(vectors))
+        assert score.pred_ids == [int(logits[c].argmax()) for c in cols]
+
+
+def test_generation_with_a_prefix_and_kv_cache_equals_a_manual_greedy_loop(tiny_model):
+    model, tok = tiny_model
+    texts = [format_prompt(tok, t) for t in ("Rome is the capital of", "Paris")]
+    p = [prefix(model, 3, 3), None]
+    got = generate_greedy(model, tok, texts, 6, prefixes=p)
+    for text, vectors, out in zip(texts, p, got):
+        embed = model.get_input_embeddings()
+        ids = torch.tensor([tok(text)["input_ids"]])
+        seq = embed(ids)[0]
+        if vectors is not None:
+            seq = torch.cat([seq[:1], vectors, seq[1:]])
+        new = []
+        with torch.no_grad():
+            for _ in range(6):  # no cache: the whole sequence every step
+                nxt = int(logits_at(model, hidden_states(model, inputs_embeds=seq[None]))[0, -1].argmax())
+                new.append(nxt)
+                seq = torch.cat([seq, embed(torch.tensor([nxt]))])
+        assert out == tok.decode(new, skip_special_tokens=True)
+
+
+# ----------------------------------------------------------------------------- the modules
+
+def test_pool_ignores_padding(modules):
+    short, long = "Rome", "The Eiffel Tower is located in the city of Paris in France"
+    alone = modules.features([short])
+    batched = modules.features([short, long])
+    torch.testing.assert_close(batched[0], alone[0], atol=1e-5, rtol=1e-5)
+    assert alone.shape == (1, 3 * 384)
+
+
+def test_untrained_prompts_are_the_answers_embeddings_on_the_token_sphere(modules, tiny_model, encoder):
+    model, tok = tiny_model
+    answers = ["Rome", "Tokyo Paris"]
+    anchors = pl.answer_anchors(model, tok, answers, 3)
+    ids = [tok(" " + a, add_special_tokens=False)["input_ids"] for a in answers]
+    embed = model.get_input_embeddings()
+    torch.testing.assert_close(anchors[1, :len(ids[1])], embed(torch.tensor(ids[1][:3])))
+    torch.testing.assert_close(anchors[0, -1], embed(torch.tensor(ids[0][-1])))  # the last token repeated
+    r, p = modules.knowledge(modules.features(["a fact", "another fact"]), anchors)
+    assert r.shape == (2, 32 + 384) and p.shape == (2, 3, model.config.hidden_size)
+    norm = modules.config.prompt_norm
+    torch.testing.assert_close(p, torch.nn.functional.normalize(anchors, dim=-1) * norm)
+    assert norm == pytest.approx(float(embed(torch.arange(3, 60)).norm(dim=-1).median()), rel=0.1)
+    with pytest.raises(ValueError, match="anchors"):
+        modules.knowledge(modules.features(["a fact"]))
+    plain = pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=32, answer_anchor=False), encoder)
+    assert plain.knowledge(plain.features(["a fact"]))[1].shape == (1, 3, model.config.hidden_size)
+
+
+def test_the_sentinel_goes_below_the_embedding_layer_and_learns(modules):
+    modules.sentinel.grad = None
+    modules.r_sentinel().sum().backward()
+    assert modules.sentinel.grad is not None and modules.sentinel.grad.abs().sum() > 0
+    assert all(p.grad is None for p in modules.encoder.parameters())  # f_rm frozen
+    modules.zero_grad(set_to_none=True)
+    # bypassing the embeddings: not what the BERT embedding layer would make of the same vectors
+    with torch.no_grad():
+        via_embeddings = modules.encoder(inputs_embeds=modules.sentinel[None]).last_hidden_state
+        direct = modules.encoder.encoder(modules.sentinel[None]).last_hidden_state
+    assert not torch.allclose(via_embeddings, direct)
+
+
+def test_info_nce_is_the_formula_and_exclude_drops_one_key():
+    q, keys = torch.randn(2, 4), torch.randn(3, 4)
+    got = pl.info_nce(q, keys, torch.tensor([0, 2]))
+    s = q @ keys.T / 2
+    assert got.tolist() == pytest.approx([(-s[0, 0] + s[0].logsumexp(0)).item(), (-s[1, 2] + s[1].logsumexp(0)).item()], rel=1e-5)
+    dropped = pl.info_nce(q, keys, torch.tensor([2, 2]), exclude=torch.tensor([0, 1]))
+    assert dropped[0].item() == pytest.approx((-s[0, 2] + s[0, 1:].logsumexp(0)).item(), rel=1e-5)
+
+
+def test_prompt_learning_loss_is_low_when_queries_sit_on_their_knowledge():
+    r_k = torch.eye(4)[:3] * 20
+    theta = torch.eye(4)[3] * 20
+    good = pl.prompt_learning_loss(r_k, theta, r_k, r_k, theta.expand(3, 4))
+    bad = pl.prompt_learning_loss(r_k, theta, theta.expand(3, 4), theta.expand(3, 4), r_k)
+    assert good["no"] < 0.01 and good["so"] < bad["so"] and bad["no"] > 10
+    # L_so's edit-query terms exclude the own knowledge: the sentinel must win among the rest
+    assert good["so"] > 2 * math.log(3) * 0.9
+
+
+def test_training_examples_take_rephrasings_or_aliases_and_need_locality():
+    e = pl.training_example(EDIT)
+    assert (e.q_g, e.a_g, e.q_l, e.a_l, e.knowledge) == (EDIT.rephrase_prompts[0], "Rome", "The capital of Japan is",
+                                                          "Tokyo", EDIT.descriptor)
+    alias = EditCase(case_id="a", subject="X", prompt="X is in", target_new="Rome",
+                     portability=[("The capital of X's country is", "Italy"), ("Y (alias of X) is in", "Rome")],
+                     locality=[("Z is in", "Paris")])
+    assert pl.training_example(alias).q_g == "Y (alias of X) is in"
+    assert pl.training_example(OTHER) is None
+
+
+def test_training_lowers_the_losses(tiny_model, encoder):
+    model, tok = tiny_model
+    fresh = pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=32), encoder)
+    examples = [pl.training_example(c) for c in cases(32)]
+    curves = pl.train_modules(fresh, model, tok, examples,
+                              pl.TrainConfig(steps=40, batch_size=4, contrastive_batch=16, lr=3e-3, edit_every=2),
+                              progress=False)
+    assert set(curves) == {"total", "rel", "gen", "loc", "no", "so"} and len(curves["total"]) == 40
+    assert len(curves["rel"]) == len(curves["loc"]) == 20 and len(curves["so"]) == 40  # L_edit every 2nd step
+    first, last = (sum(v[:5]) / 5 for v in (curves["rel"], curves["so"])), (sum(v[-5:]) / 5 for v in (curves["rel"], curves["so"]))
+    for a, b in zip(first, last):
+        assert b < a
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.parameters())  # the LLM is frozen
+
+
+def test_save_load_modules_roundtrip_and_refusals(tmp_path, modules, tiny_dirs, encoder):
+    path = pl.save_modules(modules, tmp_path / "m", {"modules": asdict(modules.config)})
+    loaded, record = pl.load_modules(path, encoder=encoder)
+    assert loaded.fingerprint() == modules.fingerprint() == record["fingerprint"]
+    assert not any(k.startswith("encoder.") for k in load_file(str(path / pl.WEIGHTS_FILE)))  # frozen: not shipped
+    other, _ = load_model(str(tiny_dirs["llama"]))
+    other.config.hidden_size = 96
+    with pytest.raises(pl.ModuleError, match="hidden_size=64.*hidden_size=96.*train recipe"):
+        pl.load_modules(path, other, encoder)
+    (path / pl.WEIGHTS_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(pl.ModuleError, match="corrupt"):
+        pl.load_modules(path, encoder=encoder)
+    (path / pl.RECORD_FILE).write_text("{")
+    with pytest.raises(pl.ModuleError, match="malformed"):
+        pl.load_modules(path, encoder=encoder)
+
+
+# ----------------------------------------------------------------------------- the editor
+
+def test_edit_is_one_pass_batched_like_one_by_one(tiny_model, modules):
+    one, many = RECIPE(*tiny_model, modules=modules), RECIPE(*tiny_model, modules=modules)
+    for c in cases(4):
+        one.edit(c)
+    infos = many.edit(cases(4))
+    assert [i["memory_size"] for i in infos] == [4] * 4 and len(many._prompts) == 4
+    ids = [c.case_id for c in cases(4)]
+    torch.testing.assert_close(torch.from_numpy(many.memory.vectors(ids)), torch.from_numpy(one.memory.vectors(ids)),
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_the_sentinel_rule_attaches_only_above_the_sentinel(recipe):
+    recipe.edit(cases(12))
+    queries = [p for c in cases(12) for p in (c.prompt, c.rephrase_prompts[0], c.locality[0][0])]
+    decisions = recipe.retrieve(queries)
+    prefixes = recipe.prompt_prefixes(queries)
+    for d, p in zip(decisions, prefixes):
+        assert d.top and d.top[0].score >= d.top[-1].score
+        assert (d.attached is not None) == (d.top[0].score > d.sentinel)
+        assert (p is None) == (d.attached is None)
+        if p is not None:
+            assert torch.equal(p, recipe._prompts[d.attached])
+    info = recipe.inspect(queries[0])
+    assert info["sentinel"] == pytest.approx(decisions[0].sentinel) and len(info["knowledge"]) == 5
+    assert info["attached"] == decisions[0].attached
+
+
+def test_a_fixed_threshold_replaces_the_sentinel(tiny_model, modules):
+    always = RECIPE(*tiny_model, modules=modules, sentinel=False, threshold=-1e9)
+    never = RECIPE(*tiny_model, modules=modules, sentinel=False, threshold=1e9)
+    for editor in (always, never):
+        editor.edit(cases(3))
+    q = [c.locality[0][0] for c in cases(3)]
+    assert all(p is not None for p in always.prompt_prefixes(q))
+    assert never.prompt_prefixes(q) == [None] * 3
+    assert always.config()["threshold"] == -1e9 and always.inspect(q[0])["gate"] == "threshold"
+
+
+def test_without_prompts_retrieval_runs_but_nothing_is_attached(tiny_model, modules):
+    editor = RECIPE(*tiny_model, modules=modules, sentinel=False, threshold=-1e9, prompts=False)
+    editor.edit(cases(3))
+    assert editor.retrieve([cases(3)[0].prompt])[0].top
+    assert editor.prompt_prefixes([cases(3)[0].prompt]) is None
+    assert editor.inspect(cases(3)[0].prompt)["attached"] is None
+
+
+def test_scoring_a_target_cannot_change_what_is_retrieved(tiny_model, modules, monkeypatch):
+    editor = RECIPE(*tiny_model, modules=modules, sentinel=False, threshold=-1e9)
+    editor.edit(cases(8))
+    seen = []
+    features = editor.modules.features
+    monkeypatch.setattr(editor.modules, "features", lambda texts, what="text": seen.extend(texts) or features(texts, what))
+    prompt = cases(8)[0].prompt
+    first = editor.score([prompt], [cases(8)[5].target_new])
+    editor._decisions.clear()
+    second = editor.score([prompt], [cases(8)[5].descriptor.split(" is ")[0] + " Tokyo"])
+    assert seen == [prompt, prompt]  # the prompt alone, never with a target
+    assert editor.retrieve([prompt])[0].attached == editor.retrieve([prompt])[0].top[0].id
+    assert first[0].target_ids != second[0].target_ids
+
+
+def test_unrelated_queries_and_reset_give_the_base_model_bit_for_bit(tiny_model, modules):
+    model, tok = tiny_model
+    editor = RECIPE(model, tok, modules=modules, sentinel=False, threshold=1e9)  # never attaches
+    prompts, targets = [EDIT.prompt, "The capital of Japan is"], ["Rome", "Tokyo"]
+    before = (editor.score(prompts, targets), editor.generate(prompts, 5))
+    editor.edit(cases(5))
+    assert (editor.score(prompts, targets), editor.generate(prompts, 5)) == before
+    editor.threshold = -1e9
+    with editor.unedited():
+        assert (editor.score(prompts, targets), editor.generate(prompts, 5)) == before
+    assert editor.score(prompts, targets) != before[0] or editor.generate(prompts, 5) != before[1]
+    editor.reset()
+    assert (editor.score(prompts, targets), editor.generate(prompts, 5)) == before
+    assert len(editor.memory) == 0 and not editor._prompts
+
+
+def test_mixed_batches_split_attached_and_plain_rows(tiny_model, modules):
+    model, tok = tiny_model
+    editor = RECIPE(model, tok, modules=modules, sentinel=False, threshold=-1e9)
+    editor.edit(EDIT)
+    alone = editor.generate([EDIT.prompt], 5)
+    plain = RECIPE(model, tok, modules=modules).generate(["Paris"], 5)
+    editor.threshold = 1e9
+    assert editor.generate(["Paris"], 5) == plain
+    editor.threshold = -1e9
+    mixed = editor.generate([EDIT.prompt, "Paris"], 5)
+    assert mixed[0] == alone[0]
+
+
+def test_remove_save_load_and_refused_states(tmp_path, tiny_model, modules, encoder):
+    editor = RECIPE(*tiny_model, modules=modules, sentinel=False, threshold=-1e9)
+    editor.edit(cases(4))
+    editor.remove("t1")
+    assert "t1" not in editor._prompts and len(editor.memory) == 3
+    prompts = [c.prompt for c in cases(4)]
+    expected = editor.score(prompts, ["Rome"] * 4)
+    path = editor.save(tmp_path / "state")
+    again = RECIPE(*tiny_model, modules=modules, sentinel=False, threshold=-1e9).load(path)
+    assert list(again.cases) == ["t0", "t2", "t3"] and again.score(prompts, ["Rome"] * 4) == expected
+    other_modules = pl.RecipeModules(pl.ModuleConfig.for_model(tiny_model[0], d_rep=32), encoder, seed=1)
+    other = RECIPE(*tiny_model, modules=other_modules, sentinel=False, threshold=-1e9)
+    other.edit(OTHER)
+    with pytest.raises(EditorStateError, match="config.modules.*other RECIPE modules"):
+        other.load(path)
+    assert list(other.cases) == ["e2"] and len(other.memory) == 1  # nothing lost
+    meta = json.loads((path / "editor.json").read_text())
+    meta["cases"] = meta["cases"][:2]
+    broken = tmp_path / "broken"
+    shutil.copytree(path, broken)
+    (broken / "editor.json").write_text(json.dumps(meta))
+    with pytest.raises(EditorStateError, match="shapes"):
+        again.load(broken)
+    assert len(again.cases) == 3
+
+
+def test_bad_input_is_refused_and_loses_nothing(recipe, tiny_model, encoder):
+    recipe.edit(EDIT)
+    long = EditCase(case_id="long", subject="x", prompt="Rome " * 200, target_new="Paris")
+    with pytest.raises(ValueError, match="knowledge text.*encoder tokens long"):
+        recipe.edit(long)
+    with pytest.raises(ValueError, match="already edited"):
+        recipe.edit(EDIT)
+    with pytest.raises(ValueError, match="query.*encoder tokens long"):
+        recipe.generate("Paris " * 200, 2)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        recipe.score(["  "], ["x"])
+    assert list(recipe.cases) == ["e1"] and len(recipe.memory) == 1 and list(recipe._prompts) == ["e1"]
+    model, tok = tiny_model
+    wide = pl.RecipeModules(pl.ModuleConfig(hidden_size=128, model_type="gemma3_text", d_rep=16), encoder)
+    with pytest.raises(pl.ModuleError, match="hidden_size=128"):
+        RECIPE(model, tok, modules=wide)
+
+
+def test_missing_default_modules_say_how_to_train(tiny_model):
+    with pytest.raises(pl.ModuleError, match="train recipe"):
+        RECIPE(*tiny_model)
+
+
+# ----------------------------------------------------------------------------- command line
+
+def test_eval_cli_recipe_flags_and_modes(tiny_dirs, tmp_path, modules, capsys):
+    from kedit_teach.__main__ import main
+    model = str(tiny_dirs["gemma3"])
+    with pytest.raises(SystemExit, match="--no-sentinel only applies to --method recipe"):
+        main(["eval", "--method", "lte", "--no-sentinel", "--model", model])
+    with pytest.raises(SystemExit, match="together with --no-sentinel"):
+        main(["eval", "--method", "recipe", "--threshold", "1", "--model", model])
+    folder = pl.save_modules(modules, tmp_path / "modules", {"modules": asdict(modules.config)})
+    for mode, extra in (("sequential", []), ("batch", ["--no-sentinel", "--threshold", "-100"]), ("single", ["--no-prompts"])):
+        out = tmp_path / f"{mode}.json"
+        main(["eval", "--method", "recipe", "--modules", str(folder), "--n", "3", "--fluency-n", "0", "--mode", mode,
+              "--model", model, "--json", str(out), *extra])
+        result = json.loads(out.read_text())
+        assert result["method"] == "recipe" and result["mode"] == mode and result["n"] == 3
+        assert result["config"]["modules"] == modules.fingerprint()
+    assert result["config"]["prompts"] is False
+    # with every prompt attached (threshold -100), the batch run's unrelated probes change; without prompts none do
+    batch = json.loads((tmp_path / "batch.json").read_text())
+    assert batch["config"]["threshold"] == -100.0
+    assert result["metrics"]["teacher_forced"]["locality"] == 1.0
+
+
+def test_train_cli_writes_modules_a_record_and_the_default_path(tiny_dirs, tmp_path, monkeypatch, capsys):
+    from kedit_teach.__main__ import main
+    monkeypatch.setenv("KEDIT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(SystemExit, match="--d-rep only applies to `train recipe`"):
+        main(["train", "lte", "--d-rep", "16"])
+    with pytest.raises(SystemExit, match="--no-threefold only applies to `train lte`"):
+        main(["train", "recipe", "--no-threefold"])
+    data = tmp_path / "train.json"  # CounterFact's flat format
+    data.write_text(json.dumps([{"case_id": i, "prompt": c.prompt, "target_new": c.target_new, "subject": f"S{i}",
+                                 "ground_truth": "Paris", "rephrase_prompt": c.rephrase_prompts[0],
+                                 "locality_prompt": c.locality[0][0], "locality_ground_truth": c.locality[0][1]}
+                                for i, c in enumerate(cases(300))]))
+    model = str(tiny_dirs["gemma3"])
+    main(["train", "recipe", "--model", model, "--data", f"counterfact:{data}", "--steps", "2", "--d-rep", "16"])
+    path = pl.trained_path(model)
+    assert pl.default_path(model) == path
+    record = pl.read_record(path)
+    assert record["steps"] == 2 and record["modules"]["d_rep"] == 16 and record["data"]["examples"] >= 256
+    assert len(record["loss"]["rel"]) == 1 and "wrote" in capsys.readouterr().out
+    editor = RECIPE(*load_model(model))  # modules="default" now finds the trained ones
+    assert editor.modules.fingerprint() == record["fingerprint"]
+
+
+# ----------------------------------------------------------------------------- the shipped modules
+
+@pytest.mark.real
+def test_shipped_modules_edit_the_real_model_and_leave_unrelated_prompts_alone(real):
+    from kedit_teach.data import load_teach
+    from kedit_teach.editors import NoEdit
+    model, tok = real
+    recipe = RECIPE(model, tok)  # the modules shipped for gemma-3-270m
+    assert recipe.record["fingerprint"] == recipe.modules.fingerprint()
+    held_out = load_teach()[:pl.TEACH_HELD_OUT:8]  # never trained on
+    recipe.edit(held_out)
+    said = recipe.generate([c.prompt for c in held_out], 6)
+    edited = [c.target_new in s for c, s in zip(held_out, said)]
+    own = [recipe.inspect(c.prompt)["attached"] == c.case_id for c in held_out]
+    assert sum(edited) >= 6 and sum(own) >= 7, list(zip(said, own))  # the unedited model: 0 of 8
+    unrelated = ["The capital of Japan is", "Water is made of hydrogen and", "My favourite colour is"]
+    assert recipe.prompt_prefixes(unrelated) == [None] * 3  # the sentinel keeps them out
+    plain = NoEdit(model, tok)
+    assert recipe.generate(unrelated, 8) == plain.generate(unrelated, 8)
+    assert recipe.score(unrelated, ["Tokyo", "oxygen", "blue"]) == plain.score(unrelated, ["Tokyo", "oxygen", "blue"])
+    recipe.reset()
+    prompts = [c.prompt for c in held_out]
+    assert recipe.generate(prompts, 6) == plain.generate(prompts, 6)
+
+
+@pytest.mark.real
+def test_shipped_sentinel_on_counterfact_edits_it_never_saw(real):
+    from kedit_teach.data import load_counterfact
+    from kedit_teach.editors.recipe import gate_sweep
+    edits = load_counterfact(shared("counterfact", "counterfact-edit.json"), n=200)
+    recipe = RECIPE(*real)
+    recipe.edit(edits)
+    queries = ([("edit", c.prompt, c.case_id) for c in edits] + [("rephrase", c.rephrase_prompts[0], c.case_id) for c in edits]
+               + [("locality", c.locality[0][0], None) for c in edits])
+    right = gate_sweep(recipe, queries, [0.0])["sentinel"]
+    assert min(right.values()) >= 0.85, right
+
+
+def test_gate_sweep_scores_the_sentinel_and_fixed_thresholds(recipe):
+    from kedit_teach.editors.recipe import gate_sweep
+    recipe.edit(cases(6))
+    queries = [("edit", c.prompt, c.case_id) for c in cases(6)] + [("unrelated", c.locality[0][0], None) for c in cases(6)]
+    sweep = gate_sweep(recipe, queries, [-1e9, 1e9])
+    decisions = recipe.retrieve([q for _, q, _ in queries])
+    top_right = sum(d.top[0].id == own for d, (_, _, own) in zip(decisions[:6], queries)) / 6
+    assert sweep["fixed"]["edit"] == [top_right, 0.0] and sweep["fixed"]["unrelated"] == [0.0, 1.0]
+    assert sweep["sentinel"]["unrelated"] == sum(d.attached is None for d in decisions[6:]) / 6
+    auto = gate_sweep(recipe, queries, n=5)
+    assert len(auto["thresholds"]) == 5 and auto["best"]["threshold"] in auto["thresholds"]
