@@ -512,13 +512,14 @@ def make_record(modules: RecipeModules, model_name: str, cfg: TrainConfig, data:
     return {"model": model_name, "modules": asdict(modules.config), "train": asdict(cfg), "data": data,
             "seconds": round(seconds, 1), "steps": len(curves["total"]),
             "loss": {k: [round(x, 4) for x in v] for k, v in curves.items()},
-            "fingerprint": modules.fingerprint(), "trained_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "trained_at": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def save_modules(modules: RecipeModules, path: str | Path, record: dict) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_file(modules.trained_state(), str(path / WEIGHTS_FILE))
+    # the fingerprint is taken here, from the weights written, whatever record the caller passed
     (path / RECORD_FILE).write_text(json.dumps({**record, "fingerprint": modules.fingerprint()}, indent=1))
     return path
 
