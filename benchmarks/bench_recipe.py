@@ -127,10 +127,7 @@ def compare(args) -> None:
             editor = _editors(model, tok, [method])[method]
             r = _evaluate(editor, cases, f"{data}-{method}-n{len(cases)}", OUT)
             print(f"| {method} | {_row(r)} |", flush=True)
-            if method == "lte":
-                model = editor.detach()
-            elif method == "grace":
-                editor.reset()
+            model = editor.detach()
 
 
 def ablation(args) -> None:

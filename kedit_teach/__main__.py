@@ -4,7 +4,11 @@
     eval       run an editor over a data set and write the JSON the benchmark tables are built from
     train      train LTE's alignment adapter (LoRA) or RECIPE's modules, and write them with a JSON record
     download   fetch a public benchmark file (needs the network)
-    tour       a two-minute headless tour on the CPU model: load, edit, score both protocols
+    tour       a two-minute headless tour: one edit by every method, answers before and after
+
+Bad input (an unknown method or preset, a missing or malformed data file, a missing adapter, a GPU
+preset on a CPU) prints one line naming the problem and the fix and exits with status 2; `--debug`
+shows the traceback instead. Anything else is a bug and keeps its traceback.
 
 What it does not do: anything not reachable from the package API; each command is a thin wrapper.
 """
@@ -15,6 +19,8 @@ import json
 import platform
 import sys
 from importlib.metadata import PackageNotFoundError, version
+
+from .errors import UsageError
 
 
 def _version(pkg: str) -> str:
@@ -50,7 +56,7 @@ def cmd_info(args) -> int:
 def _editor_class(method: str):
     from .editors import METHODS
     if method not in METHODS:
-        raise SystemExit(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
+        raise UsageError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
     return METHODS[method]
 
 
@@ -61,14 +67,14 @@ def _editor_options(args) -> dict:
                         "--no-prompts": args.no_prompts, "--modules": args.modules is not None}}
     for method, flags in given.items():
         if args.method != method and any(flags.values()):
-            raise SystemExit(f"{', '.join(k for k, v in flags.items() if v)} only applies to --method {method}")
+            raise UsageError(f"{', '.join(k for k, v in flags.items() if v)} only applies to --method {method}")
     if args.method == "lte":
         if args.no_align and args.adapter:
-            raise SystemExit("--no-align and --adapter contradict each other; pass one")
+            raise UsageError("--no-align and --adapter contradict each other; pass one")
         return {"adapter": None if args.no_align else (args.adapter or "default"), "k": args.k or 3}
     if args.method == "recipe":
         if args.threshold is not None and not args.no_sentinel:
-            raise SystemExit("--threshold replaces the sentinel: pass it together with --no-sentinel")
+            raise UsageError("--threshold replaces the sentinel: pass it together with --no-sentinel")
         return {"modules": args.modules or "default", "sentinel": not args.no_sentinel,
                 "threshold": args.threshold or 0.0, "prompts": not args.no_prompts}
     return {}
@@ -115,7 +121,7 @@ def cmd_train(args) -> int:
             "recipe": {"--d-rep": args.d_rep is not None, "--finetune-encoder": args.finetune_encoder}}
     for what, flags in only.items():
         if args.what != what and any(flags.values()):
-            raise SystemExit(f"{', '.join(k for k, v in flags.items() if v)} only applies to `train {what}`")
+            raise UsageError(f"{', '.join(k for k, v in flags.items() if v)} only applies to `train {what}`")
     return {"lte": train_lte, "recipe": train_recipe}[args.what](args)
 
 
@@ -177,13 +183,16 @@ def cmd_tour(args) -> int:
     from .editors import ICE, NoEdit
     from .evaluate import evaluate
     from .models import describe, load_model
+    from .tour import EIFFEL, format_tour, take_turns
 
     model, tokenizer = load_model(args.model)
     print(describe(model))
-    cases = load_teach(args.n)
-    for cls in (NoEdit, ICE):
-        result = evaluate(cls(model, tokenizer), cases, mode="single", fluency_n=2)
-        print(summary_table({**result, "data": "the bundled teaching set"}))
+    rows, model = take_turns(model, tokenizer, EIFFEL)
+    print(format_tour(EIFFEL, rows))
+    if args.n:  # the scored run: both protocols on the bundled teaching set
+        for cls in (NoEdit, ICE):
+            result = evaluate(cls(model, tokenizer), load_teach(args.n), mode="single", fluency_n=2)
+            print(summary_table({**result, "data": "the bundled teaching set"}))
     return 0
 
 
@@ -193,11 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     from .evaluate import MODES
     from .models import DEFAULT_MODEL
 
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of a bad-input error")
     parser = argparse.ArgumentParser(prog="python -m kedit_teach", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="versions, presets, device, offline assets").set_defaults(fn=cmd_info)
 
-    ev = sub.add_parser("eval", help="evaluate an editor; see kedit_teach/evaluate.py")
+    def command(name: str, **kw) -> argparse.ArgumentParser:  # every command takes --debug
+        return sub.add_parser(name, parents=[common], **kw)
+    command("info", help="versions, presets, device, offline assets").set_defaults(fn=cmd_info)
+
+    ev = command("eval", help="evaluate an editor; see kedit_teach/evaluate.py")
     ev.add_argument("--method", default="noedit", help=f"one of {', '.join(METHODS)}")
     ev.add_argument("--data", default="teach",
                     help="teach | counterfact:PATH | zsre:PATH | knowedit:PATH | wikibio:PATH")
@@ -218,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--modules", default=None, help="recipe: modules folder (default: the shipped ones)")
     ev.set_defaults(fn=cmd_eval)
 
-    tr = sub.add_parser("train", help="train LTE's adapter (alignment.py) or RECIPE's modules (prompt_learning.py)")
+    tr = command("train", help="train LTE's adapter (alignment.py) or RECIPE's modules (prompt_learning.py)")
     tr.add_argument("what", choices=["lte", "recipe"])
     tr.add_argument("--model", default=DEFAULT_MODEL)
     tr.add_argument("--quant", default=None, choices=["4bit", "8bit"])
@@ -226,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="training data spec (repeatable); default: lte: CounterFact-train + KnowEdit train_cf, "
                          "recipe: those and KnowEdit recent_train (plus the bundled cases not evaluated on)")
     tr.add_argument("--cases", type=int, default=None, help="training cases sampled from the data (lte: 1500, recipe: all)")
-    tr.add_argument("--steps", type=int, default=None, help="lte: 400, recipe: 600")
+    tr.add_argument("--steps", type=int, default=None, help="lte: 400, recipe: 2000")
     tr.add_argument("--batch-size", type=int, default=8)
     tr.add_argument("--lr", type=float, default=None, help="lte: 4e-4, recipe: 1e-3")
     tr.add_argument("--seed", type=int, default=0)
@@ -237,18 +251,24 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--finetune-encoder", action="store_true", help="recipe: fine-tune MiniLM too (as the reference)")
     tr.set_defaults(fn=cmd_train)
 
-    dl = sub.add_parser("download", help="fetch a public benchmark file")
+    dl = command("download", help="fetch a public benchmark file")
     dl.add_argument("name", choices=sorted(BENCHMARKS))
     dl.add_argument("--dest", default=None)
     dl.set_defaults(fn=cmd_download)
 
-    tour = sub.add_parser("tour", help="headless tour on the CPU model")
+    tour = command("tour", help="one edit by every method on the CPU model, answers before and after")
     tour.add_argument("--model", default=DEFAULT_MODEL)
-    tour.add_argument("--n", type=int, default=8)
+    tour.add_argument("--n", type=int, default=0, help="also score NoEdit and ICE on this many bundled cases")
     tour.set_defaults(fn=cmd_tour)
 
     args = parser.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except UsageError as e:
+        if args.debug:
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from .data import (ASSETS, SHARED_DIR, BenchmarkUnavailable, EditCase, disjoint_subjects, load_cases, load_counterfact,
                    load_knowedit, load_teach, local_or_fetch)
+from .errors import UsageError
 from .memory import build_memory
 from .metrics import generate_greedy, nll, pack_targets, target_budget, target_logits, teacher_forced
 from .models import cache_dir, format_prompt
@@ -52,7 +53,7 @@ THREEFOLD = ((0.50, 0), (0.25, 1), (0.25, 2))  # (share of examples, number of s
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-class AdapterError(ValueError):
+class AdapterError(UsageError, ValueError):
     """A saved adapter that can't be used; the message names the file, the field and the fix."""
 
 

@@ -28,6 +28,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .errors import UsageError
+
 # Files the package ships (pyproject package-data), so a pip install has them too.
 ASSETS = Path(__file__).resolve().parent / "assets"
 TEACH_PATH = ASSETS / "teach.jsonl"
@@ -51,8 +53,16 @@ BENCHMARKS: dict[str, str] = {
 # the edit case
 
 
-class InvalidCase(ValueError):
+class InvalidCase(UsageError, ValueError):
     """A record that cannot become an EditCase; the message says which, where and how to fix it."""
+
+
+class DataError(UsageError, ValueError):
+    """A data spec or file that can't be read; the message names it and says what to pass instead."""
+
+
+class MissingData(DataError, FileNotFoundError):
+    """A data file that isn't there; the message says how to get it."""
 
 
 _PAIRS_FIX = "give a list of (prompt, answer) pairs of non-empty strings, or []"
@@ -192,7 +202,10 @@ def _at(obj: Any, path: str) -> Any:
 
 
 def _read_records(path: Path) -> list:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} can't be read as UTF-8 text ({e}); pass a JSON or JSONL benchmark file") from e
     try:
         data = json.loads(text)
     except json.JSONDecodeError:  # not one JSON document: try one record per line
@@ -202,11 +215,11 @@ def _read_records(path: Path) -> list:
                 try:
                     data.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: neither a JSON list nor JSONL ({e.msg})") from None
+                    raise DataError(f"{path}:{lineno}: neither a JSON list nor JSONL ({e.msg})") from None
     if isinstance(data, dict):  # a JSONL file holding a single record
         data = [data]
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records or JSONL, got {type(data).__name__}")
+        raise DataError(f"{path}: expected a JSON list of records or JSONL, got {type(data).__name__}")
     return data
 
 
@@ -350,7 +363,7 @@ def load_jsonl(path: str | Path) -> list[EditCase]:
 def load_teach(n: int | None = None) -> list[EditCase]:
     """The small teaching set bundled with the repo."""
     if not TEACH_PATH.exists():
-        raise FileNotFoundError(f"{TEACH_PATH} does not exist; build it with `python scripts/build_teach_set.py`")
+        raise MissingData(f"{TEACH_PATH} does not exist; build it with `python scripts/build_teach_set.py`")
     return load_jsonl(TEACH_PATH)[:n]
 
 
@@ -375,13 +388,13 @@ def load_cases(spec: str, n: int | None = None, seed: int | None = None) -> list
     elif scheme in _SCHEMES and path:
         loader, names = _SCHEMES[scheme]
         if not Path(path).exists():
-            raise FileNotFoundError(
+            raise MissingData(
                 f"{path} does not exist; run `python -m kedit_teach download NAME` with NAME one of "
                 f"{', '.join(names)}, or pass the path of a local copy as {scheme}:PATH")
         # Without a shuffle only the first n records are needed, so skip converting the rest.
         cases = loader(path, n if seed is None else None)
     else:
-        raise ValueError(f"unknown data spec {spec!r}; use one of: teach, counterfact:PATH, "
+        raise DataError(f"unknown data spec {spec!r}; use one of: teach, counterfact:PATH, "
                          f"zsre:PATH (MEND format), knowedit:PATH, wikibio:PATH")
     if seed is not None:
         random.Random(seed).shuffle(cases)
@@ -410,14 +423,14 @@ def disjoint_subjects(train: Iterable[EditCase], held_out: Iterable[EditCase]) -
 # downloading
 
 
-class BenchmarkUnavailable(RuntimeError):
+class BenchmarkUnavailable(UsageError, RuntimeError):
     """A benchmark file could not be downloaded; the message says how to get it by hand."""
 
 
 def fetch_benchmark(name: str, dest: str | Path | None = None) -> Path:
     """Path of a benchmark file in dest (default CACHE_DIR), downloading it if absent."""
     if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+        raise DataError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
     url = BENCHMARKS[name]
     target = Path(dest if dest is not None else CACHE_DIR).expanduser() / url.rsplit("/", 1)[1]
     if target.exists():

@@ -34,12 +34,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .errors import UsageError
+
 METRICS = ("cosine", "dot")
 INDEXES = ("flat", "hnsw")
 INDEX_FILE, META_FILE = "memory.faiss", "memory.json"
 
 
-class MemoryStateError(ValueError):
+class MemoryStateError(UsageError, ValueError):
     """A saved memory that can't be loaded; the message names the file, the field and the fix."""
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import UsageError
+
 DEFAULT_MODEL = "gemma-3-270m"
 DEFAULT_GPU_MODEL = "qwen2.5-7b-instruct"
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -55,7 +57,7 @@ PRESETS: dict[str, Preset] = {
 CPU_DTYPE = torch.float32
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UsageError, RuntimeError):
     """Any failure to load a model; the message always says what to do about it."""
 
 

@@ -41,13 +41,11 @@ from IPython.display import display
 
 from . import viz
 from .data import EditCase
-from .editors import METHODS, Editor
+from .editors import FAST_SETTINGS, METHODS, Editor
 from .evaluate import probe_result, probes_of, run_probes
 from .metrics import PROTOCOLS
 
 MAX_TOKENS = 300  # longer inputs make a click slow and are almost always a paste accident
-# FT-L is pinned to 10 training steps, whatever its default, so a click takes seconds on a CPU.
-PLAYGROUND_SETTINGS: dict[str, dict] = {"ft-l": {"steps": 10}}
 LEVEL_COLORS = {"info": "#444", "busy": "#b36b00", "ok": "#1a7f37", "error": "#c62828"}
 
 
@@ -180,7 +178,7 @@ class EditPlayground(Panel):
     """Type an edit, click "Add edit": every method edits, is scored before and after, and is reset."""
 
     def __init__(self, model, tokenizer, methods: tuple[str, ...] = ("noedit", "ice", "ft-l"),
-                 settings: dict[str, dict] = PLAYGROUND_SETTINGS) -> None:
+                 settings: dict[str, dict] = FAST_SETTINGS) -> None:
         super().__init__()
         self.tokenizer = tokenizer
         self.editors = {m: METHODS[m](model, tokenizer, **settings.get(m, {})) for m in methods}

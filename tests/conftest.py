@@ -107,3 +107,13 @@ def encoder():
     """The real all-MiniLM-L6-v2 sentence encoder, from its offline package."""
     from kedit_teach.models import load_encoder
     return load_encoder()
+
+
+def cli_error(capsys, *argv: str) -> str:
+    """Run the command line on bad input: it must exit with status 2, no traceback, and end on one
+    line "error: ..." (progress bars may come before it). Returns that line."""
+    from kedit_teach.__main__ import main
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: "), err[-500:]
+    return err.strip().splitlines()[-1]

@@ -21,7 +21,7 @@ from kedit_teach.editors import RECIPE, EditorStateError
 from kedit_teach.metrics import generate_greedy, splice_prefixes, teacher_forced
 from kedit_teach.models import encode_prompts, format_prompt, hidden_states, load_model, logits_at
 
-from .conftest import shared
+from .conftest import cli_error, shared
 
 CITIES = ["Paris", "Rome", "Tokyo", "Berlin", "London", "Madrid", "Vienna", "Oslo"]
 EDIT = EditCase(case_id="e1", subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of",
@@ -125,6 +125,25 @@ def test_pool_ignores_padding(modules):
     torch.testing.assert_close(batched[0], alone[0], atol=1e-5, rtol=1e-5)
     assert alone.shape == (1, 3 * 384)
 
+
+def test_the_traced_encoder_equals_transformers_and_stays_out_of_the_weights(tiny_model, encoder):
+    mods = pl.RecipeModules(pl.ModuleConfig.for_model(tiny_model[0], d_rep=32, finetune_encoder=True), encoder)
+    texts = ["Rome", "The Eiffel Tower is located in the city of Paris in France", "Where is it?"]
+    enc = mods.tokens(texts)
+
+    def eager() -> torch.Tensor:
+        with torch.no_grad():
+            return pl.pool(mods.encoder(**enc).last_hidden_state, enc["attention_mask"])
+    torch.testing.assert_close(mods.features(texts), eager(), atol=1e-5, rtol=1e-5)  # padded batch
+    torch.testing.assert_close(mods.features(texts[1:2]), eager()[1:2], atol=1e-5, rtol=1e-5)
+    before, fingerprint, names = mods.features(texts), mods.fingerprint(), set(mods.state_dict())
+    with torch.no_grad():  # a fine-tuning step changes f_rm: the trace shares its weights, so it follows
+        mods.encoder.encoder.layer[0].output.dense.weight.mul_(1.5)
+    assert not torch.allclose(mods.features(texts), before)
+    torch.testing.assert_close(mods.features(texts), eager(), atol=1e-5, rtol=1e-5)
+    assert set(mods.state_dict()) == names and mods.fingerprint() != fingerprint  # the copy, not the trace
+    with torch.enable_grad():  # fine-tuning backpropagates through the eager encoder
+        assert mods.features(texts[:1]).requires_grad
 
 def test_untrained_prompts_are_the_answers_embeddings_on_the_token_sphere(modules, tiny_model, encoder):
     model, tok = tiny_model
@@ -366,10 +385,10 @@ def test_missing_default_modules_say_how_to_train(tiny_model):
 def test_eval_cli_recipe_flags_and_modes(tiny_dirs, tmp_path, modules, capsys):
     from kedit_teach.__main__ import main
     model = str(tiny_dirs["gemma3"])
-    with pytest.raises(SystemExit, match="--no-sentinel only applies to --method recipe"):
-        main(["eval", "--method", "lte", "--no-sentinel", "--model", model])
-    with pytest.raises(SystemExit, match="together with --no-sentinel"):
-        main(["eval", "--method", "recipe", "--threshold", "1", "--model", model])
+    assert "--no-sentinel only applies to --method recipe" in cli_error(
+        capsys, "eval", "--method", "lte", "--no-sentinel", "--model", model)
+    assert "together with --no-sentinel" in cli_error(
+        capsys, "eval", "--method", "recipe", "--threshold", "1", "--model", model)
     folder = pl.save_modules(modules, tmp_path / "modules", {"modules": asdict(modules.config)})
     for mode, extra in (("sequential", []), ("batch", ["--no-sentinel", "--threshold", "-100"]), ("single", ["--no-prompts"])):
         out = tmp_path / f"{mode}.json"
@@ -388,10 +407,10 @@ def test_eval_cli_recipe_flags_and_modes(tiny_dirs, tmp_path, modules, capsys):
 def test_train_cli_writes_modules_a_record_and_the_default_path(tiny_dirs, tmp_path, monkeypatch, capsys):
     from kedit_teach.__main__ import main
     monkeypatch.setenv("KEDIT_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(SystemExit, match="--d-rep only applies to `train recipe`"):
-        main(["train", "lte", "--d-rep", "16"])
-    with pytest.raises(SystemExit, match="--no-threefold only applies to `train lte`"):
-        main(["train", "recipe", "--no-threefold"])
+    assert "--d-rep only applies to `train recipe`" in cli_error(
+        capsys, "train", "lte", "--d-rep", "16")
+    assert "--no-threefold only applies to `train lte`" in cli_error(
+        capsys, "train", "recipe", "--no-threefold")
     data = tmp_path / "train.json"  # CounterFact's flat format
     data.write_text(json.dumps([{"case_id": i, "prompt": c.prompt, "target_new": c.target_new, "subject": f"S{i}",
                                  "ground_truth": "Paris", "rephrase_prompt": c.rephrase_prompts[0],

@@ -1,14 +1,16 @@
 """The widget tests again, under ipywidgets 7.7.1: the version Colab ships (the main run has 8.x).
 
-A virtual environment that sees every installed package except ipywidgets, which it pins to
-7.7.1, runs tests/test_viz_widgets.py in a subprocess. It needs the package registry once per run;
-without one the test is skipped with the command to run by hand.
+A virtual environment that sees every package of the interpreter running pytest (system Python,
+a virtualenv or conda) except ipywidgets, which it pins to 7.7.1, runs tests/test_viz_widgets.py
+in a subprocess. It needs the package registry once per run; without one the test is skipped with
+the command to run by hand.
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -20,8 +22,15 @@ COLAB_IPYWIDGETS = "7.7.1"
 @pytest.fixture(scope="module")
 def colab_python(tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("venv-ipywidgets7")
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
+    # This interpreter's packages, seen from the new venv through a .pth file: `--system-site-packages`
+    # would show the *base* interpreter's, which inside a virtualenv or conda env lack torch & co.
+    # The venv's own site-packages comes first on sys.path, so its pinned ipywidgets wins.
+    theirs = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    ours = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    (Path(theirs) / "kedit-teach-parent-env.pth").write_text("\n".join(ours) + "\n")
     done = subprocess.run([str(python), "-m", "pip", "install", "-q", f"ipywidgets=={COLAB_IPYWIDGETS}"],
                           capture_output=True, text=True, timeout=600)
     if done.returncode != 0:

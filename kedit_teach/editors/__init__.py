@@ -6,5 +6,8 @@ from .lte import LTE
 from .recipe import RECIPE
 
 METHODS = {"noedit": NoEdit, "ice": ICE, "ft-l": FTL, "grace": GRACE, "lte": LTE, "recipe": RECIPE}
+# One interactive edit must take seconds on a CPU (the playground, the tour): FT-L is pinned to 10
+# steps whatever its default; the other methods are that fast with their defaults.
+FAST_SETTINGS: dict[str, dict] = {"ft-l": {"steps": 10}}
 
-__all__ = ["Editor", "EditorStateError", "NoEdit", "ICE", "FTL", "GRACE", "LTE", "RECIPE", "METHODS"]
+__all__ = ["Editor", "EditorStateError", "NoEdit", "ICE", "FTL", "GRACE", "LTE", "RECIPE", "METHODS", "FAST_SETTINGS"]

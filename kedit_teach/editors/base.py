@@ -2,11 +2,13 @@
 
     edit(case_or_cases) -> list of per-edit info (with timing)
     remove(case_id), reset()          reset() restores the original outputs bit for bit
+    detach() -> model                 take the editor off: the model's modules and weights as they were
     generate(prompt), score(prompts, targets)
     inspect(prompt) -> what the method "saw" for this prompt (retrieved items, codebook hits, ...)
     save(path), load(path)            safetensors + JSON, never pickle
 
-A subclass implements the method-specific hooks: `_apply`, `_remove`, `_reset`, and optionally
+A subclass implements the method-specific hooks: `_apply`, `_remove`, `_reset`, `_detach` (remove
+modules it put into the model), and optionally
 `model_inputs` (how a raw prompt becomes model input text), `prompt_prefixes` (vectors put in front
 of it through `inputs_embeds`, RECIPE's continuous prompts), `_state` / `_load_state` (tensors to
 save), `_check_saved` (refuse a saved state before anything is replaced) and `inspect`.
@@ -24,22 +26,25 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data import EditCase
+from ..errors import UsageError
 from ..metrics import TokenScore, generate_greedy, teacher_forced
 from ..models import format_prompt
 
 STATE_JSON, STATE_TENSORS = "editor.json", "editor.safetensors"
 
 
-class EditorStateError(ValueError):
+class EditorStateError(UsageError, ValueError):
     """A saved editor state that can't be loaded; the message says which file and field."""
 
 
 class Editor:
     name = "base"
+    summary = ""  # one line on how the method edits and what that implies (the tour, the arena)
 
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
         self.cases: dict[str, EditCase] = {}  # applied edits, in order
+        self.detached = False
         self._off = False  # inside unedited(): editors that act at query time (LTE, RECIPE) stand aside
 
     # ------------------------------------------------------------------ hooks for subclasses
@@ -56,6 +61,9 @@ class Editor:
 
     def _reset(self) -> None:
         pass
+
+    def _detach(self) -> None:
+        """Remove what the constructor put into the model (wrappers, adapter layers); after `_reset`."""
 
     def _state(self) -> dict[str, torch.Tensor]:
         return {}
@@ -95,6 +103,8 @@ class Editor:
 
     # ------------------------------------------------------------------ the interface
     def edit(self, cases: EditCase | list[EditCase]) -> list[dict]:
+        if self.detached:
+            raise RuntimeError(f"this {self.name} editor was detached from its model; build a new one on it")
         cases = [cases] if isinstance(cases, EditCase) else list(cases)
         for c in cases:
             if not isinstance(c, EditCase):
@@ -123,6 +133,16 @@ class Editor:
     def reset(self) -> None:
         self._reset()
         self.cases.clear()
+
+    def detach(self):
+        """Undo every edit and take out whatever this editor put into the model, so the next method
+        gets the model exactly as it was before this editor was built (modules and weights). Returns
+        that model: on one loaded model (a 7B on Colab) methods take turns this way."""
+        if not self.detached:
+            self.reset()
+            self._detach()
+            self.detached = True
+        return self.model
 
     def _by_prefix(self, prompts: list[str], run) -> list:
         """run(indices, prefixes) over the prompts that get vectors and, apart, those that get none.

@@ -29,10 +29,13 @@ def update_prompt(facts: list[str], query: str) -> str:
 
 class NoEdit(Editor):
     name = "noedit"
+    summary = "the unedited model: the reference every other row is read against"
 
 
 class ICE(Editor):
     name = "ice"
+    summary = ("in-context editing: the new fact goes in front of every prompt as text, so unrelated "
+               "prompts read it too")
 
     def __init__(self, model, tokenizer):
         super().__init__(model, tokenizer)
@@ -87,6 +90,8 @@ def default_layer(model) -> int:
 
 class FTL(Editor):
     name = "ft-l"
+    summary = ("fine-tunes one MLP layer on the edit prompt: the change can miss rephrasings and spill "
+               "onto unrelated prompts")
 
     # Defaults measured on Gemma-3-270M, 8 CounterFact edits (teacher-forced reliability / locality):
     # norm 2e-4 -> 0.38 / 0.88, 5e-4 -> 1.0 / 0.62, 1e-3 -> 1.0 / 0.25. The middle one shows both sides.

@@ -98,6 +98,8 @@ class GraceLayer(torch.nn.Module):
 
 class GRACE(Editor):
     name = "grace"
+    summary = ("a codebook at one layer: a key near the edit prompt swaps in a trained value; exact on "
+               "the prompt, often blind to rephrasings")
 
     # eps_init: keys at layer 12 of Gemma-3-270M have norm ~5 and different prompts lie 1.6-5 apart.
     # Over 100 sequential CounterFact edits, 1.0 kept locality at 0.96 (18 splits) and 0.8 at 0.98
@@ -122,8 +124,8 @@ class GRACE(Editor):
         self.module_name = f"layers.{self.layer}.mlp.down_proj"
         parent = decoder_of(model).get_submodule(f"layers.{self.layer}.mlp")
         if isinstance(parent.down_proj, GraceLayer):
-            raise ValueError(f"{self.module_name} already carries a GRACE codebook; reset() and reuse "
-                             "that editor, or load a fresh model")
+            raise ValueError(f"{self.module_name} already carries a GRACE codebook; reuse that editor "
+                             "(reset() it), or call its detach() first")
         self.adapter = GraceLayer(parent.down_proj, replacement)
         parent.down_proj = self.adapter
         self._keys: dict[str, torch.Tensor] = {}     # case_id -> its key (for replay on remove/load)
@@ -277,6 +279,9 @@ class GRACE(Editor):
         self._keys.clear()
         self._values.clear()
         self.log.clear()
+
+    def _detach(self):
+        decoder_of(self.model).get_submodule(f"layers.{self.layer}.mlp").down_proj = self.adapter.base
 
     def _remove(self, case_id):
         # Entries merge cases (expand) and shrink each other (split), so the exact codebook without

@@ -29,6 +29,8 @@ from .baselines import update_prompt
 
 class LTE(Editor):
     name = "lte"
+    summary = ("retrieves the edit as text and reads it with a trained LoRA adapter: rephrasings work, "
+               "and the retrieved text also reaches unrelated prompts")
 
     def __init__(self, model, tokenizer, memory: VectorMemory | None = None, k: int = 3,
                  adapter: str | Path | None = "default"):
@@ -78,12 +80,10 @@ class LTE(Editor):
         self.adapter_name = Path(path).name
         self.model.base_model.disable_adapter_layers()
 
-    def detach(self):
-        """Remove the adapter layers and return the plain base model (e.g. to try another editor)."""
-        if self.aligned:
+    def _detach(self):
+        if self.aligned:  # peft's LoRA layers out, the original Linear modules back in
             self.model = self.model.unload()
             self.adapter_name, self.record = None, None
-        return self.model
 
     def config(self):
         return {"k": self.k, "adapter": self.adapter_name, "metric": self.memory.metric}

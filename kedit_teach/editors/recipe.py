@@ -50,6 +50,8 @@ class Decision:
 
 class RECIPE(Editor):
     name = "recipe"
+    summary = ("stores the edit as 3 prompt vectors; a learned sentinel attaches them only to queries "
+               "close to the knowledge, so unrelated prompts run unchanged")
 
     def __init__(self, model, tokenizer, modules: str | Path | pl.RecipeModules = "default",
                  sentinel: bool = True, threshold: float = 0.0, prompts: bool = True, encoder=None):
@@ -67,9 +69,11 @@ class RECIPE(Editor):
         self.memory = VectorMemory(dim=self.modules.key_dim, metric="dot")
         self._prompts: dict[str, torch.Tensor] = {}
         self._decisions: dict[str, Decision] = {}  # query -> decision, until the store changes
-        # The modules are fixed from here on: their sentinel and fingerprint are computed once.
+        # The modules are fixed from here on: their sentinel and fingerprint are computed once, and
+        # f_rm is traced now rather than inside the first edit (about a second on CPU).
         with torch.no_grad():
             self._r_theta = self.modules.r_sentinel()
+        self.modules.traced_encoder()
         self._fingerprint = self.modules.fingerprint()
 
     @property

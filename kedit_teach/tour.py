@@ -1,0 +1,88 @@
+"""The headless tour (`python -m kedit_teach tour`): one edit, made by every method in turn on one
+loaded model, with what each method answers before and after on the edit prompt, a rephrasing
+and an unrelated prompt, its edit time, one line on what the row teaches, and where to go next.
+
+Methods take turns through `Editor.detach()`, so the model is loaded once and every method starts
+from the same unedited weights.
+
+What it does not do: score (the scored run is `evaluate.py`, `tour --n`), or draw anything.
+"""
+from __future__ import annotations
+
+from tqdm.auto import tqdm
+
+from .data import EditCase
+from .editors import FAST_SETTINGS, METHODS, NoEdit
+from .metrics import generation_match, normalize
+
+EIFFEL = EditCase(case_id="tour-eiffel", subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of",
+                  target_new="Rome", rephrase_prompts=["Where is the Eiffel Tower? It is in the city of"],
+                  locality=[("The Brandenburg Gate is located in the city of", "Berlin")])
+ANSWER_TOKENS = 6  # enough for a city name and a word or two: the point is which city, not prose
+SHOWN_CHARS = 18
+NEXT_STEPS = """Next: open the course with `jupyter lab notebooks/` and start with 00_start_here.ipynb
+(the machine, the presets, what a logit is). 01 defines what an edit must do and scores the rows
+above properly; 03 GRACE, 04 LTE and 05 RECIPE take one method each. On Colab, use the badges in the
+README."""
+
+
+def probes(case: EditCase) -> list[tuple[str, str]]:
+    """(kind, prompt): the edit prompt, its first rephrasing and its first unrelated prompt."""
+    return [("edit prompt", case.prompt), ("rephrasing", case.rephrase_prompts[0]), ("unrelated", case.locality[0][0])]
+
+
+def _first_line(text: str) -> str:
+    return text.strip().split("\n")[0].strip()
+
+
+def _agrees(after: str, before: str) -> bool:
+    """The same answer, one possibly cut shorter ("Berlin" and "Berlin, Germany. It is")."""
+    a, b = normalize(after), normalize(before)
+    return bool(a and b) and (a.startswith(b) or b.startswith(a))
+
+
+def take_turns(model, tokenizer, case: EditCase = EIFFEL, methods: list[str] | None = None,
+               settings: dict[str, dict] | None = None, progress: bool = True) -> tuple[list[dict], object]:
+    """Each method edits `case` on the same model, answers the probes, and is detached.
+
+    Returns (rows, the model as loaded): per method {"method", "summary", "edit_s", "answers":
+    [{"kind", "prompt", "before", "after", "right"}]}. "right" is: the new target for the edit
+    prompt and the rephrasing, the unedited answer for the unrelated prompt.
+    settings: constructor options per method (default FAST_SETTINGS).
+    """
+    methods = [m for m in METHODS if m != "noedit"] if methods is None else methods
+    settings = FAST_SETTINGS if settings is None else settings
+    kinds, prompts = zip(*probes(case))
+    before = [_first_line(a) for a in NoEdit(model, tokenizer).generate(list(prompts), ANSWER_TOKENS)]
+    rows = []
+    for name in tqdm(methods, desc="one edit per method", disable=not progress):
+        editor = METHODS[name](model, tokenizer, **settings.get(name, {}))
+        (info,) = editor.edit(case)
+        after = [_first_line(a) for a in editor.generate(list(prompts), ANSWER_TOKENS)]
+        model = editor.detach()
+        answers = [{"kind": k, "prompt": p, "before": b, "after": a,
+                    "right": _agrees(a, b) if k == "unrelated" else bool(generation_match(a, case.target_new))}
+                   for k, p, b, a in zip(kinds, prompts, before, after)]
+        rows.append({"method": name, "summary": editor.summary, "edit_s": info["edit_s"], "answers": answers})
+    return rows, model
+
+
+def _cell(answer: dict) -> str:
+    short = lambda s: s if len(s) <= SHOWN_CHARS else s[:SHOWN_CHARS - 1] + "…"  # noqa: E731
+    return f"{'ok' if answer['right'] else '--'} {short(answer['after'])}"
+
+
+def format_tour(case: EditCase, rows: list[dict]) -> str:
+    """The rows as text: the unedited answers, one line of answers per method, what each row teaches."""
+    kinds = [a["kind"] for a in rows[0]["answers"]]
+    lines = ["Unedited, the model says:"]
+    lines += [f"  {a['prompt']!r} -> {a['before']!r}" for a in rows[0]["answers"]]
+    lines += ["", f"One edit: {case.prompt!r} -> {case.target_new!r}, made by each method in turn, then undone.",
+              "'ok' = the new answer on the edit prompt and the rephrasing, the old one on the unrelated prompt.", "",
+              f"{'method':8s} {'edit':>9s}  " + "".join(f"{k:24s}" for k in kinds)]
+    for r in rows:
+        t = r["edit_s"]
+        took = f"{1000 * t:.1f} ms" if t < 1 else f"{t:.1f} s"
+        lines.append(f"{r['method']:8s} {took:>9s}  " + "".join(f"{_cell(a):24s}" for a in r["answers"]))
+    lines += ["", "What each row teaches:"] + [f"  {r['method']:8s} {r['summary']}" for r in rows]
+    return "\n".join(lines + ["", NEXT_STEPS])

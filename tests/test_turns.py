@@ -1,0 +1,92 @@
+"""Methods take turns on one loaded model: each editor is built, edits, and is detached, and the
+model's modules and weights are then exactly as loaded. This is how a Colab user with one 7B model
+compares methods. The walk visits every ordered pair of methods (GRACE then LTE used to fail:
+GRACE's wrapper stayed on the layer that LTE's LoRA wants). The tour is built on the same turns."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kedit_teach import prompt_learning as pl
+from kedit_teach.editors import GRACE, LTE, METHODS, RECIPE
+from kedit_teach.memory import VectorMemory
+from kedit_teach.models import load_model
+from kedit_teach.tour import EIFFEL, NEXT_STEPS, format_tour, take_turns
+
+from .test_lte import EDIT, trained  # noqa: F401  (the tiny aligned adapter fixture)
+
+
+def every_ordered_pair(items: list[str]) -> list[str]:
+    """A walk in which every ordered pair (a, b), a != b, occurs as two consecutive visits (an
+    Eulerian circuit of the complete directed graph, by Hierholzer's algorithm)."""
+    unused = {a: [b for b in items if b != a] for a in items}
+    stack, walk = [items[0]], []
+    while stack:
+        if unused[stack[-1]]:
+            stack.append(unused[stack[-1]].pop())
+        else:
+            walk.append(stack.pop())
+    return walk[::-1]
+
+
+def snapshot(model) -> tuple[list[tuple[str, str]], dict[str, torch.Tensor]]:
+    return ([(n, type(m).__name__) for n, m in model.named_modules()],
+            {k: v.detach().clone() for k, v in model.state_dict().items()})
+
+
+def test_every_method_in_turn_on_one_model_leaves_it_as_loaded(tiny_dirs, encoder, trained):  # noqa: F811
+    model, tok = load_model(str(tiny_dirs["gemma3"]))
+    modules = pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=32), encoder)
+    build = {"lte": lambda m: LTE(m, tok, VectorMemory(encoder), adapter=trained[0]),
+             "recipe": lambda m: RECIPE(m, tok, modules=modules), "grace": lambda m: GRACE(m, tok, n_iter=3),
+             "ft-l": lambda m: METHODS["ft-l"](m, tok, steps=2, norm_constraint=1e-2)}
+    names, weights = snapshot(model)
+    ids = torch.tensor([[2, 5, 9, 11, 7]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    walk = every_ordered_pair(list(METHODS))
+    assert len({(a, b) for a, b in zip(walk, walk[1:])}) == len(METHODS) * (len(METHODS) - 1)
+    for method in walk:
+        editor = build.get(method, lambda m: METHODS[method](m, tok))(model)
+        (info,) = editor.edit(EDIT)
+        editor.score([EDIT.prompt], [EDIT.target_new])
+        model = editor.detach()
+        after_names, after = snapshot(model)
+        assert after_names == names, f"{method} left other modules in the model"
+        assert after.keys() == weights.keys() and all(torch.equal(after[k], weights[k]) for k in weights), method
+        with torch.no_grad():
+            assert torch.equal(model(input_ids=ids).logits, logits), method
+        with pytest.raises(RuntimeError, match="detached"):
+            editor.edit(EDIT)
+
+
+# ----------------------------------------------------------------------------- the tour
+
+def test_every_method_takes_a_turn_and_the_model_is_left_as_loaded(tiny_dirs, encoder, trained):  # noqa: F811
+    model, tok = load_model(str(tiny_dirs["gemma3"]))
+    names, _ = snapshot(model)
+    settings = {"lte": {"adapter": trained[0], "memory": VectorMemory(encoder)}, "grace": {"n_iter": 3},
+                "recipe": {"modules": pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=32), encoder)},
+                "ft-l": {"steps": 2}}
+    rows, back = take_turns(model, tok, EIFFEL, settings=settings, progress=False)
+    assert [r["method"] for r in rows] == [m for m in METHODS if m != "noedit"]
+    assert snapshot(back)[0] == names
+    for r in rows:
+        assert r["summary"] and r["edit_s"] > 0
+        assert [a["kind"] for a in r["answers"]] == ["edit prompt", "rephrasing", "unrelated"]
+        assert [a["prompt"] for a in r["answers"]] == [EIFFEL.prompt, EIFFEL.rephrase_prompts[0], EIFFEL.locality[0][0]]
+        assert all(a["before"] == b["before"] for a, b in zip(r["answers"], rows[0]["answers"]))  # one unedited run
+    text = format_tour(EIFFEL, rows)
+    assert text.endswith(NEXT_STEPS) and all(r["summary"] in text for r in rows)
+    assert text.count("\n") > len(rows) + 8
+
+
+@pytest.mark.real
+def test_the_tour_on_the_real_model(real):
+    model, tok = real
+    rows, _ = take_turns(model, tok, EIFFEL, methods=["ice", "lte", "recipe"], progress=False)
+    right = {r["method"]: {a["kind"]: a["right"] for a in r["answers"]} for r in rows}
+    assert all(r["edit prompt"] for r in right.values()), right
+    # retrieval gates (LTE's adapter, RECIPE's sentinel) keep the unrelated answer; ICE's text doesn't
+    assert right["lte"]["unrelated"] and right["recipe"]["unrelated"], right
+    assert rows[0]["answers"][0]["before"].startswith("Paris")
