@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 
     dl = command("download", help="fetch a public benchmark file")
     dl.add_argument("name", choices=sorted(BENCHMARKS))
-    dl.add_argument("--dest", default=None)
+    dl.add_argument("--dest", default=None, help="folder (default: data/ in a checkout, else ~/.cache/kedit_teach/benchmarks)")
     dl.set_defaults(fn=cmd_download)
 
     tour = command("tour", help="one edit by every method on the CPU model, answers before and after")

@@ -34,6 +34,8 @@ from .errors import UsageError
 ASSETS = Path(__file__).resolve().parent / "assets"
 TEACH_PATH = ASSETS / "teach.jsonl"
 CACHE_DIR = Path.home() / ".cache" / "kedit_teach" / "benchmarks"
+# A checkout's top-level data/ folder (git-ignored but for its README); an installed wheel has none.
+CHECKOUT_DATA = Path(__file__).resolve().parents[1] / "data"
 # A local copy of the benchmark files (the course's own machines keep one next to the checkout).
 SHARED_DIR = Path(os.environ.get("KEDIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -46,7 +48,7 @@ BENCHMARKS: dict[str, str] = {
     "knowedit-wikibio": f"{_HF}/WikiBio/wikibio-test-all.json",
     "knowedit-wiki_counterfact-train": f"{_HF}/wiki_counterfact/train_cf.json",
     "counterfact": f"{_ROME}/counterfact.json",
-    "zsre-mend": f"{_ROME}/zsre_mem_eval.json",
+    "zsre-mend": f"{_ROME}/zsre_mend_eval.json",
 }
 
 # -----------------------------------------------------------------------------
@@ -427,12 +429,18 @@ class BenchmarkUnavailable(UsageError, RuntimeError):
     """A benchmark file could not be downloaded; the message says how to get it by hand."""
 
 
+def download_dir() -> Path:
+    """Where `download` puts benchmark files: data/ in a checkout (its README lists every data set
+    the course uses), else CACHE_DIR."""
+    return CHECKOUT_DATA if (CHECKOUT_DATA / "README.md").exists() else CACHE_DIR
+
+
 def fetch_benchmark(name: str, dest: str | Path | None = None) -> Path:
-    """Path of a benchmark file in dest (default CACHE_DIR), downloading it if absent."""
+    """Path of a benchmark file in dest (default `download_dir()`), downloading it if absent."""
     if name not in BENCHMARKS:
         raise DataError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
     url = BENCHMARKS[name]
-    target = Path(dest if dest is not None else CACHE_DIR).expanduser() / url.rsplit("/", 1)[1]
+    target = Path(dest if dest is not None else download_dir()).expanduser() / url.rsplit("/", 1)[1]
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

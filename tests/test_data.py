@@ -329,8 +329,20 @@ def test_fetch_download_and_unknown_name(tmp_path, monkeypatch):
         return io.BytesIO(b"[1, 2]")
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
     path = fetch_benchmark("zsre-mend", tmp_path / "cache")
-    assert path == tmp_path / "cache" / "zsre_mem_eval.json" and path.read_text() == "[1, 2]"
+    assert path == tmp_path / "cache" / "zsre_mend_eval.json" and path.read_text() == "[1, 2]"
     assert seen == [(BENCHMARKS["zsre-mend"], 30)]
-    assert [p.name for p in path.parent.iterdir()] == ["zsre_mem_eval.json"]
+    assert [p.name for p in path.parent.iterdir()] == ["zsre_mend_eval.json"]
     with pytest.raises(ValueError, match="knowedit-zsre"):
         fetch_benchmark("squad", tmp_path)
+
+
+def test_downloads_go_to_the_checkouts_data_folder_which_documents_every_data_set(tmp_path, monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    assert data.download_dir() == root / "data"  # this is a checkout
+    readme = (root / "data" / "README.md").read_text()
+    bundled = [p.name for p in data.ASSETS.glob("*.jsonl")]
+    assert bundled and all(f"`{name}`" in readme for name in [*BENCHMARKS, *bundled])
+    for url in BENCHMARKS.values():  # the file each download writes is named there too
+        assert url.rsplit("/", 1)[1] in readme
+    monkeypatch.setattr(data, "CHECKOUT_DATA", tmp_path / "no-checkout")  # an installed wheel
+    assert data.download_dir() == data.CACHE_DIR
