@@ -23,7 +23,7 @@ similar *other* descriptor, 25% with the top-2 (similarity by the retrieval enco
 the facts is shuffled, unlike the reference code which always puts the true one first.
 
 Training and evaluation subjects are kept disjoint (`held_out`). What it does not do: retrieval at
-inference, or any prompt building of its own (see editors/lte.py and editors/baselines.update_prompt).
+inference, or any prompt building of its own (see editors/lte.py and models.update_prompt).
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from .data import (ASSETS, SHARED_DIR, BenchmarkUnavailable, EditCase, disjoint_
 from .errors import UsageError
 from .memory import build_memory
 from .metrics import generate_greedy, nll, pack_targets, target_budget, target_logits, teacher_forced
-from .models import cache_dir, format_prompt
+from .models import cache_dir, format_prompt, update_prompt
 
 FREE_TEXT_PATH = ASSETS / "free_text.jsonl"
 SHIPPED_ADAPTERS = ASSETS / "lte"
@@ -69,7 +69,6 @@ class AlignmentExample:
     teacher: str = "answer"  # what the loss follows: "answer", "base argmax", "base continuation"
 
     def prompt(self, tokenizer) -> str:
-        from .editors.baselines import update_prompt  # here, not at the top: editors/lte.py imports us
         return format_prompt(tokenizer, update_prompt(self.facts, self.query))
 
 

@@ -342,6 +342,12 @@ def format_prompt(tokenizer, prompt: str) -> str:
     return prompt
 
 
+def update_prompt(facts: list[str], query: str) -> str:
+    """LTE's knowledge-editing prompt: the facts, then the query. ICE, LTE and LTE's alignment data
+    all build their inputs with it, so training and evaluation see the same text."""
+    return "[Updated Information] " + "\n".join(facts) + "\n[Query] " + query
+
+
 def add_special(tokenizer, text: str) -> bool:
     # Chat templates already render <bos>; adding it again shifts every position by one.
     bos = tokenizer.bos_token

@@ -9,6 +9,8 @@ What it does not do: score (the scored run is `evaluate.py`, `tour --n`), or dra
 """
 from __future__ import annotations
 
+import time
+
 from tqdm.auto import tqdm
 
 from .data import EditCase
@@ -45,8 +47,9 @@ def take_turns(model, tokenizer, case: EditCase = EIFFEL, methods: list[str] | N
                settings: dict[str, dict] | None = None, progress: bool = True) -> tuple[list[dict], object]:
     """Each method edits `case` on the same model, answers the probes, and is detached.
 
-    Returns (rows, the model as loaded): per method {"method", "summary", "edit_s", "answers":
-    [{"kind", "prompt", "before", "after", "right"}]}. "right" is: the new target for the edit
+    Returns (rows, the model as loaded): per method {"method", "summary", "edit_s", "answer_s" (time
+    per probe of the batched generation after the edit), "answers": [{"kind", "prompt", "before",
+    "after", "right"}]}. "right" is: the new target for the edit
     prompt and the rephrasing, the unedited answer for the unrelated prompt.
     settings: constructor options per method (default FAST_SETTINGS).
     """
@@ -58,12 +61,15 @@ def take_turns(model, tokenizer, case: EditCase = EIFFEL, methods: list[str] | N
     for name in tqdm(methods, desc="one edit per method", disable=not progress):
         editor = METHODS[name](model, tokenizer, **settings.get(name, {}))
         (info,) = editor.edit(case)
+        start = time.perf_counter()
         after = [_first_line(a) for a in editor.generate(list(prompts), ANSWER_TOKENS)]
+        answer_s = (time.perf_counter() - start) / len(prompts)
         model = editor.detach()
         answers = [{"kind": k, "prompt": p, "before": b, "after": a,
                     "right": _agrees(a, b) if k == "unrelated" else bool(generation_match(a, case.target_new))}
                    for k, p, b, a in zip(kinds, prompts, before, after)]
-        rows.append({"method": name, "summary": editor.summary, "edit_s": info["edit_s"], "answers": answers})
+        rows.append({"method": name, "summary": editor.summary, "edit_s": info["edit_s"], "answer_s": answer_s,
+                     "answers": answers})
     return rows, model
 
 

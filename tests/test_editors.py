@@ -8,7 +8,7 @@ import torch
 
 from kedit_teach.data import EditCase
 from kedit_teach.editors import FTL, ICE, EditorStateError, NoEdit
-from kedit_teach.editors.baselines import update_prompt
+from kedit_teach.models import update_prompt
 
 CASE = EditCase(case_id="c1", subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of",
                 target_new="Rome", ground_truth="Paris",

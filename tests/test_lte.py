@@ -15,9 +15,8 @@ from kedit_teach import alignment
 from kedit_teach.alignment import AdapterError, AlignmentConfig, TrainConfig, build_examples, mix
 from kedit_teach.data import EditCase
 from kedit_teach.editors import LTE
-from kedit_teach.editors.baselines import update_prompt
 from kedit_teach.memory import VectorMemory
-from kedit_teach.models import format_prompt, load_model
+from kedit_teach.models import format_prompt, load_model, update_prompt
 
 CITIES = ["Paris", "Rome", "Tokyo", "Berlin", "London", "Madrid", "Vienna", "Oslo"]
 

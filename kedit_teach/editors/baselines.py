@@ -18,13 +18,8 @@ import torch
 
 from ..data import EditCase
 from ..metrics import target_nll
-from ..models import decoder_of, format_prompt
+from ..models import decoder_of, format_prompt, update_prompt
 from .base import Editor
-
-
-def update_prompt(facts: list[str], query: str) -> str:
-    """LTE's knowledge-editing prompt; ICE and LTE share it so training and evaluation agree."""
-    return "[Updated Information] " + "\n".join(facts) + "\n[Query] " + query
 
 
 class NoEdit(Editor):

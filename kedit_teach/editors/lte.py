@@ -22,9 +22,8 @@ from pathlib import Path
 
 from .. import alignment
 from ..memory import Hit, VectorMemory
-from ..models import format_prompt, load_encoder
+from ..models import format_prompt, load_encoder, update_prompt
 from .base import Editor
-from .baselines import update_prompt
 
 
 class LTE(Editor):
