@@ -329,19 +329,28 @@ def save_adapter(peft_model, path: str | Path, record: dict) -> Path:
     return path
 
 
-def read_record(path: str | Path) -> dict:
+def read_trained_record(path: str | Path, weights: str, field: str, schema: type, error: type[Exception],
+                        missing_fix: str, needs: str, again: str) -> dict:
+    """The JSON record beside saved trained weights (LTE's adapter, RECIPE's modules), refused with
+    `error` if either file is missing or record[field] doesn't fit `schema`."""
     path = Path(path)
-    for f in (path / ADAPTER_FILE, path / RECORD_FILE):
+    for f in (path / weights, path / RECORD_FILE):
         if not f.exists():
-            raise AdapterError(f"{f} is missing: pass a folder written by `python -m kedit_teach train lte` "
-                               "(or LTE.train_alignment), or use adapter=None for unaligned LTE")
+            raise error(f"{f} is missing: {missing_fix}")
     try:
         record = json.loads((path / RECORD_FILE).read_text())
-        TrainConfig(**record["train"])
+        schema(**record[field])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise AdapterError(f"{path / RECORD_FILE} is malformed ({e!r}); it needs a field 'train' with "
-                           "the LoRA settings; train the adapter again") from e
+        raise error(f"{path / RECORD_FILE} is malformed ({e!r}); it needs a field '{field}' with "
+                    f"{needs}; train {again} again") from e
     return record
+
+
+def read_record(path: str | Path) -> dict:
+    return read_trained_record(
+        path, ADAPTER_FILE, "train", TrainConfig, AdapterError,
+        "pass a folder written by `python -m kedit_teach train lte` (or LTE.train_alignment), or use "
+        "adapter=None for unaligned LTE", "the LoRA settings", "the adapter")
 
 
 def load_adapter(model, path: str | Path):

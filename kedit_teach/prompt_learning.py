@@ -57,7 +57,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .alignment import cpu_autocast, model_folder, shuffled_batches
+from .alignment import cpu_autocast, model_folder, read_trained_record, shuffled_batches
 from .data import ASSETS, SHARED_DIR, EditCase, disjoint_subjects, load_cases, load_teach
 from .errors import UsageError
 from .metrics import nll, pack_targets, target_logits
@@ -547,17 +547,9 @@ def save_modules(modules: RecipeModules, path: str | Path, record: dict) -> Path
 
 
 def read_record(path: str | Path) -> dict:
-    path = Path(path)
-    for f in (path / WEIGHTS_FILE, path / RECORD_FILE):
-        if not f.exists():
-            raise ModuleError(f"{f} is missing: pass a folder written by `python -m kedit_teach train recipe`")
-    try:
-        record = json.loads((path / RECORD_FILE).read_text())
-        ModuleConfig(**record["modules"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise ModuleError(f"{path / RECORD_FILE} is malformed ({e!r}); it needs a field 'modules' with "
-                          "the module shapes; train the modules again") from e
-    return record
+    return read_trained_record(path, WEIGHTS_FILE, "modules", ModuleConfig, ModuleError,
+                               "pass a folder written by `python -m kedit_teach train recipe`",
+                               "the module shapes", "the modules")
 
 
 def check_fits(config: ModuleConfig, model, what: str) -> None:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .data import EditCase
 from .editors import FAST_SETTINGS, METHODS, NoEdit
-from .metrics import generation_match, normalize
+from .metrics import generation_match
 
 EIFFEL = EditCase(case_id="tour-eiffel", subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of",
                   target_new="Rome", rephrase_prompts=["Where is the Eiffel Tower? It is in the city of"],
@@ -39,8 +39,7 @@ def _first_line(text: str) -> str:
 
 def _agrees(after: str, before: str) -> bool:
     """The same answer, one possibly cut shorter ("Berlin" and "Berlin, Germany. It is")."""
-    a, b = normalize(after), normalize(before)
-    return bool(a and b) and (a.startswith(b) or b.startswith(a))
+    return bool(generation_match(after, before) or generation_match(before, after))
 
 
 def take_turns(model, tokenizer, case: EditCase = EIFFEL, methods: list[str] | None = None,
