@@ -105,10 +105,10 @@ HEADER = ("| run | teacher-forced rel/gen/loc/port | exact | generation | edit |
           "|---|---|---|---|---|---|")
 
 
-def _evaluate(editor, cases, name: str, out: Path = OUT) -> dict:
-    """A sequential run, saved as out/name.json, and the editor reset."""
+def _evaluate(editor, cases, name: str, out: Path = OUT, mode: str = "sequential") -> dict:
+    """A run (sequential by default), saved as out/name.json, and the editor reset."""
     from kedit_teach.evaluate import evaluate
-    result = evaluate(editor, cases, mode="sequential", fluency_n=10)
+    result = evaluate(editor, cases, mode=mode, fluency_n=10)
     editor.reset()
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))

@@ -64,7 +64,8 @@ def _editor_options(args) -> dict:
     """Method-specific options of `eval`; using one with another method is an error, not a no-op."""
     given = {"lte": {"--no-align": args.no_align, "--k": args.k is not None, "--adapter": args.adapter is not None},
              "recipe": {"--no-sentinel": args.no_sentinel, "--threshold": args.threshold is not None,
-                        "--no-prompts": args.no_prompts, "--modules": args.modules is not None}}
+                        "--no-prompts": args.no_prompts, "--modules": args.modules is not None},
+             "rome": {"--layer": args.layer is not None, "--reference-keys": args.reference_keys}}
     for method, flags in given.items():
         if args.method != method and any(flags.values()):
             raise UsageError(f"{', '.join(k for k, v in flags.items() if v)} only applies to --method {method}")
@@ -77,6 +78,8 @@ def _editor_options(args) -> dict:
             raise UsageError("--threshold replaces the sentinel: pass it together with --no-sentinel")
         return {"modules": args.modules or "default", "sentinel": not args.no_sentinel,
                 "threshold": args.threshold or 0.0, "prompts": not args.no_prompts}
+    if args.method == "rome":
+        return {"layer": args.layer, "consistent_key": not args.reference_keys}
     return {}
 
 
@@ -230,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--threshold", type=float, default=None, help="recipe, with --no-sentinel: the fixed gate (default 0)")
     ev.add_argument("--no-prompts", action="store_true", help="recipe: retrieve but attach no continuous prompt")
     ev.add_argument("--modules", default=None, help="recipe: modules folder (default: the shipped ones)")
+    ev.add_argument("--layer", type=int, default=None, help="rome: the edited layer (default: one eighth up, layer 2 of Gemma-3-270M)")
+    ev.add_argument("--reference-keys", action="store_true",
+                    help="rome: the reference code's two keys instead of r-ROME's one (disabling edits)")
     ev.set_defaults(fn=cmd_eval)
 
     tr = command("train", help="train LTE's adapter (alignment.py) or RECIPE's modules (prompt_learning.py)")

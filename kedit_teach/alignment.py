@@ -43,7 +43,7 @@ from .data import (ASSETS, SHARED_DIR, BenchmarkUnavailable, EditCase, disjoint_
 from .errors import UsageError
 from .memory import build_memory
 from .metrics import generate_greedy, nll, pack_targets, target_budget, target_logits, teacher_forced
-from .models import cache_dir, format_prompt, update_prompt
+from .models import cache_dir, cpu_autocast, format_prompt, model_folder, update_prompt
 
 FREE_TEXT_PATH = ASSETS / "free_text.jsonl"
 SHIPPED_ADAPTERS = ASSETS / "lte"
@@ -239,14 +239,6 @@ def add_lora(model, cfg: TrainConfig):
     return get_peft_model(model, lora)
 
 
-def cpu_autocast(model):
-    """bf16 autocast for fp32 weights on CPU (2.5x faster per step here); otherwise none needed."""
-    param = next(model.parameters())
-    if param.device.type == "cpu" and param.dtype == torch.float32:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return torch.autocast(param.device.type, enabled=False)
-
-
 def shuffled_batches(n: int, size: int, rng: random.Random) -> Iterator[list[int]]:
     """Endless batches of `size` indices into n examples; reshuffled whenever fewer than `size` remain."""
     order, pos = list(range(n)), n
@@ -295,11 +287,6 @@ def train_lora(peft_model, tokenizer, examples: list[AlignmentExample], cfg: Tra
 
 
 # ----------------------------------------------------------------------------- saved adapters
-
-
-def model_folder(model_name: str) -> str:
-    # a preset, a hub id ("Qwen/Qwen2.5-7B-Instruct") or a local path, as one folder name
-    return model_name.strip("/").replace("/", "--")
 
 
 def is_adapter(path: str | Path) -> bool:

@@ -10,8 +10,8 @@ means writing a reference, cases that tell the mistakes apart, and the mistakes 
 A check prints "✓ correct" and returns True, or prints what went wrong and a hint and returns
 False. It never raises at the student: their errors are caught and explained.
 
-Exercises: `check_next_token` (notebook 00); `check_token_accuracy` (notebook 01);
-`check_grace_decision` and `check_eps_choice` (notebook 03); `check_threefold` (notebook 04);
+Exercises: `check_next_token` (notebook 00); `check_token_accuracy` (notebook 01); `check_rank_one`
+(notebook 02); `check_grace_decision` and `check_eps_choice` (notebook 03); `check_threefold` (notebook 04);
 `check_sentinel_decision` (notebook 05).
 
 What it does not do: show solutions. The references are private and never printed.
@@ -498,3 +498,58 @@ SENTINEL = Exercise(
 def check_sentinel_decision(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], int | None]) -> bool:
     """Check `fn(query, keys, sentinel) -> index or None` (RECIPE's Knowledge Sentinel rule)."""
     return SENTINEL.check(fn)
+
+
+# ----------------------------------------------------------------------------- notebook 02
+
+def _t(rows) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def _rank_one_case(W, C, k, v, why: str) -> Case:
+    return Case((_t(W), _t(C), _t(k), _t(v)), f"W={W}, C={C}, k={k}, v={v} ({why})")
+
+
+def _rank_one_with(use_c: str = "inverse", residual: bool = True, normalise: bool = True, outer: bool = True):
+    def update(W, C, k, v):
+        u = {"inverse": torch.linalg.solve(C, k), "none": k, "C": C @ k}[use_c]
+        r = v - W @ k if residual else v
+        d = torch.outer(r, u) if outer else torch.outer(u, r)
+        return d / (k @ u) if normalise else d
+    return update
+
+
+def _reference_rank_one(W, C, k, v):
+    from .editors.rome import rank_one_update
+    return rank_one_update(W, C, k, v)
+
+
+# Powers of two and a C whose inverse is integer ([[2, 1], [1, 1]]^-1 = [[1, -1], [-1, 2]]), so a
+# correct answer in float32 or float64 rounds to the same numbers.
+RANK_ONE = Exercise(
+    name="rank_one",
+    reference=_reference_rank_one,
+    cases=[
+        _rank_one_case([[1, 0, 0], [0, 1, 0]], [[1, 0, 0], [0, 2, 0], [0, 0, 4]], [1, 2, 2], [3, 0],
+                       "a diagonal C"),
+        _rank_one_case([[1, 2], [0, 1], [1, 1]], [[2, 1], [1, 1]], [1, 1], [1, 2, 0], "a C that mixes the two key directions"),
+        _rank_one_case([[1, 0], [0, 1]], [[1, 0], [0, 1]], [2, 0], [2, 0], "v = W k already: nothing to change"),
+        _rank_one_case([[0.5, 0], [0, 0.5]], [[1, 0], [0, 1]], [0, 4], [1, 1], "C = I, the case without statistics"),
+    ],
+    mistakes=[
+        Mistake("the update has to change W k into v, so the left factor is the residual v - W k, not v: "
+                "with v = W k nothing should change.", (_rank_one_with(residual=False),)),
+        Mistake("the right factor is C^-1 k (torch.linalg.solve(C, k)), not k: it is what keeps the change "
+                "small on the keys C has seen often.", (_rank_one_with(use_c="none"),)),
+        Mistake("C^-1 k, not C k: solve with C, don't multiply by it.", (_rank_one_with(use_c="C"),)),
+        Mistake("divide by k^T C^-1 k, so that (W + Delta) k = v exactly.", (_rank_one_with(normalise=False),)),
+        Mistake("Delta has W's shape [d_out, d_k]: torch.outer(v - W @ k, C^-1 k), in that order.",
+                (_rank_one_with(outer=False),)),
+    ],
+    hint="u = torch.linalg.solve(C, k); return torch.outer(v - W @ k, u) / (k @ u)",
+)
+
+
+def check_rank_one(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
+    """Check `fn(W, C, k, v) -> Delta` (ROME's Eq. 2: the rank-one update that maps k to v)."""
+    return RANK_ONE.check(fn)

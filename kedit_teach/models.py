@@ -68,6 +68,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KEDIT_CACHE", Path.home() / ".cache" / "kedit_teach"))
 
 
+def model_folder(model_name: str) -> str:
+    """A preset, a hub id ("Qwen/Qwen2.5-7B-Instruct") or a local path, as one cache folder name."""
+    return model_name.strip("/").replace("/", "--")
+
+
 def gguf_converted_dir() -> Path:
     return cache_dir() / "gemma-3-270m-safetensors"
 
@@ -328,6 +333,14 @@ def _logical_params(model) -> int:
         emb = model.get_output_embeddings()
         total -= emb.in_features * emb.out_features
     return total
+
+
+def cpu_autocast(model):
+    """bf16 autocast for fp32 weights on CPU (2.5x faster per step here); otherwise none needed."""
+    param = next(model.parameters())
+    if param.device.type == "cpu" and param.dtype == torch.float32:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return torch.autocast(param.device.type, enabled=False)
 
 
 # ----------------------------------------------------------------------------- prompts and tokens

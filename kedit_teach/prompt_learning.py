@@ -57,11 +57,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .alignment import cpu_autocast, model_folder, read_trained_record, shuffled_batches
+from .alignment import read_trained_record, shuffled_batches
 from .data import ASSETS, SHARED_DIR, EditCase, disjoint_subjects, load_cases, load_teach
 from .errors import UsageError
 from .metrics import nll, pack_targets, target_logits
-from .models import DEFAULT_ENCODER, cache_dir, format_prompt, load_encoder
+from .models import DEFAULT_ENCODER, cache_dir, cpu_autocast, format_prompt, load_encoder, model_folder
 
 SHIPPED = ASSETS / "recipe"
 WEIGHTS_FILE, RECORD_FILE = "modules.safetensors", "record.json"

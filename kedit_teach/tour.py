@@ -24,8 +24,8 @@ ANSWER_TOKENS = 6  # enough for a city name and a word or two: the point is whic
 SHOWN_CHARS = 18
 NEXT_STEPS = """Next: open the course with `jupyter lab notebooks/` and start with 00_start_here.ipynb
 (the machine, the presets, what a logit is). 01 defines what an edit must do and scores the rows
-above properly; 03 GRACE, 04 LTE and 05 RECIPE take one method each. On Colab, use the badges in the
-README."""
+above properly; 02 locates facts and edits weights (ROME); 03 GRACE, 04 LTE and 05 RECIPE take one
+method each. On Colab, use the badges in the README."""
 
 
 def probes(case: EditCase) -> list[tuple[str, str]]:

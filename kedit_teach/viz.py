@@ -14,6 +14,8 @@ What it does:
   `loss_curve` (alignment training).
 - RECIPE: `sentinel_bars` (one query's similarity to stored knowledge, the sentinel as the line to
   beat), `gate_sweep_lines` (fixed thresholds against the sentinel), `loss_curves` (its five losses).
+- Locate-then-edit: `trace_heatmap` (a causal trace, token x layer), `norm_lines` (the edited
+  layer's weight norm over sequential edits).
 Every figure and table names the protocol behind each number (teacher-forced or generation).
 
 What it does not do: run models, hold widgets or display anything (see `widgets.py`).
@@ -441,4 +443,41 @@ def gate_sweep_lines(sweep: dict, title: str = "") -> go.Figure:
                                      f"({sweep['stored']} stored edits)",
                       height=420, xaxis_title="fixed threshold on r~q · rk / √d", yaxis_title="share of queries decided right",
                       yaxis_range=[0, 1.05], margin=dict(t=70, b=40))
+    return fig
+
+
+TRACE_TITLES = {"hidden": "the residual stream after each layer", "mlp": "MLP outputs",
+                "attn": "attention outputs"}
+
+
+def trace_heatmap(t, title: str = "") -> go.Figure:
+    """A causal trace (`tracing.trace`): p(answer) with one (token, layer) state restored, tokens
+    top to bottom, the subject's tokens starred; the colour scale runs from p_corrupt to p_clean."""
+    start, end = t.subject_range
+    tokens = [f"{tok!r}*" if start <= i < end else repr(tok) for i, tok in enumerate(t.tokens)]
+    rows = [f"{i}: {tok}" for i, tok in enumerate(tokens)]  # the index keeps repeated tokens apart
+    window = f", {t.window} layers restored together" if t.window > 1 else ""
+    fig = go.Figure(go.Heatmap(z=t.scores, x=list(range(t.scores.shape[1])), y=rows, colorscale="Purples",
+                               zmin=min(t.p_corrupt, float(t.scores.min())), zmax=max(t.p_clean, float(t.scores.max())),
+                               colorbar=dict(title=f"p({t.target.strip()})"),
+                               hovertemplate="layer %{x}<br>token %{y}<br>p = %{z:.3f}<extra></extra>"))
+    fig.update_layout(
+        title=dict(text=f"{title or 'Restoring ' + TRACE_TITLES[t.kind]}<br><sup>{_short(t.prompt, 60)} → "
+                        f"{t.target.strip()!r}: clean p = {t.p_clean:.3f}, subject corrupted p = {t.p_corrupt:.3f}"
+                        f"{window}</sup>"),
+        height=140 + 28 * len(rows), margin=dict(t=90, l=10, r=10, b=40),
+        xaxis_title="layer", yaxis=dict(autorange="reversed", automargin=True), meta={"kind": t.kind})
+    return fig
+
+
+def norm_lines(norms: dict[str, list[float]], original: float | None = None, title: str = "") -> go.Figure:
+    """The edited layer's weight norm |W|_F after each sequential edit, one line per method (ROME's
+    `norms`); a dotted line at the unedited norm. Its growth is the visible sign of collapse."""
+    fig = go.Figure()
+    for name, ys in norms.items():
+        fig.add_trace(go.Scatter(x=list(range(1, len(ys) + 1)), y=ys, mode="lines+markers", name=name, meta={"method": name}))
+    if original is not None:
+        fig.add_hline(y=original, line_dash="dot", line_color="#888", annotation_text="unedited")
+    fig.update_layout(title=title or "Weight norm of the edited layer after each edit", height=380,
+                      xaxis_title="number of sequential edits", yaxis_title="|W|_F", margin=dict(t=70, b=40))
     return fig

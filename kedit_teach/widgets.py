@@ -17,6 +17,8 @@ What it does:
   similarity to each entry with the sentinel as the line to beat, the decision, and the answer
   with and without the continuous prompt; a toggle and a slider swap the sentinel for a fixed
   threshold. `StorePanel` is the shell the two share.
+- `TracePanel` (notebook 02) runs a causal trace of a typed prompt and subject and shows the
+  heatmap and the strongest states (`strongest_states`).
 
 Only widgets that exist in both ipywidgets 7.7 (Colab) and 8.x are used, and figures are plain
 `go.Figure`s shown inside an `Output` (FigureWidget needs a front-end extension Colab lacks).
@@ -566,3 +568,51 @@ class RECIPEPanel(StorePanel):
         self.editor.threshold = self.threshold.value
         self.say("the Knowledge Sentinel decides: attach only if the best match beats r~q·rΘ" if self.editor.use_sentinel
                  else f"a fixed threshold decides: attach if the best match scores above {self.editor.threshold:.2f}", "info")
+
+
+def strongest_states(t, n: int = 5) -> pd.DataFrame:
+    """The n (token, layer) states whose restoration recovers the most of p(answer), best first."""
+    order = t.scores.ravel().argsort()[::-1][:n]
+    gap = max(t.p_clean - t.p_corrupt, 1e-9)
+    rows = [divmod(int(i), t.scores.shape[1]) for i in order]
+    start, end = t.subject_range
+    return pd.DataFrame({"token": [f"{i}: {t.tokens[i]!r}" for i, _ in rows], "layer": [l for _, l in rows],
+                         "in subject": [start <= i < end for i, _ in rows],
+                         "p restored": [round(float(t.scores[i, l]), 3) for i, l in rows],
+                         "share of the gap recovered": [round(float((t.scores[i, l] - t.p_corrupt) / gap), 2)
+                                                        for i, l in rows]})
+
+
+class TracePanel(Panel):
+    """Causal tracing for a prompt you type (notebook 02): corrupt the subject, restore one state at a
+    time, and see the heatmap of the recovered probability, with the strongest states as a table."""
+
+    def __init__(self, model, tokenizer, prompt: str = "The Eiffel Tower is located in the city of",
+                 subject: str = "Eiffel Tower", samples: int = 10) -> None:
+        from . import tracing
+        super().__init__()
+        self.model, self.tokenizer, self.samples, self.trace = model, tokenizer, samples, None
+        self.prompt = _text_box("prompt", prompt)
+        self.subject = _text_box("subject (in the prompt)", subject)
+        self.target = _text_box("answer to trace", "", "empty: the model's own next token")
+        self.kind = w.ToggleButtons(options=list(tracing.KINDS), value="hidden", description="state",
+                                    style={"description_width": "160px"})
+        self.button = w.Button(description="trace", button_style="primary")
+        self.button.on_click(lambda _b: self.on_trace())
+        self.widget = w.VBox([self.prompt, self.subject, self.target, self.kind, self.button, self.message, self.out])
+        self.say("type a prompt and its subject, then trace (about 20 s per trace on 2 CPU cores)")
+
+    @guarded
+    def on_trace(self) -> None:
+        from .tracing import trace
+        check_length(self.tokenizer, "prompt", self.prompt.value, limit=40)
+        self.say("tracing: one corrupted batch per layer ...", "busy")
+        start = time.perf_counter()
+        t = trace(self.model, self.tokenizer, self.prompt.value, self.subject.value,
+                  target=self.target.value.strip() or None, kind=self.kind.value, samples=self.samples, progress=False)
+        self.trace = t
+        self.show(strongest_states(t), viz.trace_heatmap(t))
+        top = strongest_states(t, 1).iloc[0]
+        self.say(f"traced {t.target.strip()!r} in {time.perf_counter() - start:.1f} s: clean p = {t.p_clean:.3f}, "
+                 f"corrupted {t.p_corrupt:.3f}; the strongest state is token {top['token']} at layer {top['layer']} "
+                 f"({top['share of the gap recovered']:.0%} of the gap)", "ok")

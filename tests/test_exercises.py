@@ -11,7 +11,7 @@ import torch
 
 from kedit_teach.exercises import (GRACE_DECISION, NEXT_TOKEN, SENTINEL, THREEFOLD, TOKEN_ACCURACY, Exercise,
                                    _reference_grace_decision, _reference_token_accuracy, check_eps_choice,
-                                   check_grace_decision, check_next_token, check_sentinel_decision, check_threefold,
+                                   check_grace_decision, check_next_token, check_rank_one, check_sentinel_decision, check_threefold,
                                    check_token_accuracy, outcome)
 
 
@@ -328,4 +328,26 @@ def test_correct_sentinel_decision_passes(capsys, fn):
 ])
 def test_typical_sentinel_mistakes_get_their_own_hint(capsys, fn, hint):
     assert check_sentinel_decision(fn) is False
+    assert hint in capsys.readouterr().out.split("Hint: ")[1]
+
+
+# ----------------------------------------------------------------------------- notebook 02: ROME's rank-one update
+
+@pytest.mark.parametrize("fn", [
+    lambda W, C, k, v: torch.outer(v - W @ k, torch.linalg.inv(C) @ k) / (k @ torch.linalg.inv(C) @ k),
+    lambda W, C, k, v: (lambda u: ((v - W @ k)[:, None] * u[None]) / (k @ u))(torch.linalg.solve(C.double(), k.double()).float()),
+])
+def test_correct_rank_one_updates_pass(capsys, fn):
+    assert check_rank_one(fn) is True and capsys.readouterr().out.strip() == "✓ correct"
+
+
+@pytest.mark.parametrize("fn, hint", [
+    (lambda W, C, k, v: torch.outer(v, torch.linalg.solve(C, k)) / (k @ torch.linalg.solve(C, k)), "residual v - W k"),
+    (lambda W, C, k, v: torch.outer(v - W @ k, k) / (k @ k), "not k"),
+    (lambda W, C, k, v: torch.outer(v - W @ k, C @ k) / (k @ C @ k), "not C k"),
+    (lambda W, C, k, v: torch.outer(v - W @ k, torch.linalg.solve(C, k)), "divide by k^T C^-1 k"),
+    (lambda W, C, k, v: torch.outer(torch.linalg.solve(C, k), v - W @ k) / (k @ torch.linalg.solve(C, k)), "in that order"),
+])
+def test_typical_rank_one_mistakes_get_their_own_hint(capsys, fn, hint):
+    assert check_rank_one(fn) is False
     assert hint in capsys.readouterr().out.split("Hint: ")[1]

@@ -1,4 +1,5 @@
-"""Figures and tables from synthetic results, and the EditPlayground, GracePanel, LTEPanel and RECIPEPanel driven headlessly.
+"""Figures and tables from synthetic results, and the EditPlayground, GracePanel, LTEPanel, RECIPEPanel
+and TracePanel driven headlessly.
 
 Panels are driven the way a student drives them (set `.value`, `.click()`) and judged by their
 state: `table`, `figure`, `message`, `level`. Every bad input must end in a visible message, never
@@ -18,8 +19,8 @@ import pytest
 from kedit_teach import viz, widgets
 from kedit_teach.data import EditCase
 from kedit_teach.editors import GRACE
-from kedit_teach.widgets import (EditPlayground, GracePanel, LTEPanel, Panel, RECIPEPanel, describe_decision,
-                                 guarded, key_distances, keys_of)
+from kedit_teach.widgets import (EditPlayground, GracePanel, LTEPanel, Panel, RECIPEPanel, TracePanel, describe_decision,
+                                 guarded, key_distances, keys_of, strongest_states)
 
 PROTOCOLS = ("teacher_forced", "teacher_forced_exact", "generation")
 
@@ -599,3 +600,41 @@ def test_recipe_panel_remove_reset_and_bad_input(recipe_panel):
     assert recipe_panel.level == "ok" and recipe_panel.editor.memory.ids == ["recipe-2"]
     recipe_panel.reset.click()
     assert recipe_panel.level == "ok" and not recipe_panel.editor.cases and recipe_panel.table.empty
+
+
+def test_trace_heatmap_and_the_strongest_states():
+    from kedit_teach.tracing import Trace
+    scores = np.array([[0.1, 0.1, 0.1], [0.2, 0.9, 0.3], [0.1, 0.4, 0.8]])
+    t = Trace("The Eiffel Tower is in", "Eiffel", " Paris", "mlp", 2, ["<bos>", "Eiffel", " is"], (1, 2),
+              0.8, 0.1, scores, 1.0)
+    fig = viz.trace_heatmap(t)
+    (heat,) = fig.data
+    assert list(heat.y) == ["0: '<bos>'", "1: 'Eiffel'*", "2: ' is'"] and heat.zmin == 0.1 and heat.zmax == 0.9
+    assert "2 layers restored together" in fig.layout.title.text and "clean p = 0.800" in fig.layout.title.text
+    table = strongest_states(t, 2)
+    assert list(table["layer"]) == [1, 2] and list(table["in subject"]) == [True, False]
+    assert list(table["share of the gap recovered"]) == [1.14, 1.0]
+
+
+def test_trace_panel_traces_and_reports_bad_input(gemma_tiny):
+    panel = TracePanel(*gemma_tiny, samples=2)
+    panel.button.click()
+    assert panel.level == "ok", panel.message.value
+    assert panel.figure.data[0].z.shape == (len(panel.trace.tokens), gemma_tiny[0].config.num_hidden_layers)
+    assert panel.table["p restored"].is_monotonic_decreasing and "strongest state" in panel.message.value
+    panel.kind.value, panel.target.value = "attn", "Paris"
+    panel.button.click()
+    assert panel.level == "ok" and panel.trace.kind == "attn" and panel.trace.target == "Paris"
+    panel.subject.value = "Colosseum"
+    panel.button.click()
+    assert panel.level == "error" and "does not occur in the prompt" in panel.message.value
+    assert panel.trace.kind == "attn"  # the last good trace is kept
+    panel.prompt.value = "Rome " * 100
+    panel.button.click()
+    assert panel.level == "error" and "prompt is" in panel.message.value
+
+
+def test_norm_lines_one_line_per_method_and_the_unedited_norm():
+    fig = viz.norm_lines({"ROME": [10.0, 10.5, 12.0], "MEMIT": [10.0, 10.1]}, original=9.9)
+    assert [t.meta["method"] for t in fig.data] == ["ROME", "MEMIT"] and list(fig.data[0].x) == [1, 2, 3]
+    assert fig.layout.shapes[0].y0 == 9.9 and fig.layout.annotations[0].text == "unedited"

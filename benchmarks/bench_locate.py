@@ -1,0 +1,135 @@
+"""Locate-then-edit benchmarks on Gemma-3-270M, each measured in one run (compare ratios, not seconds).
+
+    python -m benchmarks.bench_locate trace    time of one causal trace per kind (hidden / mlp / attn)
+    python -m benchmarks.bench_locate stats    layer statistics cold and cached; ROME's locality with the
+                                               default corpus (the model's own text) vs WikiBio passages
+    python -m benchmarks.bench_locate single   [--n 100] [--variants r ref]  single-edit ROME (r-ROME's key, the reference's two)
+                                               on CounterFact from ../shared, all protocols, time per edit
+    python -m benchmarks.bench_locate layers   [--n 20] [--layers 1 3 5 7 9 11]  edit success at each layer
+                                               against the causal trace at the subject's last token
+
+JSON results go under artifacts/locate/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.bench_lte import COUNTERFACT, HEADER, _evaluate, _row
+
+OUT = Path("artifacts/locate")
+PROMPT, SUBJECT = "The Eiffel Tower is located in the city of", "Eiffel Tower"
+
+
+def trace(args) -> None:
+    from kedit_teach.models import load_model
+    from kedit_teach.tracing import KINDS, trace as run
+    model, tok = load_model()
+    run(model, tok, PROMPT, SUBJECT, samples=2, progress=False)  # warm-up (noise level, allocator)
+    for kind in KINDS:
+        t = time.perf_counter()
+        tr = run(model, tok, PROMPT, SUBJECT, kind=kind, progress=False)
+        print(f"causal trace ({kind}, {len(tr.tokens)} tokens x {tr.scores.shape[1]} layers, 10 noisy copies): "
+              f"{time.perf_counter() - t:.1f} s; p clean {tr.p_clean:.3f}, corrupted {tr.p_corrupt:.3f}, "
+              f"best restored {tr.scores.max():.3f}", flush=True)
+
+
+def _cases(n: int):
+    from kedit_teach.data import load_counterfact
+    return load_counterfact(COUNTERFACT, n=n)
+
+
+def stats(args) -> None:
+    from kedit_teach import layer_stats
+    from kedit_teach.editors.rome import ROME, default_rome_layer
+    from kedit_teach.models import load_model
+    model, tok = load_model()
+    layer = default_rome_layer(model)
+    t = time.perf_counter()
+    cold = layer_stats.second_moment(model, tok, layer, cache=False)
+    cold_s = time.perf_counter() - t
+    layer_stats.second_moment(model, tok, layer)  # computed and written, unless already there
+    t = time.perf_counter()
+    layer_stats.second_moment(model, tok, layer)
+    cached_s = time.perf_counter() - t
+    print(f"layer {layer} statistics, corpus 'model', {cold.n_keys} keys: cold {cold_s:.1f} s (sampling the text "
+          f"included), cached {cached_s:.2f} s", flush=True)
+    cases = _cases(args.n)
+    print(HEADER)
+    for corpus in ("model", "wikibio"):
+        editor = ROME(model, tok, corpus=corpus, n_keys=None if corpus == "model" else 10 ** 6)
+        n = layer_stats.second_moment(model, tok, layer, corpus=corpus,
+                                      n_keys=None if corpus == "model" else 10 ** 6).n_keys
+        result = _evaluate(editor, cases, f"rome-stats-{corpus}-n{args.n}", OUT, mode="single")
+        print(f"| ROME, C from {corpus} ({n} keys) | {_row(result)}", flush=True)
+        editor.detach()
+
+
+def single(args) -> None:
+    from kedit_teach.editors.rome import ROME
+    from kedit_teach.models import load_model
+    model, tok = load_model()
+    cases = _cases(args.n)
+    print(HEADER)
+    for consistent in [v == "r" for v in args.variants]:
+        editor = ROME(model, tok, consistent_key=consistent)
+        name = "r-ROME (one key)" if consistent else "ROME (the reference's two keys)"
+        result = _evaluate(editor, cases, f"rome-single-{'r' if consistent else 'ref'}-n{args.n}", OUT, mode="single")
+        print(f"| {name} | {_row(result)}", flush=True)
+        editor.detach()
+
+
+def layers(args) -> None:
+    """Per fact: the traced p at the subject's last token, restored at layer l (hidden states), and
+    whether a ROME edit at layer l makes the model say the new target (teacher-forced exact)."""
+    from kedit_teach.editors.rome import ROME
+    from kedit_teach.models import load_model
+    from kedit_teach.tracing import trace as run
+    model, tok = load_model()
+    cases = _cases(args.n)
+    effects, success = [], []
+    for c in cases:
+        t = run(model, tok, c.prompt, c.subject, kind="mlp", progress=False)
+        effects.append([float(t.at_last_subject_token()[l] - t.p_corrupt) for l in args.layers])
+    for l in args.layers:
+        editor = ROME(model, tok, layer=l)
+        row = []
+        for c in cases:
+            editor.edit(c)
+            (s,) = editor.score([c.prompt], [c.target_new])
+            row.append(s.exact)
+            editor.reset()
+        success.append(row)
+        editor.detach()
+        print(f"layer {l:>2}: ROME teacher-forced exact {np.mean(row):.2f}", flush=True)
+    e, s = np.array(effects).T.ravel(), np.array(success).ravel()  # (layer, fact) pairs
+    r = float(np.corrcoef(e, s)[0, 1]) if e.std() and s.std() else float("nan")
+    print(f"correlation of traced MLP effect with edit success over {len(cases)} facts x {len(args.layers)} layers: r = {r:.2f}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"layers-n{args.n}.json").write_text(json.dumps({"layers": args.layers, "effects": effects,
+                                                             "success": success, "r": r}, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("trace").set_defaults(fn=trace)
+    for name, fn, n in (("stats", stats, 20), ("single", single, 100), ("layers", layers, 20)):
+        p = sub.add_parser(name)
+        p.add_argument("--n", type=int, default=n)
+        if name == "single":
+            p.add_argument("--variants", nargs="+", default=["r", "ref"], choices=["r", "ref"],
+                           help="r: r-ROME's one key; ref: the reference code's two keys")
+        if name == "layers":
+            p.add_argument("--layers", type=int, nargs="+", default=[1, 3, 5, 7, 9, 11])
+        p.set_defaults(fn=fn)
+    args = parser.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Layer statistics and ROME: the algebra, the editor contract on tiny models, then the real model."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kedit_teach.data import EditCase
+from kedit_teach.editors.rome import ROME, LocateError, rank_one_update
+from kedit_teach.layer_stats import StatsError, down_proj, second_moment, second_moments
+from kedit_teach.metrics import target_nll
+
+TEXTS = ["The Eiffel Tower is located in the city of Paris .", "Rome is the capital of Italy .",
+         "The capital of Japan is Tokyo .", "Toyota was founded in Japan .", "Berlin is in Germany ."] * 8
+EIFFEL = EditCase(case_id="e1", subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of",
+                  target_new="Rome", rephrase_prompts=["The Eiffel Tower is in"],
+                  locality=[("The capital of Japan is", "Tokyo")])
+TOYOTA = EditCase(case_id="t1", subject="Toyota", prompt="Toyota was founded in", target_new="Italy")
+
+
+@pytest.fixture
+def gemma_tiny(gemma_tiny, tmp_path, monkeypatch):
+    """The tiny model, with statistics cached in this test's own folder."""
+    monkeypatch.setenv("KEDIT_CACHE", str(tmp_path / "cache"))
+    return gemma_tiny
+
+
+def test_rank_one_update_maps_the_key_to_the_value_and_spares_c_orthogonal_keys():
+    g = torch.Generator().manual_seed(0)
+    W, A = torch.randn(6, 10, generator=g), torch.randn(10, 40, generator=g)
+    C, k, v = A @ A.T / 40, torch.randn(10, generator=g), torch.randn(6, generator=g)
+    delta = rank_one_update(W, C, k, v)
+    assert torch.allclose((W.double() + delta) @ k.double(), v.double())
+    assert torch.linalg.matrix_rank(delta) == 1
+    x = torch.randn(10, generator=g, dtype=torch.float64)
+    u = torch.linalg.solve(C.double(), k.double())
+    x -= (x @ u) / (u @ u) * u  # orthogonal to C^-1 k: the update leaves it alone
+    assert torch.allclose(delta @ x, torch.zeros(6, dtype=torch.float64), atol=1e-10)
+
+
+def test_second_moment_is_the_mean_outer_product_of_the_real_keys(gemma_tiny):
+    model, tok = gemma_tiny
+    stats = second_moment(model, tok, 1, corpus=TEXTS, n_keys=256, progress=False)
+    keys = []
+    handle = down_proj(model, 1).register_forward_pre_hook(lambda m, a: keys.append(a[0][0]))
+    with torch.no_grad():
+        for text in TEXTS[:stats.n_keys]:
+            model(**tok(text, return_tensors="pt"))
+            if sum(len(k) for k in keys) >= stats.n_keys:
+                break
+    handle.remove()
+    K = torch.cat(keys).double()[:stats.n_keys]
+    assert stats.n_keys >= 256 and torch.allclose(stats.C, K.T @ K / stats.n_keys, atol=1e-6)
+    assert torch.allclose(stats.C, stats.C.T) and torch.linalg.eigvalsh(stats.C).min() > -1e-8
+
+
+def test_statistics_are_cached_and_a_corrupt_cache_is_named(gemma_tiny, tmp_path):
+    model, tok = gemma_tiny
+    first = second_moments(model, tok, [0, 2], corpus=TEXTS, n_keys=256, progress=False)
+    files = sorted((tmp_path / "cache" / "stats").rglob("*.safetensors"))
+    assert [f.name for f in files] == ["layer0.safetensors", "layer2.safetensors"]
+    again = second_moment(model, tok, 2, corpus=TEXTS, n_keys=256, progress=False)
+    assert torch.equal(again.C, first[2].C)
+    files[1].write_bytes(b"not safetensors")
+    with pytest.raises(StatsError, match="unreadable.*delete it"):
+        second_moment(model, tok, 2, corpus=TEXTS, n_keys=256)
+
+
+def test_the_models_own_text_is_sampled_once(gemma_tiny, monkeypatch, tmp_path):
+    from kedit_teach import layer_stats
+    model, tok = gemma_tiny
+    first = second_moment(model, tok, 0, corpus="model", n_keys=256, progress=False)
+    (saved,) = (tmp_path / "cache" / "stats").rglob("model-texts-*.json")
+    monkeypatch.setattr(layer_stats, "model_texts", lambda *a, **k: pytest.fail("sampled the text again"))
+    other = second_moment(model, tok, 2, corpus="model", n_keys=256, progress=False)
+    assert first.n_keys == other.n_keys >= 256 and not torch.equal(first.C, other.C)
+    saved.write_text("{")
+    with pytest.raises(StatsError, match="unreadable.*delete it"):
+        second_moment(model, tok, 3, corpus="model", n_keys=256, progress=False)
+
+
+@pytest.mark.parametrize("kw, match", [({"layer": 9, "corpus": TEXTS}, "out of range"),
+                                       ({"layer": 0, "corpus": ["", " "]}, "corpus is empty"),
+                                       ({"layer": 0, "corpus": ["Rome ."]}, "fewer than d_k"),
+                                       ({"layer": 0, "corpus": "wikipedia"}, "unknown")])
+def test_bad_statistics_requests_are_refused(gemma_tiny, kw, match):
+    model, tok = gemma_tiny
+    with pytest.raises(StatsError, match=match):
+        second_moment(model, tok, n_keys=256, progress=False, **kw)
+
+
+# A random model's MLP output is ~0.02 long, so the paper's weight decay (relative to |W k|^2) and
+# norm clamp (4 |W k|) would hold delta at nothing; the real model's test uses the defaults.
+LOOSE = dict(steps=15, corpus=TEXTS, n_keys=256, weight_decay=0.0, clamp_norm=1e4)
+
+
+@pytest.fixture
+def rome(gemma_tiny):
+    model, tok = gemma_tiny
+    return ROME(model, tok, layer=1, **LOOSE)
+
+
+def _nll(editor, case):
+    with torch.no_grad():
+        return float(target_nll(editor.model, editor.tokenizer, [case.prompt], [case.target_new]))
+
+
+def test_an_edit_maps_the_averaged_key_and_makes_the_target_likelier(rome):
+    before = {k: v.clone() for k, v in rome.model.state_dict().items()}
+    k_mean, _ = rome.key(EIFFEL)
+    w0 = rome.linear.weight.detach().clone()
+    nll_before = _nll(rome, EIFFEL)
+    (info,) = rome.edit(EIFFEL)
+    changed = {k for k, v in rome.model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"model.layers.1.mlp.down_proj.weight"}
+    d = (rome.linear.weight - w0).double()
+    assert torch.linalg.matrix_rank(d, rtol=1e-6) == 1
+    assert info["nll_end"] < info["nll_start"] and rome.norms == [info["weight_norm"]]
+    assert _nll(rome, EIFFEL) < nll_before
+    # r-ROME: the averaged key k* moves by exactly the optimised shift delta
+    assert float((d @ k_mean.double()).norm()) == pytest.approx(info["delta_norm"], rel=1e-4)
+    rome.reset()
+    assert all(torch.equal(v, before[k]) for k, v in rome.model.state_dict().items())
+    assert rome.norms == []
+
+
+def test_the_reference_key_asymmetry_is_an_option(gemma_tiny):
+    """The reference moves the bare prompt's key by delta, r-ROME the averaged one: different updates."""
+    model, tok = gemma_tiny
+    updates = []
+    for consistent in (True, False):
+        editor = ROME(model, tok, layer=1, consistent_key=consistent, **{**LOOSE, "steps": 5})
+        k_mean, k_bare = editor.key(EIFFEL)
+        w0 = editor.linear.weight.detach().double().clone()
+        (info,) = editor.edit(EIFFEL)
+        d = editor.linear.weight.detach().double() - w0
+        moved = d @ (k_mean if consistent else k_bare).double()
+        # (the reference's update is large when k_bare . C^-1 k* is small, and W' is stored in fp32)
+        assert float(moved.norm()) == pytest.approx(info["delta_norm"], rel=1e-4 if consistent else 1e-2)
+        if not consistent:  # ... and it moves the averaged key by key_mismatch times the shift
+            ratio = editor.key_mismatch(EIFFEL)
+            assert abs(ratio) > 10  # this random model's C makes it a disabling edit
+            assert float((d @ k_mean.double()).norm()) == pytest.approx(abs(ratio) * info["delta_norm"], rel=1e-2)
+        updates.append(d)
+        editor.detach()
+    assert not torch.allclose(updates[0], updates[1])
+
+
+def test_remove_replays_the_others_and_save_load_round_trips(rome, tmp_path):
+    rome.edit(EIFFEL)
+    only_eiffel = rome.linear.weight.detach().clone()
+    rome.edit(TOYOTA)
+    assert len(rome.norms) == 2
+    saved = rome.linear.weight.detach().clone()
+    rome.save(tmp_path / "state")
+    rome.remove("t1")
+    assert torch.equal(rome.linear.weight, only_eiffel) and list(rome.cases) == ["e1"]
+    rome.load(tmp_path / "state")
+    assert torch.equal(rome.linear.weight, saved) and list(rome.cases) == ["e1", "t1"] and len(rome.norms) == 2
+
+
+@pytest.mark.parametrize("case, match", [
+    (EditCase(case_id="x", subject="", prompt="The Eiffel Tower is in", target_new="Rome"), "has no subject"),
+    (EditCase(case_id="x", subject="Colosseum", prompt="The Eiffel Tower is in", target_new="Rome"), "does not occur")])
+def test_a_refused_edit_changes_nothing(rome, case, match):
+    w = rome.linear.weight.detach().clone()
+    with pytest.raises(ValueError, match=match):
+        rome.edit([EIFFEL, case])
+    assert torch.equal(rome.linear.weight, w) and not rome.cases
+
+
+def test_packed_weights_and_bad_layers_are_refused(gemma_tiny):
+    model, tok = gemma_tiny
+    with pytest.raises(StatsError, match="out of range"):
+        ROME(model, tok, layer=4)
+
+    class Linear4bit(torch.nn.Linear):  # what bitsandbytes puts there: a Linear subclass with packed weights
+        pass
+    layer = model.model.layers[1].mlp
+    layer.down_proj = Linear4bit(layer.down_proj.in_features, layer.down_proj.out_features, bias=False)
+    with pytest.raises(LocateError, match="packed.*quantization=None"):
+        ROME(model, tok, layer=1)
+
+
+@pytest.mark.real
+def test_one_rome_edit_on_the_real_model(real):
+    """Eiffel Tower -> Rome at the default layer, with the default statistics: said teacher-forced
+    and by generate(), on the prompt and a rephrasing; an unrelated city keeps its answer; reset()
+    gives the original weights back."""
+    model, tok = real
+    case = EditCase(case_id="e", subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of",
+                    target_new="Rome", rephrase_prompts=["Where is the Eiffel Tower? It is in the city of"],
+                    locality=[("The Brandenburg Gate is located in the city of", "Berlin")])
+    editor = ROME(model, tok)
+    w0 = editor.linear.weight.detach().clone()
+    (unrelated_before,) = editor.generate([case.locality[0][0]], 4)
+    (info,) = editor.edit(case)
+    assert info["nll_end"] < 0.5 and info["weight_norm"] > float(w0.norm()) * 0.99
+    (rel,), (gen,) = editor.score([case.prompt], ["Rome"]), editor.score(case.rephrase_prompts, ["Rome"])
+    assert rel.exact == 1.0 and gen.exact == 1.0
+    assert editor.generate(case.prompt, 4).strip().startswith("Rome")
+    assert editor.generate([case.locality[0][0]], 4) == [unrelated_before]
+    editor.detach()
+    assert torch.equal(model.model.layers[editor.layer].mlp.down_proj.weight, w0)
