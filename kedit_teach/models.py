@@ -14,6 +14,8 @@ What it does not do: editing, scoring or metrics (see `metrics.py` and `editors/
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import shutil
@@ -405,6 +407,17 @@ def hidden_states(model, input_ids=None, attention_mask=None, inputs_embeds=None
     out = decoder_of(model)(input_ids=input_ids, attention_mask=attention_mask,
                             inputs_embeds=inputs_embeds, use_cache=False)
     return out.last_hidden_state
+
+
+@contextlib.contextmanager
+def forward_hooks(pairs):
+    """Within this block, each (module, hook) pair's forward hook is registered; removed on exit."""
+    handles = [module.register_forward_hook(fn) for module, fn in pairs]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def logits_at(model, hidden: torch.Tensor) -> torch.Tensor:

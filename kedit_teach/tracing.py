@@ -29,14 +29,13 @@ What it does not do: edit anything (ROME uses `subject_span` to find its key tok
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .models import add_special, cpu_autocast, decoder_of, encode_pair, format_prompt, logits_at
+from .models import add_special, cpu_autocast, decoder_of, encode_pair, format_prompt, forward_hooks, logits_at
 
 KINDS = ("hidden", "mlp", "attn")
 NOISE_FACTOR = 3.0  # the paper's nu = 3 sigma
@@ -119,16 +118,6 @@ def _replace(output, main):
     return (main, *output[1:]) if isinstance(output, tuple) else main
 
 
-@contextlib.contextmanager
-def _hooks(pairs):
-    handles = [module.register_forward_hook(fn) for module, fn in pairs]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def trace(model, tokenizer, prompt: str, subject: str, target: str | None = None, kind: str = "hidden",
           window: int | None = None, samples: int = 10, noise: float | None = None, seed: int = 1,
           progress: bool = True) -> Trace:
@@ -162,7 +151,7 @@ def trace(model, tokenizer, prompt: str, subject: str, target: str | None = None
     def keep(j):
         return lambda m, i, o: clean.__setitem__(j, _main(o)[0].detach().clone())
 
-    with torch.no_grad(), cpu_autocast(model), _hooks([(m, keep(j)) for j, m in enumerate(modules)]):
+    with torch.no_grad(), cpu_autocast(model), forward_hooks([(m, keep(j)) for j, m in enumerate(modules)]):
         probs = p_last(ids)[0]
     if target is None:
         answer = int(probs.argmax())
@@ -181,7 +170,7 @@ def trace(model, tokenizer, prompt: str, subject: str, target: str | None = None
 
     scores = np.zeros((n_tok, n_layers))
     with torch.no_grad(), cpu_autocast(model):
-        with _hooks([(embed, corrupt)]):
+        with forward_hooks([(embed, corrupt)]):
             p_corrupt = float(p_last(ids.repeat(samples, 1))[:, answer].mean())
         rows = torch.arange(n_tok * samples, device=model.device)
         token_of_row = rows // samples  # group i restores token i
@@ -196,7 +185,7 @@ def trace(model, tokenizer, prompt: str, subject: str, target: str | None = None
                     return _replace(o, main)
                 return hook
 
-            with _hooks([(embed, corrupt)] + [(modules[j], restore(j)) for j in restored]):
+            with forward_hooks([(embed, corrupt)] + [(modules[j], restore(j)) for j in restored]):
                 p = p_last(ids.repeat(n_tok * samples, 1))[:, answer].float()
             scores[:, layer] = p.view(n_tok, samples).mean(1).cpu().numpy()
     tokens = [tokenizer.decode([t]) for t in ids[0].tolist()]

@@ -37,8 +37,6 @@ load the model without quantization to edit its weights).
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
@@ -46,7 +44,7 @@ from ..data import EditCase
 from ..errors import UsageError
 from ..layer_stats import down_proj, regularized, second_moment
 from ..metrics import pack_targets
-from ..models import decoder_of, format_prompt, logits_at
+from ..models import decoder_of, format_prompt, forward_hooks, logits_at
 from ..tracing import subject_span
 from .base import Editor, EditorStateError
 
@@ -81,30 +79,20 @@ def check_editable(linear, method: str) -> None:
                           "which leave the weights alone")
 
 
-@contextlib.contextmanager
 def add_at(module, rows: torch.Tensor, cols: torch.Tensor, delta: torch.Tensor):
     """Within this block, `module`'s output gets `delta` added at positions (rows[i], cols[i])."""
     def hook(m, args, out):
         out = out.clone()
         out[rows, cols] = out[rows, cols] + delta.to(out.dtype)
         return out
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return forward_hooks([(module, hook)])
 
 
-@contextlib.contextmanager
 def read_at(module, rows: torch.Tensor, cols: torch.Tensor, store: dict):
     """Within this block, store["input"] and store["output"] are `module`'s at (rows, cols)."""
     def hook(m, args, out):
         store["input"], store["output"] = args[0][rows, cols].detach(), out[rows, cols].detach()
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return forward_hooks([(module, hook)])
 
 
 def _right_padded(tokenizer, texts: list[str]) -> dict:
