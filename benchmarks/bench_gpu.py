@@ -65,9 +65,9 @@ def run(row: dict) -> dict:
     ids = tok("The Eiffel Tower is located in the city of", return_tensors="pt").to(model.device)
     with torch.no_grad():
         finite = bool(torch.isfinite(model(**ids).logits).all())
-    # ROME writes into weights, which NF4 packs: it refuses 4-bit models by design, so those rows skip it
+    # ROME, MEMIT and AlphaEdit write into weights, which NF4 packs: they refuse 4-bit models by design
     methods = [m for m in METHODS if m != "noedit" and not (row["settings"] and m == "recipe")
-               and not (row["quantization"] and m == "rome")]
+               and METHODS[m].unsupported(model) is None]
     turns, model = take_turns(model, tok, EIFFEL, methods, {**FAST_SETTINGS, **row["settings"]})
     result = {"model": row["model"], "precision": row["precision"], "load_s": load_s, "finite": finite,
               "peak_gb": torch.cuda.max_memory_allocated() / 2 ** 30, "methods": turns}

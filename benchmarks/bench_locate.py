@@ -7,6 +7,9 @@
                                                on CounterFact from ../shared, all protocols, time per edit
     python -m benchmarks.bench_locate layers   [--n 20] [--layers 1 3 5 7 9 11]  edit success at each layer
                                                against the causal trace at the subject's last token
+    python -m benchmarks.bench_locate sequential [--n 100] [--checkpoints 10 100] [--methods rome memit alphaedit]
+                                               [--batch 1]  the collapse curve: all edits so far, both protocols,
+                                               the perplexity of a fixed passage and the weight norm
 
 JSON results go under artifacts/locate/.
 """
@@ -114,6 +117,32 @@ def layers(args) -> None:
                                                              "success": success, "r": r}, indent=1))
 
 
+def sequential(args) -> None:
+    """Lifelong editing with each method on one loaded model, one after the other (detached between)."""
+    from kedit_teach.editors import METHODS
+    from kedit_teach.evaluate import curve
+    from kedit_teach.models import load_model
+    model, tok = load_model()
+    cases = _cases(args.n)
+    out = {}
+    print("| method | edits | teacher-forced rel/gen/loc | generation rel/gen/loc | perplexity (unedited) | |W| (unedited) | s/edit |\n"
+          "|---|---|---|---|---|---|---|", flush=True)
+    for name in args.methods:
+        editor = METHODS[name](model, tok)
+        points = curve(editor, cases, args.checkpoints, batch=args.batch)
+        original = editor.inspect(cases[0].prompt)["original_norm"]
+        for p in points:
+            m = p["metrics"]
+            cells = ["/".join(f"{m[proto][k]:.2f}" for k in ("reliability", "generality", "locality"))
+                     for proto in ("teacher_forced", "generation")]
+            print(f"| {name} | {p['n_edits']} | {cells[0]} | {cells[1]} | {p['perplexity']:.1f} ({p['perplexity_unedited']:.1f}) "
+                  f"| {p['weight_norm']:.1f} ({original:.1f}) | {p['edit_s_mean']:.1f} |", flush=True)
+        out[name] = {"points": points, "norms": list(editor.norms), "original_norm": original, "config": editor.config()}
+        model = editor.detach()
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"sequential-n{args.n}-b{args.batch}.json").write_text(json.dumps(out, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -127,6 +156,12 @@ def main() -> None:
         if name == "layers":
             p.add_argument("--layers", type=int, nargs="+", default=[1, 3, 5, 7, 9, 11])
         p.set_defaults(fn=fn)
+    p = sub.add_parser("sequential")
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--checkpoints", type=int, nargs="+", default=[10, 100])
+    p.add_argument("--methods", nargs="+", default=["rome", "memit", "alphaedit"])
+    p.add_argument("--batch", type=int, default=1, help="edits per edit() call (MEMIT and AlphaEdit solve a batch at once)")
+    p.set_defaults(fn=sequential)
     args = parser.parse_args()
     args.fn(args)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from .data import EditCase
-from .metrics import (TokenScore, generate_greedy, generation_match, ngram_entropy, normalize,
+from .metrics import (TokenScore, generate_greedy, generation_match, ngram_entropy, normalize, perplexity,
                       target_budget, teacher_forced)
 
 MODES = ("single", "sequential", "batch")
@@ -184,27 +184,50 @@ def evaluate(editor, cases: list[EditCase], mode: str = "single", batch_size: in
     }
 
 
+# A fixed passage for general ability (`metrics.perplexity`), written for the course: plain
+# encyclopaedic prose on topics the edits don't touch.
+PASSAGE = ("The river rises in the hills north of the town and runs south for about forty kilometres "
+           "before it joins the sea. In the nineteenth century mills were built along its banks, and the "
+           "town grew around them. Most of the mills closed after the railway arrived, but several of the "
+           "old buildings survive and are now used as houses, workshops and a small museum. The museum "
+           "explains how the water wheels worked and how the cloth was dyed, washed and dried. Each spring "
+           "the town holds a market on the bridge, where farmers from the valley sell cheese, bread and "
+           "vegetables, and children race paper boats down the river.")
+
+
+def _weight_norms(editor, prompt: str) -> dict:
+    seen = editor.inspect(prompt)
+    return {"weight_norm": seen.get("weight_norm"), "weight_norm_unedited": seen.get("original_norm")}
+
+
 def curve(editor, cases: list[EditCase], checkpoints: list[int], batch_size: int = 16,
-          progress: bool = True) -> list[dict]:
-    """Lifelong editing: apply the cases one by one and, after each checkpoint's number of edits,
-    score every edit made so far. Returns [{"n_edits", "metrics", "edit_s_mean"}] per checkpoint."""
+          progress: bool = True, batch: int = 1) -> list[dict]:
+    """Lifelong editing: apply the cases `batch` at a time (one by one by default; MEMIT and AlphaEdit
+    solve a batch at once) and, after each checkpoint's number of edits, score every edit made so
+    far. Returns [{"n_edits", "metrics", "edit_s_mean", "perplexity",
+    "perplexity_unedited", "weight_norm", "weight_norm_unedited"}] per checkpoint: the perplexity of
+    PASSAGE, now and before any edit, and the edited weights' norm, now and before, for editors
+    whose inspect() reports one (else None)."""
     checkpoints = sorted({min(n, len(cases)) for n in checkpoints if n > 0})
     if not checkpoints:
         raise ValueError("checkpoints must hold at least one positive number of edits")
     editor.reset()
     probes = unrelated([p for c in cases[:checkpoints[-1]] for p in probes_of(c)], cases[:checkpoints[-1]])
     refs = reference(editor, probes, batch_size)
+    unedited = perplexity(editor.model, editor.tokenizer, PASSAGE)
     points, edit_s, done = [], [], 0
     bar = tqdm(total=checkpoints[-1], desc=f"{editor.name} lifelong", disable=not progress)
     for n in checkpoints:
-        for c in cases[done:n]:
-            edit_s += [i["edit_s"] for i in editor.edit(c)]
-            bar.update(1)
+        for i in range(done, n, batch):
+            group = cases[i:min(i + batch, n)]
+            edit_s += [info["edit_s"] for info in editor.edit(group)]
+            bar.update(len(group))
         done = n
         edited = {c.case_id for c in cases[:n]}
         indices = [i for i, p in enumerate(probes) if p.case_id in edited]
         scores, gens = run_probes(editor, [probes[i] for i in indices], batch_size)
         points.append({"n_edits": n, "metrics": aggregate(_rows(probes, indices, scores, gens, refs)),
-                       "edit_s_mean": _mean(edit_s)})
+                       "edit_s_mean": _mean(edit_s), "perplexity": perplexity(editor.model, editor.tokenizer, PASSAGE),
+                       "perplexity_unedited": unedited, **_weight_norms(editor, cases[0].prompt)})
     bar.close()
     return points

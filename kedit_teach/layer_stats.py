@@ -17,7 +17,8 @@ Which text the keys come from (`corpus`):
 - "wikitext": WikiText-103 through the `datasets` package (online), as the reference does.
 - or a list of strings.
 C is accumulated in float64 (summing 10^4 outer products in fp32 loses the small directions that
-C^-1 amplifies) and cached as safetensors per model, corpus, key count and layer.
+C^-1 amplifies) and cached as safetensors per model, corpus, key count and layer; so is AlphaEdit's
+projector onto C's null space (`null_space`).
 
 What it does not do: edit (see editors/rome.py); it changes no weight.
 """
@@ -106,7 +107,11 @@ def corpus_texts(corpus: str | list[str], model=None, tokenizer=None, n_texts: i
         except ImportError as error:
             raise StatsError("corpus='wikitext' needs the `datasets` package and internet: pip install datasets "
                              "(offline, use corpus='model')") from error
-        rows = datasets.load_dataset("wikitext", "wikitext-103-raw-v1", split="train")
+        try:
+            rows = datasets.load_dataset("wikitext", "wikitext-103-raw-v1", split="train")
+        except Exception as error:  # offline, or the hub refused: datasets raises many kinds
+            raise StatsError(f"corpus='wikitext' could not be loaded ({type(error).__name__}: {error}); it needs "
+                             "internet once, then the datasets cache; offline, use corpus='model'") from error
         return [t for t in rows["text"][:20000] if len(t.split()) > 30]
     raise StatsError(f"corpus={corpus!r} is unknown; use one of {CORPORA} or a list of texts")
 
@@ -186,3 +191,28 @@ def regularized(C: torch.Tensor, ridge: float) -> torch.Tensor:
 
 def second_moment(model, tokenizer, layer: int, **kw) -> LayerStats:
     return second_moments(model, tokenizer, [layer], **kw)[layer]
+
+
+def null_space(model, tokenizer, layer: int, threshold: float, corpus: str | list[str] = "model",
+               n_keys: int | None = None, cache: bool = True) -> tuple[torch.Tensor, float]:
+    """AlphaEdit's projector P = U U^T onto the eigenvectors of C = K_0 K_0^T / n whose eigenvalues are
+    below `threshold` (the directions the preserved keys hardly use), and the share of directions kept.
+    float64 [d_k, d_k], stored as float32 next to C (the fresh result goes through float32 too, so a
+    cached projector and a fresh one are the same)."""
+    stats = second_moment(model, tokenizer, layer, corpus=corpus, n_keys=n_keys, cache=cache)
+    f = _cache_file(model, stats.corpus, n_keys or KEYS_PER_DIM * down_proj(model, layer).in_features, layer)
+    f = f.with_name(f"null-{threshold:g}-{f.name}")
+    if cache and f.exists():
+        try:
+            P = load_file(f)["P"]
+        except Exception as error:
+            raise StatsError(f"the projector cache {f} is unreadable ({error}); delete it and run again") from error
+    else:
+        values, vectors = torch.linalg.eigh(stats.C)
+        U = vectors[:, values < threshold]
+        P = (U @ U.T).float()
+        if cache:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"P": P}, str(f))
+    P = P.double()
+    return P, float(torch.trace(P)) / len(P)

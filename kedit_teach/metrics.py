@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .models import encode_pair, encode_prompts, hidden_states, logits_at
+from .models import decoder_of, encode_pair, encode_prompts, hidden_states, logits_at
 
 PROTOCOLS = ("teacher_forced", "teacher_forced_exact", "generation")
 
@@ -183,6 +183,16 @@ def teacher_forced(model, tokenizer, texts: list[str], targets: list[str], batch
 
 
 @torch.no_grad()
+def perplexity(model, tokenizer, text: str) -> float:
+    """exp(mean next-token NLL) of `text` under the model as it is now: a general-ability check that
+    rises as weight edits wear the model out (RECIPE's Table 2 measures general ability on benchmarks)."""
+    enc = tokenizer(text, return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        hidden = decoder_of(model)(**enc, use_cache=False).last_hidden_state[0, :-1]
+        logits = logits_at(model, hidden).float()
+    return float(torch.exp(torch.nn.functional.cross_entropy(logits, enc.input_ids[0, 1:])))
+
+
 def next_token_probs(model, tokenizer, text: str, k: int = 10) -> list[tuple[str, float]]:
     """The k most likely next tokens after one formatted text, most likely first, with their
     probabilities under a softmax over the whole vocabulary. Greedy decoding picks the first."""

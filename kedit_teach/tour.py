@@ -24,8 +24,8 @@ ANSWER_TOKENS = 6  # enough for a city name and a word or two: the point is whic
 SHOWN_CHARS = 18
 NEXT_STEPS = """Next: open the course with `jupyter lab notebooks/` and start with 00_start_here.ipynb
 (the machine, the presets, what a logit is). 01 defines what an edit must do and scores the rows
-above properly; 02 locates facts and edits weights (ROME); 03 GRACE, 04 LTE and 05 RECIPE take one
-method each. On Colab, use the badges in the README."""
+above properly; 02 locates facts and edits weights (ROME, MEMIT, AlphaEdit); 03 GRACE, 04 LTE and
+05 RECIPE take one method each. On Colab, use the badges in the README."""
 
 
 def probes(case: EditCase) -> list[tuple[str, str]]:
@@ -50,9 +50,11 @@ def take_turns(model, tokenizer, case: EditCase = EIFFEL, methods: list[str] | N
     per probe of the batched generation after the edit), "answers": [{"kind", "prompt", "before",
     "after", "right"}]}. "right" is: the new target for the edit
     prompt and the rephrasing, the unedited answer for the unrelated prompt.
-    settings: constructor options per method (default FAST_SETTINGS).
+    settings: constructor options per method (default FAST_SETTINGS). methods: default, every method
+    but NoEdit that can edit this model (`Editor.unsupported`).
     """
-    methods = [m for m in METHODS if m != "noedit"] if methods is None else methods
+    if methods is None:  # every method that can edit this model (4-bit weights turn ROME and MEMIT away)
+        methods = [m for m, cls in METHODS.items() if m != "noedit" and cls.unsupported(model) is None]
     settings = FAST_SETTINGS if settings is None else settings
     kinds, prompts = zip(*probes(case))
     before = [_first_line(a) for a in NoEdit(model, tokenizer).generate(list(prompts), ANSWER_TOKENS)]
@@ -80,14 +82,15 @@ def _cell(answer: dict) -> str:
 def format_tour(case: EditCase, rows: list[dict]) -> str:
     """The rows as text: the unedited answers, one line of answers per method, what each row teaches."""
     kinds = [a["kind"] for a in rows[0]["answers"]]
+    w = max(len("method"), *(len(r["method"]) for r in rows))
     lines = ["Unedited, the model says:"]
     lines += [f"  {a['prompt']!r} -> {a['before']!r}" for a in rows[0]["answers"]]
     lines += ["", f"One edit: {case.prompt!r} -> {case.target_new!r}, made by each method in turn, then undone.",
               "'ok' = the new answer on the edit prompt and the rephrasing, the old one on the unrelated prompt.", "",
-              f"{'method':8s} {'edit':>9s}  " + "".join(f"{k:24s}" for k in kinds)]
+              f"{'method':{w}s} {'edit':>9s}  " + "".join(f"{k:24s}" for k in kinds)]
     for r in rows:
         t = r["edit_s"]
         took = f"{1000 * t:.1f} ms" if t < 1 else f"{t:.1f} s"
-        lines.append(f"{r['method']:8s} {took:>9s}  " + "".join(f"{_cell(a):24s}" for a in r["answers"]))
-    lines += ["", "What each row teaches:"] + [f"  {r['method']:8s} {r['summary']}" for r in rows]
+        lines.append(f"{r['method']:{w}s} {took:>9s}  " + "".join(f"{_cell(a):24s}" for a in r["answers"]))
+    lines += ["", "What each row teaches:"] + [f"  {r['method']:{w}s} {r['summary']}" for r in rows]
     return "\n".join(lines + ["", NEXT_STEPS])

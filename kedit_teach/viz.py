@@ -470,7 +470,31 @@ def trace_heatmap(t, title: str = "") -> go.Figure:
     return fig
 
 
-def norm_lines(norms: dict[str, list[float]], original: float | None = None, title: str = "") -> go.Figure:
+def collapse_lines(curves: dict[str, list[dict]], protocol: str = "teacher_forced", title: str = "") -> go.Figure:
+    """Sequential editing, one line per method (`evaluate.curve` output per method): reliability,
+    generality and locality of all edits so far under `protocol`, and the general-ability check,
+    the perplexity of a fixed passage relative to the unedited model's."""
+    kinds = ("reliability", "generality", "locality")
+    fig = make_subplots(rows=1, cols=4, subplot_titles=[label(k) for k in kinds] + ["perplexity / unedited"],
+                        horizontal_spacing=0.06)
+    for (name, points), color in zip(curves.items(), cycle(qualitative.Plotly)):
+        xs = [p["n_edits"] for p in points]
+        series = [[_number(p["metrics"][protocol].get(k)) for p in points] for k in kinds]
+        series.append([p["perplexity"] / p["perplexity_unedited"] for p in points])
+        for j, ys in enumerate(series, 1):
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name, legendgroup=name,
+                                     showlegend=j == 1, line=dict(color=color),
+                                     meta={"method": name, "panel": (list(kinds) + ["perplexity"])[j - 1]}), row=1, col=j)
+    fig.update_layout(title=title or f"Sequential editing ({label(protocol)}): all edits so far",
+                      height=380, margin=dict(t=90, b=40), legend_title_text="method")
+    for j in (1, 2, 3):
+        fig.update_yaxes(range=[0, 1.05], col=j)
+    fig.update_xaxes(title_text="edits")
+    return fig
+
+
+def norm_lines(norms: dict[str, list[float]], original: float | None = None, title: str = "",
+               yaxis_title: str = "|W|_F") -> go.Figure:
     """The edited layer's weight norm |W|_F after each sequential edit, one line per method (ROME's
     `norms`); a dotted line at the unedited norm. Its growth is the visible sign of collapse."""
     fig = go.Figure()
@@ -479,5 +503,5 @@ def norm_lines(norms: dict[str, list[float]], original: float | None = None, tit
     if original is not None:
         fig.add_hline(y=original, line_dash="dot", line_color="#888", annotation_text="unedited")
     fig.update_layout(title=title or "Weight norm of the edited layer after each edit", height=380,
-                      xaxis_title="number of sequential edits", yaxis_title="|W|_F", margin=dict(t=70, b=40))
+                      xaxis_title="number of sequential edits", yaxis_title=yaxis_title, margin=dict(t=70, b=40))
     return fig

@@ -104,6 +104,7 @@ def test_curve_scores_the_edits_made_so_far(gemma_tiny):
     assert [p["n_edits"] for p in points] == [1, 2]  # 5 is clipped to the number of cases
     assert all(p["metrics"]["generation"]["locality"] == 1.0 for p in points)
     assert points[0]["metrics"]["teacher_forced"]["portability"] is not None  # CASE has portability
+    assert all(p["perplexity"] == p["perplexity_unedited"] > 1 for p in points)  # NoEdit changes nothing
     with pytest.raises(ValueError, match="at least one positive"):
         curve(NoEdit(*gemma_tiny), [CASE], checkpoints=[0])
 
@@ -117,3 +118,13 @@ def test_locality_probes_that_are_other_edits_are_dropped_when_edits_stand_toget
     seq = evaluate(NoEdit(*gemma_tiny), [CASE, neighbour], mode="sequential", fluency_n=0, progress=False)
     single = evaluate(NoEdit(*gemma_tiny), [CASE, neighbour], mode="single", fluency_n=0, progress=False)
     assert seq["locality_probes_dropped"] == 1 and single["locality_probes_dropped"] == 0
+
+
+def test_eval_cli_batch_mode_with_memit_makes_one_solve(tiny_dirs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KEDIT_CACHE", str(tmp_path / "cache"))  # the tiny model's own statistics
+    out = tmp_path / "memit.json"
+    main(["eval", "--method", "alphaedit", "--n", "3", "--fluency-n", "0", "--mode", "batch",
+          "--model", str(tiny_dirs["gemma3"]), "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["method"] == "alphaedit" and result["n"] == 3 and result["config"]["layers"] == [1, 2]
+    assert len({c["edit_s"] for c in result["per_case"]}) == 1  # one edit() call: its time shared by all

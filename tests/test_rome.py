@@ -201,3 +201,15 @@ def test_one_rome_edit_on_the_real_model(real):
     assert editor.generate([case.locality[0][0]], 4) == [unrelated_before]
     editor.detach()
     assert torch.equal(model.model.layers[editor.layer].mlp.down_proj.weight, w0)
+
+
+def test_wikitext_offline_names_the_offline_corpus(gemma_tiny, monkeypatch):
+    import sys
+    import types
+
+    def offline(*a, **k):
+        raise ConnectionError("no route to huggingface.co")
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
+    model, tok = gemma_tiny
+    with pytest.raises(StatsError, match="ConnectionError.*offline, use corpus='model'"):
+        second_moment(model, tok, 1, corpus="wikitext", n_keys=256, progress=False)

@@ -36,11 +36,12 @@ def snapshot(model) -> tuple[list[tuple[str, str]], dict[str, torch.Tensor]]:
 
 
 STATS_TEXTS = CORPUS * 8  # enough keys for the tiny model's C (d_k = 128)
+LOCATE = ("rome", "memit", "alphaedit")
 
 
 @pytest.fixture
 def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KEDIT_CACHE", str(tmp_path / "cache"))  # the tiny model's layer statistics (ROME)
+    monkeypatch.setenv("KEDIT_CACHE", str(tmp_path / "cache"))  # the tiny model's layer statistics (ROME, MEMIT)
 
 
 def test_every_method_in_turn_on_one_model_leaves_it_as_loaded(tiny_dirs, encoder, trained, own_cache):  # noqa: F811
@@ -49,7 +50,7 @@ def test_every_method_in_turn_on_one_model_leaves_it_as_loaded(tiny_dirs, encode
     build = {"lte": lambda m: LTE(m, tok, VectorMemory(encoder), adapter=trained[0]),
              "recipe": lambda m: RECIPE(m, tok, modules=modules), "grace": lambda m: GRACE(m, tok, n_iter=3),
              "ft-l": lambda m: METHODS["ft-l"](m, tok, steps=2, norm_constraint=1e-2),
-             "rome": lambda m: METHODS["rome"](m, tok, corpus=STATS_TEXTS, steps=2)}
+             **{m: (lambda m, name=m: METHODS[name](m, tok, corpus=STATS_TEXTS, steps=2)) for m in LOCATE}}
     names, weights = snapshot(model)
     ids = torch.tensor([[2, 5, 9, 11, 7]])
     with torch.no_grad():
@@ -77,7 +78,7 @@ def test_every_method_takes_a_turn_and_the_model_is_left_as_loaded(tiny_dirs, en
     names, _ = snapshot(model)
     settings = {"lte": {"adapter": trained[0], "memory": VectorMemory(encoder)}, "grace": {"n_iter": 3},
                 "recipe": {"modules": pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=32), encoder)},
-                "ft-l": {"steps": 2}, "rome": {"corpus": STATS_TEXTS, "steps": 2}}
+                "ft-l": {"steps": 2}, **{m: {"corpus": STATS_TEXTS, "steps": 2} for m in LOCATE}}
     rows, back = take_turns(model, tok, EIFFEL, settings=settings, progress=False)
     assert [r["method"] for r in rows] == [m for m in METHODS if m != "noedit"]
     assert snapshot(back)[0] == names

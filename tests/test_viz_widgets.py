@@ -634,6 +634,17 @@ def test_trace_panel_traces_and_reports_bad_input(gemma_tiny):
     assert panel.level == "error" and "prompt is" in panel.message.value
 
 
+def test_collapse_lines_one_line_per_method_in_each_panel():
+    curves = {"ROME": [{**p, "perplexity": 20.0 * p["n_edits"], "perplexity_unedited": 20.0} for p in CURVE],
+              "MEMIT": [{**p, "perplexity": 20.0, "perplexity_unedited": 20.0} for p in CURVE[:2]]}
+    fig = viz.collapse_lines(curves, protocol="generation")
+    assert len(fig.data) == 2 * 4 and sum(t.showlegend for t in fig.data) == 2
+    (ppl,) = [t for t in fig.data if t.meta == {"method": "ROME", "panel": "perplexity"}]
+    assert list(ppl.x) == [1, 5, 10] and list(ppl.y) == [1.0, 5.0, 10.0]
+    (gen,) = [t for t in fig.data if t.meta == {"method": "MEMIT", "panel": "generality"}]
+    assert list(gen.y) == [0.5, 0.3] and "generation" in fig.layout.title.text.lower()
+
+
 def test_norm_lines_one_line_per_method_and_the_unedited_norm():
     fig = viz.norm_lines({"ROME": [10.0, 10.5, 12.0], "MEMIT": [10.0, 10.1]}, original=9.9)
     assert [t.meta["method"] for t in fig.data] == ["ROME", "MEMIT"] and list(fig.data[0].x) == [1, 2, 3]

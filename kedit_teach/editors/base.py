@@ -47,6 +47,11 @@ class Editor:
         self.detached = False
         self._off = False  # inside unedited(): editors that act at query time (LTE, RECIPE) stand aside
 
+    @classmethod
+    def unsupported(cls, model) -> str | None:
+        """Why this method can't edit `model` at all (e.g. packed 4-bit weights), or None."""
+        return None
+
     # ------------------------------------------------------------------ hooks for subclasses
     def config(self) -> dict:
         """Hyper-parameters that define this editor; saved and checked on load."""

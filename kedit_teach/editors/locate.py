@@ -1,0 +1,326 @@
+"""What ROME, MEMIT and AlphaEdit share. Each writes an edit into MLP down-projection weights from two
+things read off the model at the subject's last token:
+
+    key     what a down-projection reads there (its input), averaged over the prompt behind short
+            prefixes the model writes itself (ROME Eq. 3; MEMIT's context templates)
+    value   a vector delta added to one module's output there, optimised so that the model says
+            target_new behind every prefix, with a KL term keeping "{subject} is a" as it was, a
+            weight decay on delta and |delta| clamped to clamp_norm x the output's norm (ROME Eq. 4;
+            MEMIT Eq. 16 with the module being a whole decoder layer)
+
+and the weights' bookkeeping: the original weights for reset(), the groups of edits (one per edit()
+call for the batched methods, one per case for ROME) that remove() replays from the original
+weights, and the edited layers' Frobenius norm after each group (`norms`), whose growth is the
+visible sign of the collapse.
+
+Choices, and why:
+- delta is optimised in fp32 (bf16 autocast was no faster for this backward pass on CPU) and only
+  the target positions' logits are computed;
+- C = E[k k^T] (`layer_stats`) gets a small ridge (`layer_stats.regularized`): with a few thousand
+  keys some of its directions are nearly empty, and C^-1 would blow up along them.
+
+What it does not do: solve for the update (editors/rome.py, editors/memit.py) or write into 4-bit
+weights (refused: load the model without quantization to edit its weights).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..data import EditCase
+from ..errors import UsageError
+from ..layer_stats import down_proj, regularized, second_moment
+from ..metrics import pack_targets
+from ..models import decoder_of, format_prompt, forward_hooks, logits_at
+from ..tracing import subject_span
+from .base import Editor, EditorStateError
+
+STARTS = ("The", "Therefore", "Because", "I", "You")  # the reference's prefix openers
+CHUNK = 64  # texts per forward when reading keys
+
+
+class LocateError(UsageError, ValueError):
+    """An edit a locate-then-edit method can't make; the message names the fix."""
+
+
+def check_editable(linear, method: str) -> None:
+    if (why := _packed(linear, method)) is not None:
+        raise LocateError(why)
+
+
+def _packed(linear, method: str) -> str | None:
+    if type(linear) is not torch.nn.Linear:
+        return (f"{method} writes into {type(linear).__name__} weights, which are packed (4-bit) and can't "
+                "be changed in place; load the model without quantization (load_model(name, quantization=None)) "
+                "to use it, or use GRACE, LTE or RECIPE, which leave the weights alone")
+    return None
+
+
+def add_at(module, rows: torch.Tensor, cols: torch.Tensor, delta: torch.Tensor):
+    """Within this block, `module`'s output gets `delta` added at positions (rows[i], cols[i])."""
+    def hook(m, args, out):
+        out = out.clone()
+        out[rows, cols] = out[rows, cols] + delta.to(out.dtype)
+        return out
+    return forward_hooks([(module, hook)])
+
+
+def read_at(module, rows: torch.Tensor, cols: torch.Tensor, store: dict):
+    """Within this block, store["input"] and store["output"] are `module`'s at (rows, cols)."""
+    def hook(m, args, out):
+        store["input"], store["output"] = args[0][rows, cols].detach(), out[rows, cols].detach()
+    return forward_hooks([(module, hook)])
+
+
+def _right_padded(tokenizer, texts: list[str]) -> dict:
+    return tokenizer(texts, return_tensors="pt", padding=True, padding_side="right")
+
+
+class LocateEditor(Editor):
+    """Keys, values and weight bookkeeping over `layers`; a subclass implements `_edit(group)`.
+    `batched`: one edit() call is one group (MEMIT, AlphaEdit), or every case is its own (ROME)."""
+    batched = False
+
+    @classmethod
+    def unsupported(cls, model):
+        return _packed(decoder_of(model).layers[0].mlp.down_proj, cls.__name__)
+
+    def __init__(self, model, tokenizer, layers: list[int], steps: int, lr: float, kl_factor: float,
+                 weight_decay: float, clamp_norm: float, mom2: bool, corpus: str, n_keys: int | None,
+                 ridge: float, n_prefixes: int, seed: int):
+        super().__init__(model, tokenizer)
+        if not layers:
+            raise LocateError("no layer to edit: pass at least one layer index")
+        self.layers = sorted(set(layers))
+        self.linears = {l: down_proj(model, l) for l in self.layers}
+        for linear in self.linears.values():
+            check_editable(linear, type(self).__name__)
+        self.steps, self.lr, self.kl_factor, self.weight_decay = steps, lr, kl_factor, weight_decay
+        self.clamp_norm, self.mom2, self.seed = clamp_norm, mom2, seed
+        self.corpus, self.n_keys, self.ridge, self.n_prefixes = corpus, n_keys, ridge, n_prefixes
+        self._originals = {l: m.weight.detach().clone() for l, m in self.linears.items()}
+        self._moments: dict[int, torch.Tensor] = {}
+        self._templates: list[str] | None = None
+        self._groups: list[list[str]] = []  # case ids per group, in edit order
+        self.norms: list[float] = []  # the edited layers' |W|_F (together) after each group
+
+    def config(self):
+        return {"layers": self.layers, "steps": self.steps, "lr": self.lr, "kl_factor": self.kl_factor,
+                "weight_decay": self.weight_decay, "clamp_norm": self.clamp_norm, "mom2": self.mom2,
+                "corpus": self.corpus, "n_keys": self.n_keys, "ridge": self.ridge,
+                "n_prefixes": self.n_prefixes, "seed": self.seed}
+
+    # ------------------------------------------------------------------ what an update needs
+    def moment(self, layer: int) -> torch.Tensor:
+        """C of `layer` with a small ridge (`layer_stats.regularized`); the identity with mom2=False,
+        as in EasyEdit's Llama configs."""
+        if layer not in self._moments:
+            d_k = self.linears[layer].in_features
+            self._moments[layer] = (regularized(self.raw_moment(layer), self.ridge) if self.mom2
+                                    else torch.eye(d_k, dtype=torch.float64))
+        return self._moments[layer]
+
+    def raw_moment(self, layer: int) -> torch.Tensor:
+        return second_moment(self.model, self.tokenizer, layer, corpus=self.corpus, n_keys=self.n_keys).C
+
+    def templates(self) -> list[str]:
+        """"{}" and n_prefixes short prefixes the model writes itself, half of 5 tokens and half of 10
+        (seeded, top-k 5). Made once per model and setting: every editor on it shares them."""
+        if self._templates is None:
+            made = self.model.__dict__.setdefault("_kedit_templates", {})
+            key = (self.seed, self.n_prefixes)
+            if key not in made:
+                made[key] = self._sample_templates()
+            self._templates = made[key]
+        return self._templates
+
+    @torch.random.fork_rng()  # seeded sampling, without moving the caller's random state
+    def _sample_templates(self) -> list[str]:
+        torch.manual_seed(self.seed)
+        out = ["{}"]
+        for length, n in ((5, self.n_prefixes // 2), (10, self.n_prefixes - self.n_prefixes // 2)):
+            if not n:
+                continue
+            enc = self.tokenizer([STARTS[i % len(STARTS)] for i in range(n)], return_tensors="pt", padding=True,
+                                 padding_side="left").to(self.model.device)
+            with torch.no_grad():
+                ids = self.model.generate(**enc, do_sample=True, top_k=5, max_new_tokens=length,
+                                          pad_token_id=self.tokenizer.pad_token_id)
+            for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True):
+                out.append(text.replace("{", " ").replace("}", " ").strip() + ". {}")
+        return out
+
+    def _texts(self, case: EditCase, templates: list[str]) -> tuple[list[str], list[int]]:
+        """Each template around the prompt, formatted for the model, and where the prompt starts in it."""
+        texts, starts = [], []
+        for t in templates:
+            content = t.format(case.prompt)
+            text = format_prompt(self.tokenizer, content)
+            texts.append(text)
+            starts.append(text.find(content) + len(t.split("{}")[0]))
+        return texts, starts
+
+    def _positions(self, texts: list[str], starts: list[int], subject: str) -> torch.Tensor:
+        return torch.tensor([subject_span(self.tokenizer, x, subject, s)[1] - 1 for x, s in zip(texts, starts)])
+
+    def _check(self, case: EditCase) -> None:
+        if not case.subject:
+            raise LocateError(f"case {case.case_id!r} has no subject; {type(self).__name__} reads the subject's "
+                              "last token, so give the case a subject that occurs in its prompt")
+        subject_span(self.tokenizer, format_prompt(self.tokenizer, case.prompt), case.subject)
+
+    def read(self, module, cases: list[EditCase], templates: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`module`'s (input, output) at the subject's last token, each [cases, templates, dim] in fp32."""
+        texts, cols = [], []
+        for c in cases:
+            t, s = self._texts(c, templates)
+            texts += t
+            cols.append(self._positions(t, s, c.subject))
+        cols = torch.cat(cols)
+        out: dict[str, list] = {"input": [], "output": []}
+        for i in range(0, len(texts), CHUNK):
+            enc = _right_padded(self.tokenizer, texts[i:i + CHUNK]).to(self.model.device)
+            store: dict = {}
+            with torch.no_grad(), read_at(module, torch.arange(len(enc.input_ids)), cols[i:i + CHUNK], store):
+                decoder_of(self.model)(**enc, use_cache=False)
+            for k in out:
+                out[k].append(store[k].float().cpu())
+        inputs, outputs = (torch.cat(out[k]).view(len(cases), len(templates), -1) for k in ("input", "output"))
+        return inputs, outputs
+
+    def keys(self, layer: int, cases: list[EditCase]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(k* averaged over the templates, k of the bare prompt), each [cases, d_k]: Eq. 3."""
+        k, _ = self.read(self.linears[layer], cases, self.templates())
+        return k.mean(1), k[:, 0]
+
+    def value(self, case: EditCase, module) -> tuple[torch.Tensor, dict]:
+        """delta added to `module`'s output at the subject's last token behind every template (Eq. 4)."""
+        texts, starts = self._texts(case, self.templates())
+        batch = pack_targets(self.tokenizer, texts, [case.target_new] * len(texts))
+        # pack_targets right-pads, so the subject keeps its positions; the target's tokens follow the prompt
+        ids, mask = batch.input_ids.to(self.model.device), batch.attention_mask.to(self.model.device)
+        rows, cols = torch.arange(len(texts)), self._positions(texts, starts, case.subject)
+        kl_text = format_prompt(self.tokenizer, f"{case.subject} is a")
+        kl_enc = _right_padded(self.tokenizer, [kl_text]).to(self.model.device)
+        kl_col = self._positions([kl_text], [0], case.subject)
+        body, gold = decoder_of(self.model), batch.gold.to(self.model.device)
+
+        def kl_logp(delta):
+            with add_at(module, torch.zeros(1, dtype=torch.long), kl_col, delta):
+                hidden = body(**kl_enc, use_cache=False).last_hidden_state
+            return torch.log_softmax(logits_at(self.model, hidden[0, kl_col]), -1)
+
+        store: dict = {}
+        with torch.no_grad():
+            with read_at(module, rows[:1], cols[:1], store):
+                body(input_ids=ids[:1], attention_mask=mask[:1], use_cache=False)
+            v0 = store["output"][0].float()
+            kl_before = kl_logp(torch.zeros_like(v0))
+        delta = torch.zeros_like(v0, requires_grad=True)
+        opt = torch.optim.Adam([delta], lr=self.lr)
+        limit = self.clamp_norm * v0.norm()
+        losses = []
+        for _ in range(self.steps):
+            with add_at(module, rows, cols, delta):
+                hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            logp = torch.log_softmax(logits_at(self.model, hidden[batch.rows, batch.cols]), -1)
+            nll = -logp.gather(1, gold[:, None]).mean()
+            kl = F.kl_div(kl_logp(delta), kl_before, log_target=True, reduction="batchmean")
+            loss = nll + self.kl_factor * kl + self.weight_decay * delta.norm() / v0.norm() ** 2
+            losses.append(nll.item())
+            if nll < 5e-2:  # the reference's early stop
+                break
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():  # |delta| <= clamp_norm x |v0|
+                if delta.norm() > limit:
+                    delta.mul_(limit / delta.norm())
+        return delta.detach().cpu(), {"v_steps": len(losses), "nll_start": losses[0], "nll_end": losses[-1],
+                                      "delta_norm": delta.norm().item(), "v0_norm": v0.norm().item()}
+
+    # ------------------------------------------------------------------ weights
+    def _add(self, layer: int, delta: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.linears[layer].weight.add_(delta.to(self.linears[layer].weight))
+
+    def weight_norm(self) -> float:
+        return float(sum(m.weight.detach().double().pow(2).sum() for m in self.linears.values()) ** 0.5)
+
+    def _edit(self, cases: list[EditCase]) -> list[dict]:
+        """Write one group of edits into the weights; one info dict per case."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the Editor hooks
+    def _apply(self, cases):
+        for c in cases:  # check them all first: a refused call changes nothing
+            self._check(c)
+        infos = []
+        for group in ([cases] if self.batched else [[c] for c in cases]):
+            infos += self._run(group)
+        return infos
+
+    def _run(self, group: list[EditCase]) -> list[dict]:
+        infos = self._edit(group)
+        self._groups.append([c.case_id for c in group])
+        self.norms.append(self.weight_norm())
+        for info in infos:
+            info["weight_norm"] = self.norms[-1]
+        return infos
+
+    def _reset(self):
+        with torch.no_grad():
+            for l, m in self.linears.items():
+                m.weight.copy_(self._originals[l])
+        self.norms.clear()
+        self._groups.clear()
+
+    def _remove(self, case_id):
+        """Replay the other groups from the original weights: an update solved on weights that held
+        the removed edit can't be subtracted exactly."""
+        groups = [[self.cases[i] for i in g if i != case_id] for g in self._groups]
+        self._reset()
+        for group in groups:
+            if group:
+                self._run(group)
+
+    def _check_saved(self, meta, tensors):
+        super()._check_saved(meta, tensors)
+        if not meta.get("cases"):
+            return
+        for name in [f"weight.{l}" for l in self.layers] + ["norms", "group_of"]:
+            if name not in tensors:
+                raise EditorStateError(f"field {name!r} is missing from the saved tensors; save the editor again")
+        if len(tensors["group_of"]) != len(meta["cases"]):
+            raise EditorStateError(f"field 'group_of' has {len(tensors['group_of'])} entries for "
+                                   f"{len(meta['cases'])} cases; save the editor again")
+        for l, m in self.linears.items():
+            saved = tensors[f"weight.{l}"]
+            if tuple(saved.shape) != tuple(m.weight.shape):
+                raise EditorStateError(f"the saved weight.{l} has shape {tuple(saved.shape)}, but layer {l}'s "
+                                       f"down-projection is {tuple(m.weight.shape)}; load it on the model it was saved from")
+
+    def _state(self):
+        group_of = [g for g, ids in enumerate(self._groups) for _ in ids]
+        return {**{f"weight.{l}": m.weight for l, m in self.linears.items()},
+                "norms": torch.tensor(self.norms, dtype=torch.float64), "group_of": torch.tensor(group_of, dtype=torch.long)}
+
+    def _restore(self, cases, tensors):
+        self.cases = {c.case_id: c for c in cases}
+        if not cases:
+            return
+        with torch.no_grad():
+            for l, m in self.linears.items():
+                m.weight.copy_(tensors[f"weight.{l}"].to(m.weight))
+        self.norms = tensors["norms"].tolist()
+        groups: dict[int, list[str]] = {}
+        for c, g in zip(cases, tensors["group_of"].tolist()):
+            groups.setdefault(g, []).append(c.case_id)
+        self._groups = list(groups.values())
+
+    def inspect(self, prompt):
+        change = sum(float((m.weight.detach() - self._originals[l]).double().pow(2).sum()) for l, m in self.linears.items())
+        original = sum(float(w.double().pow(2).sum()) for w in self._originals.values())
+        return {**super().inspect(prompt), "layers": [f"layers.{l}.mlp.down_proj" for l in self.layers],
+                "weight_norm": self.weight_norm(), "original_norm": original ** 0.5,
+                "change_norm": change ** 0.5, "norms": list(self.norms)}
