@@ -120,8 +120,14 @@ def _stats_dir(model) -> Path:
     return cache_dir() / "stats" / model_folder(str(getattr(model, "kedit_name", None) or model.config.name_or_path or "model"))
 
 
-def _cache_file(model, corpus_id: str, n_keys: int, layer: int) -> Path:
-    return _stats_dir(model) / f"{corpus_id}-{n_keys}" / f"layer{layer}.safetensors"
+def _corpus_id(corpus: str | list[str]) -> str:
+    return corpus if isinstance(corpus, str) else "texts-" + hashlib.sha256("\n".join(corpus).encode()).hexdigest()[:12]
+
+
+def _cache_file(model, corpus: str | list[str], n_keys: int | None, layer: int) -> Path:
+    """Where C of `layer` is cached; n_keys None is the default, 4 x d_k."""
+    n_keys = n_keys or KEYS_PER_DIM * down_proj(model, layer).in_features
+    return _stats_dir(model) / f"{_corpus_id(corpus)}-{n_keys}" / f"layer{layer}.safetensors"
 
 
 def second_moments(model, tokenizer, layers: list[int], corpus: str | list[str] = "model",
@@ -130,9 +136,8 @@ def second_moments(model, tokenizer, layers: list[int], corpus: str | list[str] 
     modules = {l: down_proj(model, l) for l in layers}
     d_k = next(iter(modules.values())).in_features
     n_keys = n_keys or KEYS_PER_DIM * d_k
-    corpus_id = corpus if isinstance(corpus, str) else \
-        "texts-" + hashlib.sha256("\n".join(corpus).encode()).hexdigest()[:12]
-    files = {l: _cache_file(model, corpus_id, n_keys, l) for l in layers}
+    files = {l: _cache_file(model, corpus, n_keys, l) for l in layers}
+    corpus_id = _corpus_id(corpus)
     out = {}
     for l, f in files.items():
         if cache and f.exists():
@@ -200,7 +205,7 @@ def null_space(model, tokenizer, layer: int, threshold: float, corpus: str | lis
     float64 [d_k, d_k], stored as float32 next to C (the fresh result goes through float32 too, so a
     cached projector and a fresh one are the same)."""
     stats = second_moment(model, tokenizer, layer, corpus=corpus, n_keys=n_keys, cache=cache)
-    f = _cache_file(model, stats.corpus, n_keys or KEYS_PER_DIM * down_proj(model, layer).in_features, layer)
+    f = _cache_file(model, corpus, n_keys, layer)
     f = f.with_name(f"null-{threshold:g}-{f.name}")
     if cache and f.exists():
         try:

@@ -1,8 +1,8 @@
 """What ROME, MEMIT and AlphaEdit share. Each writes an edit into MLP down-projection weights from two
 things read off the model at the subject's last token:
 
-    key     what a down-projection reads there (its input), averaged over the prompt behind short
-            prefixes the model writes itself (ROME Eq. 3; MEMIT's context templates)
+    key     what a down-projection reads there (its input), behind the prompt and behind short
+            prefixes the model writes itself (ROME averages them, Eq. 3; MEMIT keeps one per prefix)
     value   a vector delta added to one module's output there, optimised so that the model says
             target_new behind every prefix, with a KL term keeping "{subject} is a" as it was, a
             weight decay on delta and |delta| clamped to clamp_norm x the output's norm (ROME Eq. 4;
@@ -70,6 +70,11 @@ def read_at(module, rows: torch.Tensor, cols: torch.Tensor, store: dict):
     def hook(m, args, out):
         store["input"], store["output"] = args[0][rows, cols].detach(), out[rows, cols].detach()
     return forward_hooks([(module, hook)])
+
+
+def _frobenius(tensors) -> float:
+    """|W|_F of several matrices taken together, in float64."""
+    return float(sum(w.detach().double().pow(2).sum() for w in tensors)) ** 0.5
 
 
 def _right_padded(tokenizer, texts: list[str]) -> dict:
@@ -245,7 +250,7 @@ class LocateEditor(Editor):
             self.linears[layer].weight.add_(delta.to(self.linears[layer].weight))
 
     def weight_norm(self) -> float:
-        return float(sum(m.weight.detach().double().pow(2).sum() for m in self.linears.values()) ** 0.5)
+        return _frobenius(m.weight for m in self.linears.values())
 
     def _edit(self, cases: list[EditCase]) -> list[dict]:
         """Write one group of edits into the weights; one info dict per case."""
@@ -319,8 +324,7 @@ class LocateEditor(Editor):
         self._groups = list(groups.values())
 
     def inspect(self, prompt):
-        change = sum(float((m.weight.detach() - self._originals[l]).double().pow(2).sum()) for l, m in self.linears.items())
-        original = sum(float(w.double().pow(2).sum()) for w in self._originals.values())
         return {**super().inspect(prompt), "layers": [f"layers.{l}.mlp.down_proj" for l in self.layers],
-                "weight_norm": self.weight_norm(), "original_norm": original ** 0.5,
-                "change_norm": change ** 0.5, "norms": list(self.norms)}
+                "weight_norm": self.weight_norm(), "original_norm": _frobenius(self._originals.values()),
+                "change_norm": _frobenius(m.weight - self._originals[l] for l, m in self.linears.items()),
+                "norms": list(self.norms)}

@@ -24,8 +24,9 @@ m, since the norm forgets the scale. Starting from m matters: the norm's gains o
 layers 2-4 run from about 0 to several hundred, and an exact preimage (the wanted output divided by
 the gains) lies far from m; on one CounterFact edit it left 2.5 times the shift it should have made,
 against 0.56 from m. Shifts the norm can't produce (it fixes the output's size) stay in the
-residual and are passed on to the next layer, as MEMIT passes on any shortfall. `through_norm=False` uses R as the down-projection's shift, as the public implementations
-would; on Gemma-3 that misses (see tests/test_memit.py). Llama and Qwen have no such norm: R is used as it is.
+residual and are passed on to the next layer, as MEMIT passes on any shortfall. `through_norm=False`
+uses R as the down-projection's shift, as the public implementations would; on Gemma-3 that wrecks
+the layers (see tests/test_memit.py). Llama and Qwen have no such norm: R is used as it is.
 
 Choices, and why:
 - layers default to `default_memit_layers` (1/8 to 1/4 of the depth: 2-4 of Gemma-3-270M's 18; EasyEdit
@@ -124,19 +125,20 @@ class MEMIT(LocateEditor):
     def _edit(self, cases):
         values = [self.value(c, self.top) for c in tqdm(cases, desc=f"{self.name}: target residuals",
                                                         disable=len(cases) < 2, leave=False)]
-        h0 = self.residual(cases)
+        h0 = h = self.residual(cases)
         T = len(self.templates())
         z = h0 + torch.stack([d for d, _ in values]).double().repeat_interleave(T, 0)  # Eq. 16: the target residual
         keys, update = {}, 0.0
         for i, l in enumerate(self.layers):
             K, m = (x.flatten(0, 1) for x in self.read(self.linears[l], cases, self.templates()))
             K = K.double()
-            R = (z - self.residual(cases)) / (len(self.layers) - i)  # Alg. 1: spread what is left
+            R = (z - h) / (len(self.layers) - i)  # Alg. 1: spread what is left
             delta = self.solve(l, K, mlp_shift(self._norm_after_mlp(l), m, R))
             self._add(l, delta)
             keys[l], update = K, update + float(delta.pow(2).sum())
+            h = self.residual(cases)  # on the weights this layer's update changed
         self._keys_used(keys)
-        left = ((z - self.residual(cases)).norm(dim=-1) / (z - h0).norm(dim=-1).clamp_min(1e-12)).view(len(cases), T)
+        left = ((z - h).norm(dim=-1) / (z - h0).norm(dim=-1).clamp_min(1e-12)).view(len(cases), T)
         return [{**info, "layers": self.layers, "update_norm": update ** 0.5, "residual_left": float(r.mean())}
                 for (_, info), r in zip(values, left)]
 

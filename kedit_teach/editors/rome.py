@@ -86,9 +86,9 @@ class ROME(LocateEditor):
         k_mean, k_bare = self.keys(self.layer, [case])
         return k_mean[0], k_bare[0]
 
-    def value(self, case: EditCase, module=None) -> tuple[torch.Tensor, dict]:
+    def value(self, case: EditCase) -> tuple[torch.Tensor, dict]:
         """delta, with v* = W k + delta (Eq. 4), optimised at the down-projection's output."""
-        return super().value(case, self.linear if module is None else module)
+        return super().value(case, self.linear)
 
     def key_mismatch(self, case: EditCase) -> float:
         """(k*^T C^-1 k*) / (k^T C^-1 k*), k the bare prompt's key: how many times its shift the
