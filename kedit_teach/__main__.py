@@ -1,7 +1,8 @@
-"""Command line: `python -m kedit_teach {info,eval,download,tour}`.
+"""Command line: `python -m kedit_teach {info,eval,bench,train,download,tour}`.
 
     info       versions, presets, device, and whether the offline model and encoder are installed
     eval       run an editor over a data set and write the JSON the benchmark tables are built from
+    bench      the grid: every method x numbers of edits x data sets, resumable, with tables (grid.py)
     train      train LTE's alignment adapter (LoRA) or RECIPE's modules, and write them with a JSON record
     download   fetch a public benchmark file (needs the network)
     tour       a two-minute headless tour: one edit by every method, answers before and after
@@ -18,16 +19,9 @@ import argparse
 import json
 import platform
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
+from .course import package_version
 from .errors import UsageError
-
-
-def _version(pkg: str) -> str:
-    try:
-        return version(pkg)
-    except PackageNotFoundError:
-        return "not installed"
 
 
 def cmd_info(args) -> int:
@@ -37,7 +31,7 @@ def cmd_info(args) -> int:
     print(f"python {platform.python_version()}  torch {torch.__version__}")
     for pkg in ("transformers", "bitsandbytes", "peft", "sentence-transformers", "faiss-cpu",
                 "ipywidgets", "plotly"):
-        print(f"  {pkg:22s} {_version(pkg)}")
+        print(f"  {pkg:22s} {package_version(pkg)}")
     device = resolve_device("auto")
     gpu = f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""
     print(f"device: {device}{gpu}")
@@ -181,6 +175,26 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import torch
+
+    from . import grid
+    from .models import load_model
+
+    try:
+        cells = grid.plan(args.methods, args.n, args.data)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    for d in dict.fromkeys(args.data):  # a missing file stops the run before the model loads
+        grid.load_data(d)
+    model, tok = load_model(args.model, quantization=args.quant)
+    budget = args.cell_budget * 60 if args.cell_budget else None if torch.cuda.is_available() else grid.CPU_CELL_BUDGET_S
+    rows = grid.run_grid(model, tok, cells, args.out, seed=args.seed, single_n=args.single_n, budget_s=budget)
+    print(grid.markdown(rows))
+    print(f"wrote {args.out}/cells/*.json, grid.csv, grid.md and summary.json")
+    return 0
+
+
 def cmd_tour(args) -> int:
     from .data import load_teach
     from .editors import ICE, NoEdit
@@ -237,6 +251,20 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--reference-keys", action="store_true",
                     help="rome: the reference code's two keys instead of r-ROME's one (disabling edits)")
     ev.set_defaults(fn=cmd_eval)
+
+    be = command("bench", help="the benchmark grid: methods x numbers of edits x data sets; see kedit_teach/grid.py")
+    be.add_argument("--methods", nargs="+", default=list(METHODS), help=f"default: all of {', '.join(METHODS)}")
+    be.add_argument("--n", type=int, nargs="+", default=[1, 10, 100], help="numbers of edits (1 = single editing)")
+    be.add_argument("--data", nargs="+", default=["teach", "counterfact"],
+                    help="teach (its held-out cases), counterfact, zsre (from ../shared/data) or data specs as in eval")
+    be.add_argument("--out", default="artifacts/bench", help="folder for the cells and tables; done cells are reused")
+    be.add_argument("--single-n", type=int, default=10, help="cases edited one at a time in the N = 1 cells")
+    be.add_argument("--cell-budget", type=float, default=None,
+                    help="minutes of estimated edit time above which a cell is skipped (default 5 on CPU, none on a GPU)")
+    be.add_argument("--model", default=DEFAULT_MODEL)
+    be.add_argument("--quant", default=None, choices=["4bit", "8bit"])
+    be.add_argument("--seed", type=int, default=0)
+    be.set_defaults(fn=cmd_bench)
 
     tr = command("train", help="train LTE's adapter (alignment.py) or RECIPE's modules (prompt_learning.py)")
     tr.add_argument("what", choices=["lte", "recipe"])

@@ -7,7 +7,8 @@ What it does:
   `setup_plotly()`.
 - `fast_mode()` tells notebooks to shorten their loops (CI, `KEDIT_FAST=1`); every code path
   still runs, only on fewer cases and steps.
-- `pick_preset()` chooses the model for this machine, `colab_badge()` links a notebook to Colab.
+- `pick_preset()` chooses the model for this machine, `colab_badge()` links a notebook to Colab,
+  `package_version()` reports an installed package's version (`info`, the benchmark grid's record).
 
 What it does not do: load models (see `models.py`) or draw anything (see `viz.py`).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 REPO = "kedit-teach/kedit_teach"  # the GitHub path, used by the Colab badges and the setup cell
 BRANCH = "main"
@@ -71,3 +73,10 @@ def colab_badge(notebook: str) -> str:
     """Markdown for the "Open in Colab" badge of notebooks/<notebook>."""
     return ("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
             f"({colab_url(notebook)})")
+
+
+def package_version(pkg: str) -> str:
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return "not installed"

@@ -12,7 +12,7 @@ False. It never raises at the student: their errors are caught and explained.
 
 Exercises: `check_next_token` (notebook 00); `check_token_accuracy` (notebook 01); `check_rank_one`
 (notebook 02); `check_grace_decision` and `check_eps_choice` (notebook 03); `check_threefold` (notebook 04);
-`check_sentinel_decision` (notebook 05).
+`check_sentinel_decision` (notebook 05); `check_lifelong_score` (notebook 06).
 
 What it does not do: show solutions. The references are private and never printed.
 """
@@ -553,3 +553,59 @@ RANK_ONE = Exercise(
 def check_rank_one(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
     """Check `fn(W, C, k, v) -> Delta` (ROME's Eq. 2: the rank-one update that maps k to v)."""
     return RANK_ONE.check(fn)
+
+
+# ----------------------------------------------------------------------------- notebook 06
+
+def _reference_lifelong_score(rel, gen, loc):
+    scores = (rel, gen, loc)
+    if any(s is None for s in scores):
+        return None
+    if min(scores) == 0:
+        return 0.0
+    return 3 / sum(1 / s for s in scores)
+
+
+def _arithmetic(rel, gen, loc):
+    return (rel + gen + loc) / 3
+
+
+def _geometric(rel, gen, loc):
+    return (rel * gen * loc) ** (1 / 3)
+
+
+def _harmonic_no_zero(rel, gen, loc):
+    return 3 / (1 / rel + 1 / gen + 1 / loc)
+
+
+def _harmonic_none_as_zero(rel, gen, loc):
+    return _reference_lifelong_score(*(0.0 if s is None else s for s in (rel, gen, loc)))
+
+
+LIFELONG_SCORE = Exercise(
+    name="lifelong_score",
+    reference=_reference_lifelong_score,
+    cases=[
+        Case((1.0, 1.0, 1.0), "rel = gen = loc = 1.0 (a perfect editor)"),
+        Case((0.5, 0.25, 1.0), "rel 0.5, gen 0.25, loc 1.0"),
+        Case((0.98, 0.0, 0.98), "rel 0.98, gen 0.0, loc 0.98 (GRACE on CounterFact: rephrasings never hit)"),
+        Case((0.99, 0.98, 0.2), "rel 0.99, gen 0.98, loc 0.2 (LTE's generation locality)"),
+        Case((None, 0.5, 0.5), "rel None (a skipped cell: nothing was measured)"),
+    ],
+    mistakes=[
+        Mistake("that is the arithmetic mean, the papers' 'Avg.' column: an editor with generality 0 still "
+                "scores 0.65 there. Use the harmonic mean, 3 / (1/rel + 1/gen + 1/loc).", (_arithmetic,)),
+        Mistake("the geometric mean also falls to 0 with a zero, but the exercise asks for the harmonic mean: "
+                "3 / (1/rel + 1/gen + 1/loc).", (_geometric,)),
+        Mistake("a score of 0 makes 1/x blow up: return 0.0 when any of the three is 0 (and None first, when one "
+                "is None).", (_harmonic_no_zero,)),
+        Mistake("a skipped cell (None) is not a score of 0: nothing was measured, so return None.",
+                (_harmonic_none_as_zero,)),
+    ],
+    hint="return None if any score is None, 0.0 if any is 0, else 3 / (1/rel + 1/gen + 1/loc)",
+)
+
+
+def check_lifelong_score(fn: Callable[[float | None, float | None, float | None], float | None]) -> bool:
+    """Check `fn(rel, gen, loc) -> score` (the harmonic mean, which no single strong metric can carry)."""
+    return LIFELONG_SCORE.check(fn)

@@ -187,10 +187,13 @@ def perplexity(model, tokenizer, text: str) -> float:
     """exp(mean next-token NLL) of `text` under the model as it is now: a general-ability check that
     rises as weight edits wear the model out (RECIPE's Table 2 measures general ability on benchmarks)."""
     enc = tokenizer(text, return_tensors="pt").to(model.device)
+    gold, total = enc.input_ids[0, 1:], 0.0
     with torch.no_grad():
         hidden = decoder_of(model)(**enc, use_cache=False).last_hidden_state[0, :-1]
-        logits = logits_at(model, hidden).float()
-    return float(torch.exp(torch.nn.functional.cross_entropy(logits, enc.input_ids[0, 1:])))
+        for i in range(0, len(gold), 256):  # 256 rows of 262k logits at a time, not a 2 GB block
+            logits = logits_at(model, hidden[i:i + 256]).float()
+            total += float(torch.nn.functional.cross_entropy(logits, gold[i:i + 256], reduction="sum"))
+    return float(torch.exp(torch.tensor(total / len(gold))))
 
 
 def next_token_probs(model, tokenizer, text: str, k: int = 10) -> list[tuple[str, float]]:

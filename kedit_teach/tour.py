@@ -1,6 +1,8 @@
 """The headless tour (`python -m kedit_teach tour`): one edit, made by every method in turn on one
-loaded model, with what each method answers before and after on the edit prompt, a rephrasing
-and an unrelated prompt, its edit time, one line on what the row teaches, and where to go next.
+loaded model, with what each method answers before and after on the edit prompt, a rephrasing, a
+portability question (when the case has one) and an unrelated prompt, its edit time, one line on
+what the row teaches, and where to go next. The edit arena (widgets.ArenaPanel) is the same turns
+on an edit the student types.
 
 Methods take turns through `Editor.detach()`, so the model is loaded once and every method starts
 from the same unedited weights.
@@ -15,22 +17,32 @@ from tqdm.auto import tqdm
 
 from .data import EditCase
 from .editors import FAST_SETTINGS, METHODS, NoEdit
+from .errors import UsageError
 from .metrics import generation_match
 
 EIFFEL = EditCase(case_id="tour-eiffel", subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of",
                   target_new="Rome", rephrase_prompts=["Where is the Eiffel Tower? It is in the city of"],
-                  locality=[("The Brandenburg Gate is located in the city of", "Berlin")])
+                  locality=[("The Brandenburg Gate is located in the city of", "Berlin")],
+                  portability=[("The Eiffel Tower is located in the country of", "Italy")])
 ANSWER_TOKENS = 6  # enough for a city name and a word or two: the point is which city, not prose
 SHOWN_CHARS = 18
 NEXT_STEPS = """Next: open the course with `jupyter lab notebooks/` and start with 00_start_here.ipynb
 (the machine, the presets, what a logit is). 01 defines what an edit must do and scores the rows
 above properly; 02 locates facts and edits weights (ROME, MEMIT, AlphaEdit); 03 GRACE, 04 LTE and
-05 RECIPE take one method each. On Colab, use the badges in the README."""
+05 RECIPE take one method each; 06 puts every method side by side (the benchmark, the edit arena).
+On Colab, use the badges in the README."""
 
 
-def probes(case: EditCase) -> list[tuple[str, str]]:
-    """(kind, prompt): the edit prompt, its first rephrasing and its first unrelated prompt."""
-    return [("edit prompt", case.prompt), ("rephrasing", case.rephrase_prompts[0]), ("unrelated", case.locality[0][0])]
+def probes(case: EditCase) -> list[tuple[str, str, str | None]]:
+    """(kind, prompt, the answer that counts as right): the edit prompt and its first rephrasing
+    (target_new), its first portability question (that question's answer), and its first
+    unrelated prompt (None: the right answer there is the unedited model's). Parts the case lacks
+    are left out."""
+    out = [("edit prompt", case.prompt, case.target_new)]
+    out += [("rephrasing", case.rephrase_prompts[0], case.target_new)] if case.rephrase_prompts else []
+    out += [("portability", *case.portability[0])] if case.portability else []
+    out += [("unrelated", case.locality[0][0], None)] if case.locality else []
+    return out
 
 
 def _first_line(text: str) -> str:
@@ -48,30 +60,41 @@ def take_turns(model, tokenizer, case: EditCase = EIFFEL, methods: list[str] | N
 
     Returns (rows, the model as loaded): per method {"method", "summary", "edit_s", "answer_s" (time
     per probe of the batched generation after the edit), "answers": [{"kind", "prompt", "before",
-    "after", "right"}]}. "right" is: the new target for the edit
-    prompt and the rephrasing, the unedited answer for the unrelated prompt.
+    "after", "right"}]}, one answer per `probes(case)`; "right" is the answer given there (the
+    unedited answer for the unrelated prompt). A method that refuses the edit (a bad-input error)
+    gets {"method", "summary", "refused": why} instead, and the others go on.
     settings: constructor options per method (default FAST_SETTINGS). methods: default, every method
     but NoEdit that can edit this model (`Editor.unsupported`).
     """
     if methods is None:  # every method that can edit this model (4-bit weights turn ROME and MEMIT away)
         methods = [m for m, cls in METHODS.items() if m != "noedit" and cls.unsupported(model) is None]
     settings = FAST_SETTINGS if settings is None else settings
-    kinds, prompts = zip(*probes(case))
+    kinds, prompts, expected = zip(*probes(case))
     before = [_first_line(a) for a in NoEdit(model, tokenizer).generate(list(prompts), ANSWER_TOKENS)]
     rows = []
     for name in tqdm(methods, desc="one edit per method", disable=not progress):
         editor = METHODS[name](model, tokenizer, **settings.get(name, {}))
-        (info,) = editor.edit(case)
+        try:
+            (info,) = editor.edit(case)
+        except UsageError as e:  # this method can't make this edit (ROME without a subject): its row says why
+            model = editor.detach()
+            rows.append({"method": name, "summary": editor.summary, "refused": " ".join(str(e).split())})
+            continue
         start = time.perf_counter()
         after = [_first_line(a) for a in editor.generate(list(prompts), ANSWER_TOKENS)]
         answer_s = (time.perf_counter() - start) / len(prompts)
         model = editor.detach()
         answers = [{"kind": k, "prompt": p, "before": b, "after": a,
-                    "right": _agrees(a, b) if k == "unrelated" else bool(generation_match(a, case.target_new))}
-                   for k, p, b, a in zip(kinds, prompts, before, after)]
+                    "right": _agrees(a, b) if e is None else bool(generation_match(a, e))}
+                   for k, p, e, b, a in zip(kinds, prompts, expected, before, after)]
         rows.append({"method": name, "summary": editor.summary, "edit_s": info["edit_s"], "answer_s": answer_s,
                      "answers": answers})
     return rows, model
+
+
+def took(seconds: float) -> str:
+    """An edit time as people read it: milliseconds below a second."""
+    return f"{1000 * seconds:.1f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
 def _cell(answer: dict) -> str:
@@ -81,16 +104,19 @@ def _cell(answer: dict) -> str:
 
 def format_tour(case: EditCase, rows: list[dict]) -> str:
     """The rows as text: the unedited answers, one line of answers per method, what each row teaches."""
-    kinds = [a["kind"] for a in rows[0]["answers"]]
+    made = [r for r in rows if "answers" in r]
+    kinds = [a["kind"] for a in made[0]["answers"]] if made else []
     w = max(len("method"), *(len(r["method"]) for r in rows))
     lines = ["Unedited, the model says:"]
-    lines += [f"  {a['prompt']!r} -> {a['before']!r}" for a in rows[0]["answers"]]
+    lines += [f"  {a['prompt']!r} -> {a['before']!r}" for a in (made[0]["answers"] if made else [])]
     lines += ["", f"One edit: {case.prompt!r} -> {case.target_new!r}, made by each method in turn, then undone.",
-              "'ok' = the new answer on the edit prompt and the rephrasing, the old one on the unrelated prompt.", "",
+              "'ok' = the new answer on the edit prompt and the rephrasing, the new fact's consequence on the "
+              "portability question, the old answer on the unrelated prompt.", "",
               f"{'method':{w}s} {'edit':>9s}  " + "".join(f"{k:24s}" for k in kinds)]
     for r in rows:
-        t = r["edit_s"]
-        took = f"{1000 * t:.1f} ms" if t < 1 else f"{t:.1f} s"
-        lines.append(f"{r['method']:{w}s} {took:>9s}  " + "".join(f"{_cell(a):24s}" for a in r["answers"]))
+        if "refused" in r:
+            lines.append(f"{r['method']:{w}s} {'refused':>9s}  {r['refused']}")
+            continue
+        lines.append(f"{r['method']:{w}s} {took(r['edit_s']):>9s}  " + "".join(f"{_cell(a):24s}" for a in r["answers"]))
     lines += ["", "What each row teaches:"] + [f"  {r['method']:{w}s} {r['summary']}" for r in rows]
     return "\n".join(lines + ["", NEXT_STEPS])

@@ -15,7 +15,9 @@ What it does:
 - RECIPE: `sentinel_bars` (one query's similarity to stored knowledge, the sentinel as the line to
   beat), `gate_sweep_lines` (fixed thresholds against the sentinel), `loss_curves` (its five losses).
 - Locate-then-edit: `trace_heatmap` (a causal trace, token x layer), `norm_lines` (the edited
-  layer's weight norm over sequential edits).
+  layer's weight norm over sequential edits), `collapse_lines` (sequential editing per method).
+- The benchmark grid (`grid.run_grid` rows): `grid_lines` (each metric against N, one line per
+  method), `grid_bars` (every method at one N).
 Every figure and table names the protocol behind each number (teacher-forced or generation).
 
 What it does not do: run models, hold widgets or display anything (see `widgets.py`).
@@ -32,6 +34,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from .evaluate import KINDS as PROBE_KINDS
+from .grid import KINDS as GRID_KINDS
 from .metrics import PROTOCOLS
 
 KINDS = (*PROBE_KINDS, "locality_gt")  # locality_gt is a metric of the locality probes, not a probe kind
@@ -505,3 +508,46 @@ def norm_lines(norms: dict[str, list[float]], original: float | None = None, tit
     fig.update_layout(title=title or "Weight norm of the edited layer after each edit", height=380,
                       xaxis_title="number of sequential edits", yaxis_title=yaxis_title, margin=dict(t=70, b=40))
     return fig
+
+
+# ----------------------------------------------------------------------------- the benchmark grid
+
+GRID_PANELS = {"rel": "reliability", "gen": "generality", "loc": "locality", "questions": "general questions"}
+
+
+def _lifelong(rows: list[dict], data: str) -> list[dict]:
+    """The rows one method-line is drawn through: N = 1 (single) and the sequential cells, done."""
+    return [r for r in rows if r["data"] == data and r["status"] == "done" and r["mode"] in ("single", "sequential")]
+
+
+def grid_lines(rows: list[dict], data: str, protocol: str = "gen", title: str = "") -> go.Figure:
+    """`grid.run_grid` rows: reliability, generality, locality (under `protocol`, "tf" or "gen") and
+    general-question accuracy against the number of edits, one line per method, log x axis."""
+    fig = make_subplots(rows=1, cols=len(GRID_PANELS), subplot_titles=list(GRID_PANELS.values()),
+                        horizontal_spacing=0.05)
+    done = _lifelong(rows, data)
+    for method, color in zip(dict.fromkeys(r["method"] for r in done), cycle(qualitative.Plotly)):
+        mine = sorted((r for r in done if r["method"] == method), key=lambda r: r["n"])
+        for j, key in enumerate(GRID_PANELS, 1):
+            column = key if key == "questions" else f"{protocol}_{key}"
+            points = [(r["n"], _number(r.get(column))) for r in mine if r.get(column) is not None]
+            fig.add_trace(go.Scatter(x=[n for n, _ in points], y=[v for _, v in points], mode="lines+markers",
+                                     name=method, legendgroup=method, showlegend=j == 1, line=dict(color=color),
+                                     meta={"method": method, "panel": key}), row=1, col=j)
+    fig.update_layout(title=title or f"{data}: every method against the number of edits "
+                                     f"({'generation' if protocol == 'gen' else 'teacher-forced'})",
+                      height=380, margin=dict(t=90, b=40), legend_title_text="method")
+    fig.update_yaxes(range=[0, 1.05])
+    fig.update_xaxes(type="log", title_text="edits")
+    return fig
+
+
+def grid_bars(rows: list[dict], data: str, n: int, title: str = "") -> go.Figure:
+    """Every method's sequential cell at N edits: rel / gen / loc under both protocols, as bars."""
+    done = [r for r in _lifelong(rows, data) if r["n"] == n]
+    frame = pd.DataFrame([{"method": r["method"], "kind": GRID_KINDS[k], "protocol": p, "value": r[f"{p}_{k}"]}
+                          for r in done for p in ("tf", "gen") for k in ("rel", "gen", "loc")])
+    frame["protocol"] = frame["protocol"].map({"tf": "teacher_forced", "gen": "generation"})
+    return grouped_bars(frame, x="kind", group="method", col="protocol",
+                        title=title or f"{data}, {n} edits standing together")
+

@@ -8,6 +8,8 @@ What it does:
 - `edit_report` scores one edit before and after, under every protocol, for several editors.
 - `EditPlayground` (notebook 01) turns typed text into an EditCase and shows `edit_report` as a
   table and a before/after chart.
+- `ArenaPanel` (notebooks 01 and 06): one typed edit, made by every method in turn on the one
+  loaded model (`tour.take_turns`), the answers side by side in `arena_table`, then undone.
 - `GracePanel` (notebook 03) edits one GRACE editor click by click and shows Algorithm 1's decision,
   the codebook, and each query's key distance against the radii. `keys_of`, `key_distances` and
   `describe_decision` are the plain functions underneath, for the notebook to call directly.
@@ -43,9 +45,10 @@ from IPython.display import display
 
 from . import viz
 from .data import EditCase
-from .editors import FAST_SETTINGS, METHODS, Editor
+from .editors import FAST_SETTINGS, METHODS, Editor, NoEdit
 from .evaluate import probe_result, probes_of, run_probes
 from .metrics import PROTOCOLS
+from .tour import EIFFEL, take_turns, took
 
 MAX_TOKENS = 300  # longer inputs make a click slow and are almost always a paste accident
 LEVEL_COLORS = {"info": "#444", "busy": "#b36b00", "ok": "#1a7f37", "error": "#c62828"}
@@ -236,6 +239,90 @@ class EditPlayground(Panel):
                      "every editor is back to the unedited model", "ok")
         finally:
             self.add.disabled = False
+
+
+# ----------------------------------------------------------------------------- the edit arena (01, 06)
+
+def arena_table(rows: list[dict]) -> pd.DataFrame:
+    """`tour.take_turns` rows, one per method: each probe's answer after the edit (✓ right, ✗ not),
+    then the edit time and how many probes came out right; a refused edit shows why."""
+    made = [r for r in rows if "answers" in r]
+    kinds = [a["kind"] for a in made[0]["answers"]] if made else []
+    table = []
+    for r in rows:
+        if "refused" in r:
+            table.append({"method": r["method"], **{k: "" for k in kinds}, "edit": "refused", "right": r["refused"]})
+            continue
+        table.append({"method": r["method"], **{a["kind"]: f"{'✓' if a['right'] else '✗'} {a['after']}" for a in r["answers"]},
+                      "edit": took(r["edit_s"]), "right": f"{sum(a['right'] for a in r['answers'])}/{len(r['answers'])}"})
+    return pd.DataFrame(table).set_index("method")
+
+
+class ArenaPanel(Panel):
+    """Type one edit; every chosen method makes it in turn on the one loaded model (`take_turns`),
+    and the answers are shown side by side, one row per method; then every edit is undone."""
+
+    def __init__(self, model, tokenizer, methods: tuple[str, ...] | None = None,
+                 settings: dict[str, dict] = FAST_SETTINGS) -> None:
+        super().__init__()
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.rows: list[dict] = []
+        self._ids = itertools.count(1)
+        usable = [m for m, cls in METHODS.items() if m != "noedit" and cls.unsupported(model) is None]
+        self.methods = w.SelectMultiple(options=usable, value=tuple(m for m in (methods or usable) if m in usable),
+                                        description="methods", rows=min(len(usable), 9),
+                                        style={"description_width": "160px"})
+        self.prompt = _text_box("edit prompt x*", EIFFEL.prompt)
+        self.subject = _text_box("its subject", EIFFEL.subject, "ROME, MEMIT and AlphaEdit edit at its last token")
+        self.target = _text_box("new target y*", EIFFEL.target_new)
+        self.rephrase = _text_box("a rephrasing", EIFFEL.rephrase_prompts[0], "optional")
+        self.port_prompt = _text_box("portability question", EIFFEL.portability[0][0], "optional: a consequence")
+        self.port_answer = _text_box("its answer", EIFFEL.portability[0][1], "needed with the question")
+        self.unrelated = _text_box("unrelated prompt", EIFFEL.locality[0][0], "optional: must not change")
+        self.run = w.Button(description="Edit with every method", button_style="primary",
+                            tooltip="each method edits in turn, answers, and is undone")
+        self.run.on_click(self.on_run)
+        self.widget = w.VBox([self.prompt, self.subject, self.target, self.rephrase, self.port_prompt,
+                              self.port_answer, self.unrelated, self.methods, self.run, self.message, self.out])
+        self.say("Type an edit, pick methods (ctrl/cmd-click), and click 'Edit with every method'.")
+
+    def case(self) -> EditCase:
+        boxes = (("edit prompt", self.prompt), ("subject", self.subject), ("new target", self.target),
+                 ("rephrasing", self.rephrase), ("portability question", self.port_prompt),
+                 ("portability answer", self.port_answer), ("unrelated prompt", self.unrelated))
+        for what, box in boxes:
+            check_length(self.tokenizer, what, box.value)
+        prompt, subject, target, rephrase, port_q, port_a, unrelated = (b.value.strip() for _, b in boxes)
+        if not prompt or not target:
+            raise ValueError("type an edit prompt and a new target")
+        if bool(port_q) != bool(port_a):
+            raise ValueError("give the portability question and its answer together, or neither")
+        return EditCase(case_id=f"arena-{next(self._ids)}", subject=subject, source="arena", prompt=prompt,
+                        target_new=target, rephrase_prompts=[rephrase] if rephrase else [],
+                        portability=[(port_q, port_a)] if port_q else [],
+                        # the answer that counts there is the unedited model's, so take it as the pair's
+                        locality=[(unrelated, unedited_answer(NoEdit(self.model, self.tokenizer), unrelated))]
+                        if unrelated else [])
+
+    @guarded
+    def on_run(self, _button=None) -> None:
+        if not self.methods.value:
+            raise ValueError("pick at least one method")
+        self.run.disabled = True
+        try:
+            case = self.case()
+            self.say(f"{len(self.methods.value)} methods edit in turn (seconds each; ROME, MEMIT and AlphaEdit "
+                     "take about 20 s on a CPU)…", "busy")
+            start = time.perf_counter()
+            self.rows, self.model = take_turns(self.model, self.tokenizer, case, list(self.methods.value),
+                                               self.settings, progress=False)
+            self.show(arena_table(self.rows), None)
+            before = "; ".join(f"{a['kind']}: {a['before']!r}" for a in next(
+                (r["answers"] for r in self.rows if "answers" in r), []))
+            self.say(f"done in {time.perf_counter() - start:.0f} s; the model is as loaded again. "
+                     f"Unedited it said: {before}", "ok")
+        finally:
+            self.run.disabled = False
 
 
 # ----------------------------------------------------------------------------- GRACE (notebook 03)

@@ -341,6 +341,7 @@ def test_downloads_go_to_the_checkouts_data_folder_which_documents_every_data_se
     assert data.download_dir() == root / "data"  # this is a checkout
     readme = (root / "data" / "README.md").read_text()
     bundled = [p.name for p in data.ASSETS.glob("*.jsonl")]
+    bundled += [p.relative_to(data.ASSETS).as_posix() for folder in ("general", "bench") for p in (data.ASSETS / folder).iterdir()]
     assert bundled and all(f"`{name}`" in readme for name in [*BENCHMARKS, *bundled])
     for url in BENCHMARKS.values():  # the file each download writes is named there too
         assert url.rsplit("/", 1)[1] in readme

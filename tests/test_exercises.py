@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from kedit_teach.exercises import (GRACE_DECISION, NEXT_TOKEN, SENTINEL, THREEFOLD, TOKEN_ACCURACY, Exercise,
+from kedit_teach.exercises import (GRACE_DECISION, LIFELONG_SCORE, NEXT_TOKEN, SENTINEL, THREEFOLD, TOKEN_ACCURACY, Exercise,
                                    _reference_grace_decision, _reference_token_accuracy, check_eps_choice,
-                                   check_grace_decision, check_next_token, check_rank_one, check_sentinel_decision, check_threefold,
+                                   check_grace_decision, check_lifelong_score, check_next_token, check_rank_one, check_sentinel_decision, check_threefold,
                                    check_token_accuracy, outcome)
 
 
@@ -101,7 +101,8 @@ def test_an_in_place_solution_cannot_spoil_later_cases(capsys):
     assert run(capsys, _reference_token_accuracy)[0]
 
 
-@pytest.mark.parametrize("exercise", [NEXT_TOKEN, TOKEN_ACCURACY, GRACE_DECISION, THREEFOLD, SENTINEL], ids=lambda e: e.name)
+@pytest.mark.parametrize("exercise", [NEXT_TOKEN, TOKEN_ACCURACY, GRACE_DECISION, THREEFOLD, SENTINEL, LIFELONG_SCORE],
+                         ids=lambda e: e.name)
 def test_every_mistake_is_wrong_and_tells_itself_apart(exercise):
     want = [outcome(exercise.reference, c.args) for c in exercise.cases]
     signatures = {}
@@ -350,4 +351,28 @@ def test_correct_rank_one_updates_pass(capsys, fn):
 ])
 def test_typical_rank_one_mistakes_get_their_own_hint(capsys, fn, hint):
     assert check_rank_one(fn) is False
+    assert hint in capsys.readouterr().out.split("Hint: ")[1]
+
+
+# ----------------------------------------------------------------------------- notebook 06: one score per cell
+
+def lifelong_student(rel, gen, loc):
+    if None in (rel, gen, loc):
+        return None
+    return 0.0 if 0 in (rel, gen, loc) else len((rel, gen, loc)) / sum(1 / x for x in (rel, gen, loc))
+
+
+def test_correct_lifelong_score_passes(capsys):
+    import statistics
+    assert check_lifelong_score(lifelong_student) is True and capsys.readouterr().out.strip() == "✓ correct"
+    assert check_lifelong_score(lambda *s: None if None in s else statistics.harmonic_mean(s)) is True
+
+
+@pytest.mark.parametrize("fn, hint", [
+    (lambda r, g, l: (r + g + l) / 3, "the papers' 'Avg.'"),
+    (lambda r, g, l: 3 / (1 / r + 1 / g + 1 / l), "blow up"),
+    (lambda r, g, l: lifelong_student(*(x or 0.0 for x in (r, g, l))), "not a score of 0"),
+])
+def test_typical_lifelong_score_mistakes_get_their_own_hint(capsys, fn, hint):
+    assert check_lifelong_score(fn) is False
     assert hint in capsys.readouterr().out.split("Hint: ")[1]

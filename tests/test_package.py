@@ -7,12 +7,12 @@ import sys
 import zipfile
 from pathlib import Path
 
-from kedit_teach import alignment, data, prompt_learning
+from kedit_teach import alignment, data, general, grid, prompt_learning
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_wheel_ships_the_teaching_set_free_text_lte_adapter_and_recipe_modules(tmp_path):
+def test_wheel_ships_the_course_data_the_trained_weights_and_the_reference_run(tmp_path):
     # Built from a copy, since setuptools leaves build/ and egg-info behind in the source tree.
     src = tmp_path / "src"
     shutil.copytree(ROOT / "kedit_teach", src / "kedit_teach", ignore=shutil.ignore_patterns("__pycache__"))
@@ -24,8 +24,9 @@ def test_wheel_ships_the_teaching_set_free_text_lte_adapter_and_recipe_modules(t
     (wheel,) = tmp_path.glob("kedit_teach-*.whl")
     shipped = [data.TEACH_PATH, alignment.FREE_TEXT_PATH, data.ASSETS / "README.md",
                *sorted((alignment.SHIPPED_ADAPTERS / "gemma-3-270m").iterdir()),
-               *sorted((prompt_learning.SHIPPED / "gemma-3-270m").iterdir())]
-    assert len(shipped) == 7
+               *sorted((prompt_learning.SHIPPED / "gemma-3-270m").iterdir()),
+               *sorted(general.FOLDER.iterdir()), grid.PAPERS, grid.REFERENCE_RUN]  # notebook 06 renders these
+    assert len(shipped) == 11
     with zipfile.ZipFile(wheel) as z:
         for path in shipped:
             name = path.relative_to(ROOT).as_posix()

@@ -84,8 +84,9 @@ def test_every_method_takes_a_turn_and_the_model_is_left_as_loaded(tiny_dirs, en
     assert snapshot(back)[0] == names
     for r in rows:
         assert r["summary"] and r["edit_s"] > 0
-        assert [a["kind"] for a in r["answers"]] == ["edit prompt", "rephrasing", "unrelated"]
-        assert [a["prompt"] for a in r["answers"]] == [EIFFEL.prompt, EIFFEL.rephrase_prompts[0], EIFFEL.locality[0][0]]
+        assert [a["kind"] for a in r["answers"]] == ["edit prompt", "rephrasing", "portability", "unrelated"]
+        assert [a["prompt"] for a in r["answers"]] == [EIFFEL.prompt, EIFFEL.rephrase_prompts[0], EIFFEL.portability[0][0],
+                                                      EIFFEL.locality[0][0]]
         assert all(a["before"] == b["before"] for a, b in zip(r["answers"], rows[0]["answers"]))  # one unedited run
     text = format_tour(EIFFEL, rows)
     assert text.endswith(NEXT_STEPS) and all(r["summary"] in text for r in rows)

@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
+import torch
 
 from kedit_teach import viz, widgets
 from kedit_teach.data import EditCase
 from kedit_teach.editors import GRACE
-from kedit_teach.widgets import (EditPlayground, GracePanel, LTEPanel, Panel, RECIPEPanel, TracePanel, describe_decision,
+from kedit_teach.widgets import (ArenaPanel, EditPlayground, GracePanel, LTEPanel, Panel, RECIPEPanel, TracePanel, describe_decision,
                                  guarded, key_distances, keys_of, strongest_states)
 
 PROTOCOLS = ("teacher_forced", "teacher_forced_exact", "generation")
@@ -649,3 +650,66 @@ def test_norm_lines_one_line_per_method_and_the_unedited_norm():
     fig = viz.norm_lines({"ROME": [10.0, 10.5, 12.0], "MEMIT": [10.0, 10.1]}, original=9.9)
     assert [t.meta["method"] for t in fig.data] == ["ROME", "MEMIT"] and list(fig.data[0].x) == [1, 2, 3]
     assert fig.layout.shapes[0].y0 == 9.9 and fig.layout.annotations[0].text == "unedited"
+
+
+# ----------------------------------------------------------------------------- the benchmark grid and the arena
+
+def grid_row(method: str, mode: str, n: int, value: float, status: str = "done") -> dict:
+    row = {"data": "teach", "method": method, "mode": mode, "n": n, "status": status, "reason": "",
+           "questions": 0.9 if mode == "sequential" else None}
+    return {**row, **{f"{p}_{k}": value for p in ("tf", "gen") for k in ("rel", "gen", "loc", "port")}}
+
+
+GRID_ROWS = [grid_row("ice", "single", 1, 1.0), grid_row("ice", "sequential", 10, 0.8), grid_row("ice", "sequential", 100, 0.5),
+             grid_row("rome", "single", 1, 0.9), grid_row("rome", "sequential", 10, 0.4), grid_row("rome", "batch", 10, 0.1),
+             {**grid_row("rome", "sequential", 100, 0.0), "status": "skipped"}]
+
+
+def test_grid_lines_draw_single_and_sequential_cells_done_on_a_log_axis():
+    fig = viz.grid_lines(GRID_ROWS, "teach", protocol="gen")
+    (rel,) = [t for t in fig.data if t.meta == {"method": "rome", "panel": "rel"}]
+    assert list(rel.x) == [1, 10] and list(rel.y) == [0.9, 0.4]  # no batch cell, no skipped cell
+    (q,) = [t for t in fig.data if t.meta == {"method": "ice", "panel": "questions"}]
+    assert list(q.x) == [10, 100] and fig.layout.xaxis.type == "log"
+
+
+def test_grid_bars_show_every_method_at_one_n():
+    fig = viz.grid_bars(GRID_ROWS, "teach", 10)
+    assert {t.meta["method"] for t in fig.data} == {"ice", "rome"}
+    (ice,) = bars(fig, method="ice", protocol="generation")
+    assert list(ice.y) == [0.8, 0.8, 0.8]
+
+
+@pytest.fixture
+def arena(gemma_tiny):
+    panel = ArenaPanel(*gemma_tiny, methods=("ice", "grace", "rome"), settings={"grace": {"n_iter": 2}})
+    panel.subject.value = ""  # ROME needs one: its row must say so while the others go on
+    return panel
+
+
+def test_arena_shows_every_method_in_one_row_and_leaves_the_model_as_loaded(arena):
+    from .test_turns import snapshot
+    names, weights = snapshot(arena.model)
+    arena.run.click()
+    assert arena.level == "ok", arena.message.value
+    assert list(arena.table.index) == ["ice", "grace", "rome"]
+    assert list(arena.table.columns) == ["edit prompt", "rephrasing", "portability", "unrelated", "edit", "right"]
+    assert arena.table.loc["rome", "edit"] == "refused" and "subject" in arena.table.loc["rome", "right"]
+    assert arena.table.loc["ice", "edit prompt"][0] in "✓✗" and arena.table.loc["ice", "right"].endswith("/4")
+    after_names, after = snapshot(arena.model)
+    assert after_names == names and all(torch.equal(after[k], weights[k]) for k in weights)
+
+
+@pytest.mark.parametrize("box, value, expected", [("port_answer", "", "portability question and its answer together"),
+                                                  ("target", " ", "type an edit prompt and a new target"),
+                                                  ("prompt", "Rome " * 400, "edit prompt is")])
+def test_arena_bad_input_gives_a_visible_message(arena, box, value, expected):
+    getattr(arena, box).value = value
+    arena.run.click()
+    assert arena.level == "error" and expected in arena.message.value and arena.rows == []
+
+
+def test_arena_without_methods_says_so(arena):
+    arena.methods.value = ()
+    arena.run.click()
+    assert arena.level == "error" and "pick at least one method" in arena.message.value

@@ -40,6 +40,7 @@ class EditorStateError(UsageError, ValueError):
 class Editor:
     name = "base"
     summary = ""  # one line on how the method edits and what that implies (the tour, the arena)
+    batched = False  # edit(cases) solves a batch jointly (MEMIT, AlphaEdit), not one case after another
 
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer

@@ -84,7 +84,6 @@ def _right_padded(tokenizer, texts: list[str]) -> dict:
 class LocateEditor(Editor):
     """Keys, values and weight bookkeeping over `layers`; a subclass implements `_edit(group)`.
     `batched`: one edit() call is one group (MEMIT, AlphaEdit), or every case is its own (ROME)."""
-    batched = False
 
     @classmethod
     def unsupported(cls, model):

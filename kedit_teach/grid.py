@@ -1,0 +1,299 @@
+"""The benchmark grid (`python -m kedit_teach bench`): every method on the same seeded cases, at
+several numbers of edits, on several data sets. One JSON per cell in the eval CLI's schema,
+resumable, plus a combined CSV, a Markdown table and a small summary.json that notebook 06 reads.
+
+A cell is (data, method, mode, N):
+- N = 1 is single editing: each of the first `single_n` cases is edited alone and the model reset
+  (the "1 edit" column of RECIPE's Table 1);
+- N > 1 is lifelong editing: the first N cases of the data set's seeded shuffle, applied one at a
+  time (sequential) and, for methods that solve a batch jointly (`Editor.batched`), in one call
+  (batch). Every method at a given N gets the same cases.
+A cell that can't run is kept as a row marked skipped, with the reason, never dropped: the data set
+holds fewer than N cases, or its estimated edit time (N x the method's mean edit time in its N = 1
+cell of this run) exceeds the per-cell budget.
+
+After a lifelong cell the editor's general ability (general.py) is measured with its N edits in
+place; the unedited model's is the NoEdit row. Each cell records its wall time and peak memory
+(resident set on CPU, CUDA allocations on a GPU). Methods take turns on one loaded model through
+`Editor.detach()`, as a Colab user with one 7B model needs.
+
+What it does not do: load the model (the CLI does, once) or plot (viz.py, notebook 06).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .course import package_version
+from .data import ASSETS, SHARED_DIR, EditCase, load_cases, load_teach
+from .editors import METHODS
+from .evaluate import evaluate
+from .general import general_ability
+from .prompt_learning import TEACH_HELD_OUT
+
+DATASETS = {  # names the CLI accepts beside full data specs
+    "teach": "teach",
+    "counterfact": f"counterfact:{SHARED_DIR / 'counterfact' / 'counterfact-edit.json'}",
+    "zsre": f"knowedit:{SHARED_DIR / 'knowedit' / 'ZsRE-test-all.json'}",
+}
+REFERENCE_RUN = ASSETS / "bench" / "gemma-3-270m-cpu.json"  # the committed CPU run notebook 06 renders
+CPU_CELL_BUDGET_S = 300.0
+PROTOCOLS = {"tf": "teacher_forced", "gen": "generation"}
+KINDS = {"rel": "reliability", "gen": "generality", "loc": "locality", "port": "portability"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    data: str
+    method: str
+    mode: str  # "single" (N = 1), "sequential" or "batch"
+    n: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.data}-{self.method}-{self.mode}-n{self.n}"
+
+
+def load_data(data: str, seed: int = 0) -> list[EditCase]:
+    """A data set's cases in their seeded order. "teach" is the bundled set's first TEACH_HELD_OUT
+    cases: the rest trained RECIPE's modules, so evaluating on them would flatter it."""
+    if data == "teach":
+        cases = load_teach()[:TEACH_HELD_OUT]
+        random.Random(seed).shuffle(cases)
+        return cases
+    return load_cases(DATASETS.get(data, data), seed=seed)
+
+
+def plan(methods: list[str], ns: list[int], datasets: list[str]) -> list[Cell]:
+    """Every cell, a method's N = 1 cell first (its edit time is the estimate for the others)."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if not ns or any(n < 1 for n in ns):
+        raise ValueError(f"numbers of edits must be positive integers, got {ns}")
+    cells = []
+    for data in datasets:
+        for m in methods:
+            cells += [Cell(data, m, "single", 1)] if 1 in ns else []
+            for n in sorted(set(ns) - {1}):
+                cells += [Cell(data, m, mode, n) for mode in ("sequential", "batch")
+                          if mode == "sequential" or METHODS[m].batched]
+    return cells
+
+
+def skip_reason(cell: Cell, available: int, single_n: int, edit_s: float | None, budget_s: float | None) -> str | None:
+    needed = single_n if cell.mode == "single" else cell.n
+    if available < needed:
+        return f"{cell.data} holds {available} cases, fewer than {needed}"
+    if cell.mode != "single" and edit_s is not None and budget_s is not None and cell.n * edit_s > budget_s:
+        return (f"about {cell.n * edit_s / 60:.0f} min of edits ({cell.n} x {edit_s:.1f} s, the N = 1 cell's "
+                f"mean), over the {budget_s / 60:.0f}-min cell budget; raise --cell-budget or use a GPU")
+    return None
+
+
+# ----------------------------------------------------------------------------- memory and machine
+
+def _reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:  # Linux: "5" resets the peak resident set (VmHWM) to the current one
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the peak is the process's so far
+
+
+def _peak_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine(model) -> dict:
+    from .models import describe
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "python": platform.python_version(),
+            "platform": platform.platform(terse=True), "cpus": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "model": describe(model),
+            "packages": {p: package_version(p) for p in ("kedit-teach", "torch", "transformers", "peft", "bitsandbytes",
+                                                  "faiss-cpu", "sentence-transformers")}}
+
+
+# ----------------------------------------------------------------------------- running
+
+def run_cell(model, tokenizer, cell: Cell, cases: list[EditCase], settings: dict, fluency_n: int = 5):
+    """One cell on `model`; returns (its result in the eval schema plus "general" and "grid", the model
+    as found)."""
+    editor = METHODS[cell.method](model, tokenizer, **settings)
+    _reset_peak()
+    start = time.perf_counter()
+    result = evaluate(editor, cases, mode=cell.mode, fluency_n=fluency_n, progress=False)
+    # single mode resets after each edit, so its general ability is the unedited model's
+    result["general"] = general_ability(editor) if cell.mode != "single" else None
+    result["grid"] = {**asdict(cell), "seconds": time.perf_counter() - start, "peak_memory_mb": _peak_mb()}
+    return result, editor.detach()
+
+
+def run_grid(model, tokenizer, cells: list[Cell], out: str | Path, settings: dict[str, dict] | None = None,
+             seed: int = 0, single_n: int = 10, budget_s: float | None = None, fluency_n: int = 5,
+             progress: bool = True) -> list[dict]:
+    """Run (or reuse) every cell; write cells/*.json, grid.csv, grid.md and summary.json under out.
+    A cell whose JSON exists is read back, not rerun. Returns the summary rows in plan order."""
+    out, settings = Path(out), settings or {}
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    data = {d: load_data(d, seed) for d in dict.fromkeys(c.data for c in cells)}
+    edit_s: dict[str, float] = {}  # per method, from its N = 1 cell
+    rows = []
+    bar = tqdm(cells, desc="benchmark grid", disable=not progress)
+    for cell in bar:
+        bar.set_postfix_str(cell.key)
+        path = out / "cells" / f"{cell.key}.json"
+        reason = None
+        if path.exists():
+            result = json.loads(path.read_text())
+        else:
+            reason = skip_reason(cell, len(data[cell.data]), single_n, edit_s.get(cell.method), budget_s)
+            if reason is None:
+                cases = data[cell.data][:single_n if cell.mode == "single" else cell.n]
+                result, model = run_cell(model, tokenizer, cell, cases, settings.get(cell.method, {}), fluency_n)
+                result.update(data=cell.data, seed=seed)
+                path.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+        if reason is None and cell.mode == "single":
+            edit_s[cell.method] = result["timing"]["edit_s_mean"]
+        rows.append(summary_row(cell, None if reason else result, reason))
+    write_tables(rows, out, machine(model))
+    return rows
+
+
+# ----------------------------------------------------------------------------- tables
+
+def summary_row(cell: Cell, result: dict | None, reason: str | None = None) -> dict:
+    """One flat row: the cell, then tf_/gen_ rel, gen, loc, port, fluency, general ability, cost."""
+    row = {**asdict(cell), "status": "skipped" if result is None else "done", "reason": reason or ""}
+    if result is None:
+        return row
+    for p, proto in PROTOCOLS.items():
+        for k, kind in KINDS.items():
+            row[f"{p}_{k}"] = result["metrics"][proto][kind]
+    general = result.get("general") or {}
+    row.update(cases=result["n"], fluency=result["fluency"]["x100"], edit_s=result["timing"]["edit_s_mean"],
+               infer_ms=1000 * result["timing"]["infer_s_mean"], perplexity=general.get("perplexity"),
+               questions=(general.get("questions") or {}).get("generation"),
+               seconds=result["grid"]["seconds"], peak_memory_mb=result["grid"]["peak_memory_mb"])
+    return row
+
+
+COLUMNS = ["data", "method", "mode", "n", "status", "cases"] + [f"{p}_{k}" for p in PROTOCOLS for k in KINDS] + \
+          ["fluency", "perplexity", "questions", "edit_s", "infer_ms", "seconds", "peak_memory_mb", "reason"]
+
+
+def _fmt(v, digits: int = 2) -> str:
+    return "–" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def markdown(rows: list[dict]) -> str:
+    """Per data set: one line per cell, metrics as rel / gen / loc / port under each protocol."""
+    lines = []
+    for data in dict.fromkeys(r["data"] for r in rows):
+        lines += [f"**{data}**", "",
+                  "| method | mode | N | teacher-forced rel / gen / loc / port | generation rel / gen / loc / port "
+                  "| perplexity | questions | edit s | inference ms/probe |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["data"] == data):
+            head = f"| {r['method']} | {r['mode']} | {r['n']} |"
+            if r["status"] == "skipped":
+                lines.append(f"{head} skipped: {r['reason']} | | | | | |")
+                continue
+            proto = [" / ".join(_fmt(r[f"{p}_{k}"]) for k in KINDS) for p in PROTOCOLS]
+            lines.append(f"{head} {proto[0]} | {proto[1]} | {_fmt(r['perplexity'], 1)} | {_fmt(r['questions'])} "
+                         f"| {_fmt(r['edit_s'], 3)} | {_fmt(r['infer_ms'], 1)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def headline(rows: list[dict], data: str, ns: tuple[int, ...] = (1, 100)):
+    """One row per method: rel / gen / loc under both protocols at each N in `ns` (the sequential
+    cell, or the single one at N = 1), general questions and edit time at the largest; a skipped
+    cell says so. The README's headline table."""
+    import pandas as pd
+    cells = {(r["method"], r["n"]): r for r in rows if r["data"] == data and r["mode"] in ("single", "sequential")}
+    table = []
+    for method in dict.fromkeys(m for m, _ in cells):
+        line = {"method": method}
+        for n in ns:
+            r = cells.get((method, n))
+            for p, proto in (("tf", "teacher-forced"), ("gen", "generation")):
+                line[f"{proto}, N = {n}"] = ("–" if r is None else "skipped" if r["status"] == "skipped"
+                                             else " / ".join(_fmt(r[f"{p}_{k}"]) for k in ("rel", "gen", "loc")))
+        last = cells.get((method, ns[-1]), {})
+        line[f"questions, N = {ns[-1]}"] = _fmt(last.get("questions"))
+        line["edit s"] = _fmt(last.get("edit_s", cells.get((method, ns[0]), {}).get("edit_s")), 3)
+        table.append(line)
+    return pd.DataFrame(table).set_index("method")
+
+
+def write_tables(rows: list[dict], out: Path, about: dict) -> None:
+    with open(out / "grid.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    (out / "grid.md").write_text(markdown(rows))
+    (out / "summary.json").write_text(json.dumps({"machine": about, "rows": rows}, indent=1, ensure_ascii=False))
+
+
+def load_summary(path: str | Path | None = None) -> dict:
+    """A summary.json written by run_grid; by default the committed CPU reference run."""
+    path = Path(path or REFERENCE_RUN)
+    if path.is_dir():
+        path = path / "summary.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; run `python -m kedit_teach bench --out FOLDER` first")
+    summary = json.loads(path.read_text())
+    if not isinstance(summary, dict) or "rows" not in summary:
+        raise ValueError(f"{path} is not a grid summary (no 'rows'); pass the summary.json that bench wrote")
+    return summary
+
+
+# ----------------------------------------------------------------------------- the papers beside us
+
+PAPERS = ASSETS / "bench" / "papers.json"
+PAPER_ROW = {"rome": "r-rome"}  # our ROME uses r-ROME's one key by default; the paper lists both
+
+
+def _triple(values) -> str:
+    return " / ".join("–" if v is None else f"{100 * v:.0f}" for v in values)
+
+
+def papers_table(rows: list[dict], data: str = "counterfact", paper_data: str = "counterfact"):
+    """RECIPE's Table 1 (LLaMA-2-7B, teacher-forced, %) beside our teacher-forced rel / gen / loc at
+    N = 1 and at our largest sequential N, one row per method both have."""
+    import pandas as pd
+    paper = json.loads(PAPERS.read_text())[paper_data]
+    done = [r for r in rows if r["data"] == data and r["status"] == "done" and r["mode"] in ("single", "sequential")]
+    table = []
+    for method in dict.fromkeys(r["method"] for r in done):
+        name = PAPER_ROW.get(method, method)
+        if name not in paper["1"]:
+            continue
+        mine = sorted((r for r in done if r["method"] == method), key=lambda r: r["n"])
+        first, last = mine[0], mine[-1]
+        table.append({"method": method, "paper, 1 edit": " / ".join(f"{v:.0f}" for v in paper["1"][name]),
+                      f"ours, {first['n']} edit": _triple(first[f"tf_{k}"] for k in ("rel", "gen", "loc")),
+                      "paper, 1000 edits": " / ".join(f"{v:.0f}" for v in paper["1000"][name]),
+                      "ours, most edits": f"{_triple(last[f'tf_{k}'] for k in ('rel', 'gen', 'loc'))} (N = {last['n']})"})
+    return pd.DataFrame(table).set_index("method") if table else pd.DataFrame()

@@ -1,0 +1,158 @@
+"""The benchmark grid and general ability: the plan, resumable cells, skipped cells kept with their
+reason, the same cases for every method, the model left as loaded; the shipped general questions
+answered by the unedited 270M model."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from kedit_teach import general, grid
+from kedit_teach.editors import METHODS, NoEdit
+from kedit_teach.metrics import perplexity
+
+from .conftest import cli_error
+from .test_turns import snapshot
+
+
+def test_plan_puts_single_editing_first_and_batch_only_where_a_method_solves_batches():
+    cells = grid.plan(["ice", "memit"], [100, 1, 10], ["teach"])
+    assert [(c.method, c.mode, c.n) for c in cells] == [
+        ("ice", "single", 1), ("ice", "sequential", 10), ("ice", "sequential", 100),
+        ("memit", "single", 1), ("memit", "sequential", 10), ("memit", "batch", 10),
+        ("memit", "sequential", 100), ("memit", "batch", 100)]
+    with pytest.raises(ValueError, match="unknown method"):
+        grid.plan(["mend"], [1], ["teach"])
+    with pytest.raises(ValueError, match="positive"):
+        grid.plan(["ice"], [0], ["teach"])
+
+
+def test_teach_is_its_held_out_part_in_a_seeded_order():
+    a, b = grid.load_data("teach", seed=0), grid.load_data("teach", seed=1)
+    assert len(a) == grid.TEACH_HELD_OUT and {c.case_id for c in a} == {c.case_id for c in b}
+    assert [c.case_id for c in a] != [c.case_id for c in b]
+    assert [c.case_id for c in a] == [c.case_id for c in grid.load_data("teach", seed=0)]
+
+
+def test_skip_reasons():
+    seq = grid.Cell("teach", "rome", "sequential", 100)
+    assert "holds 64 cases, fewer than 100" in grid.skip_reason(seq, 64, 10, None, None)
+    assert "over the 5-min cell budget" in grid.skip_reason(seq, 200, 10, 16.0, 300)
+    assert grid.skip_reason(seq, 200, 10, 1.0, 300) is None
+    assert grid.skip_reason(grid.Cell("teach", "rome", "single", 1), 200, 10, 99.0, 1) is None  # the estimate's source
+
+
+def test_grid_runs_resumes_and_leaves_the_model_as_loaded(gemma_tiny, tmp_path, monkeypatch):
+    model, tok = gemma_tiny
+    names, weights = snapshot(model)
+    cells = grid.plan(["noedit", "ice", "grace"], [1, 2, 100], ["teach"])
+    settings = {"grace": {"n_iter": 2}}
+    rows = grid.run_grid(model, tok, cells, tmp_path, settings=settings, single_n=2, progress=False)
+    assert [(r["method"], r["mode"], r["n"]) for r in rows] == [(c.method, c.mode, c.n) for c in cells]
+    done = [r for r in rows if r["status"] == "done"]
+    assert {(r["mode"], r["n"]) for r in done} == {("single", 1), ("sequential", 2)}
+    assert all("fewer than 100" in r["reason"] for r in rows if r["n"] == 100)
+    after_names, after = snapshot(model)
+    assert after_names == names and all(torch.equal(after[k], weights[k]) for k in weights)
+
+    results = {c.key: json.loads((tmp_path / "cells" / f"{c.key}.json").read_text()) for c in cells if c.n < 100}
+    same = {k: [p["case_id"] for p in r["per_case"]] for k, r in results.items() if "sequential" in k}
+    assert len(set(map(tuple, same.values()))) == 1 and len(next(iter(same.values()))) == 2
+    seq = results["teach-noedit-sequential-n2"]
+    assert seq["metrics"]["teacher_forced"]["locality"] == 1.0 and seq["general"]["n_questions"] == len(general.questions())
+    assert results["teach-noedit-single-n1"]["general"] is None and seq["grid"]["peak_memory_mb"] > 0
+
+    with open(tmp_path / "grid.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(cells) and table[0]["method"] == "noedit"
+    assert "skipped: teach holds 64 cases" in (tmp_path / "grid.md").read_text()
+    summary = grid.load_summary(tmp_path)
+    assert summary["rows"] == rows and summary["machine"]["model"]["parameters_m"] > 0
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a done cell ran again")
+    monkeypatch.setattr(grid, "run_cell", must_not_run)
+    assert grid.run_grid(model, tok, cells, tmp_path, settings=settings, single_n=2, progress=False) == rows
+
+
+def test_a_cell_over_budget_is_kept_as_skipped(gemma_tiny, tmp_path):
+    model, tok = gemma_tiny
+    cells = grid.plan(["ice"], [1, 2], ["teach"])
+    rows = grid.run_grid(model, tok, cells, tmp_path, single_n=1, budget_s=1e-9, progress=False)
+    assert rows[0]["status"] == "done" and rows[1]["status"] == "skipped" and "cell budget" in rows[1]["reason"]
+    assert not (tmp_path / "cells" / f"{cells[1].key}.json").exists()  # a later, bigger budget runs it
+
+
+def test_load_summary_refuses_what_is_not_a_summary(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `python -m kedit_teach bench"):
+        grid.load_summary(tmp_path / "nope.json")
+    (tmp_path / "x.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a grid summary"):
+        grid.load_summary(tmp_path / "x.json")
+
+
+def test_bench_cli_bad_input(capsys, tmp_path):
+    assert "unknown method(s) mend" in cli_error(capsys, "bench", "--methods", "mend", "--out", str(tmp_path))
+    line = cli_error(capsys, "bench", "--data", f"counterfact:{tmp_path / 'nope.json'}", "--out", str(tmp_path))
+    assert "nope.json does not exist" in line
+
+
+def test_perplexity_in_chunks_equals_one_block(gemma_tiny):
+    model, tok = gemma_tiny
+    text = general.passage()[:3000]
+    enc = tok(text, return_tensors="pt")
+    assert enc.input_ids.shape[1] > 256  # more than one chunk
+    with torch.no_grad():
+        logits = model(**enc).logits[0, :-1].float()
+    whole = math.exp(torch.nn.functional.cross_entropy(logits, enc.input_ids[0, 1:]).item())
+    assert perplexity(model, tok, text) == pytest.approx(whole, rel=1e-4)
+
+
+def test_general_ability_goes_through_the_editor(gemma_tiny):
+    model, tok = gemma_tiny
+    pairs = general.questions()[:3]
+    rows = general.ask(NoEdit(model, tok), pairs)
+    assert [r["prompt"] for r in rows] == [q for q, _ in pairs] and all(0 <= r["teacher_forced"] <= 1 for r in rows)
+    ice = METHODS["ice"](model, tok)
+    ice.edit(grid.load_data("teach")[0])
+    seen = []
+    ice.model_inputs = lambda prompts, inner=ice.model_inputs: seen.extend(prompts) or inner(prompts)
+    ability = general.general_ability(ice)
+    assert seen[:len(general.questions())] == [q for q, _ in general.questions()]  # asked through the editor
+    assert ability["perplexity"] > 1 and ability["n_questions"] == len(general.questions())
+
+
+@pytest.mark.real
+def test_the_unedited_model_answers_every_shipped_question_and_the_passage_is_long(real):
+    model, tok = real
+    rows = general.ask(NoEdit(model, tok))
+    wrong = [(r["prompt"], r["generated"]) for r in rows if not r["generation"]]
+    assert len(rows) >= 50 and not wrong, wrong
+    assert 1500 <= len(tok(general.passage()).input_ids) <= 2500
+    assert 3 < perplexity(model, tok, general.passage()) < 40
+
+
+def test_papers_table_puts_recipes_table_1_beside_our_first_and_largest_n():
+    def row(method, mode, n, v):
+        return {"data": "counterfact", "method": method, "mode": mode, "n": n, "status": "done",
+                **{f"tf_{k}": v for k in ("rel", "gen", "loc")}}
+    rows = [row("rome", "single", 1, 1.0), row("rome", "sequential", 10, 0.5), row("rome", "batch", 100, 0.0),
+            row("noedit", "single", 1, 0.0), {**row("grace", "sequential", 100, 0.9), "status": "skipped"}]
+    table = grid.papers_table(rows)
+    assert list(table.index) == ["rome"]  # NoEdit is not in the paper's table; a skipped cell has no numbers
+    assert table.loc["rome", "paper, 1 edit"] == "39 / 21 / 97"  # r-ROME's row: our ROME's default key
+    assert table.loc["rome", "ours, 1 edit"] == "100 / 100 / 100"
+    assert table.loc["rome", "ours, most edits"] == "50 / 50 / 50 (N = 10)"  # sequential, not batch
+
+
+def test_headline_has_one_row_per_method_and_says_skipped():
+    rows = [{"data": "cf", "method": "ice", "mode": "single", "n": 1, "status": "done", "questions": None, "edit_s": 0.001,
+             **{f"{p}_{k}": 1.0 for p in ("tf", "gen") for k in ("rel", "gen", "loc")}},
+            {"data": "cf", "method": "ice", "mode": "sequential", "n": 100, "status": "skipped", "reason": "slow"}]
+    table = grid.headline(rows, "cf")
+    assert list(table.index) == ["ice"]
+    assert table.loc["ice", "teacher-forced, N = 1"] == "1.00 / 1.00 / 1.00"
+    assert table.loc["ice", "generation, N = 100"] == "skipped" and table.loc["ice", "edit s"] == "0.001"
