@@ -1,6 +1,7 @@
 """The benchmark grid (`python -m kedit_teach bench`): every method on the same seeded cases, at
 several numbers of edits, on several data sets. One JSON per cell in the eval CLI's schema,
 resumable, plus a combined CSV, a Markdown table and a small summary.json that notebook 06 reads.
+Resuming reads done cells back; a folder made with another seed or number of cases is refused.
 
 A cell is (data, method, mode, N):
 - N = 1 is single editing: each of the first `single_n` cases is edited alone and the model reset
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 from .course import package_version
 from .data import ASSETS, SHARED_DIR, EditCase, load_cases, load_teach
 from .editors import METHODS
+from .errors import UsageError
 from .evaluate import evaluate
 from .general import general_ability
 from .prompt_learning import TEACH_HELD_OUT
@@ -60,7 +62,13 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return f"{self.data}-{self.method}-{self.mode}-n{self.n}"
+        """The cell's file name: a data spec's path ("counterfact:/x/y.json") folded into the name."""
+        data = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in self.data)
+        return f"{data}-{self.method}-{self.mode}-n{self.n}"
+
+
+class GridError(UsageError, ValueError):
+    """A results folder that doesn't fit this run (another seed or case count), or a broken cell file."""
 
 
 def load_data(data: str, seed: int = 0) -> list[EditCase]:
@@ -166,19 +174,34 @@ def run_grid(model, tokenizer, cells: list[Cell], out: str | Path, settings: dic
         path = out / "cells" / f"{cell.key}.json"
         reason = None
         if path.exists():
-            result = json.loads(path.read_text())
+            result = _read_cell(path, seed, single_n if cell.mode == "single" else cell.n)
         else:
             reason = skip_reason(cell, len(data[cell.data]), single_n, edit_s.get(cell.method), budget_s)
             if reason is None:
                 cases = data[cell.data][:single_n if cell.mode == "single" else cell.n]
                 result, model = run_cell(model, tokenizer, cell, cases, settings.get(cell.method, {}), fluency_n)
                 result.update(data=cell.data, seed=seed)
-                path.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+                part = path.with_suffix(".part")  # renamed when whole: an interrupted run leaves no half cell
+                part.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+                part.replace(path)
         if reason is None and cell.mode == "single":
             edit_s[cell.method] = result["timing"]["edit_s_mean"]
         rows.append(summary_row(cell, None if reason else result, reason))
     write_tables(rows, out, machine(model))
     return rows
+
+
+def _read_cell(path: Path, seed: int, n_cases: int) -> dict:
+    """A done cell, if it was made with this run's seed and number of cases."""
+    try:
+        result = json.loads(path.read_text())
+        made = (result["seed"], result["n"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise GridError(f"{path} is not a cell result ({type(e).__name__}: {e}); delete it to run the cell again") from None
+    if made != (seed, n_cases):
+        raise GridError(f"{path} was made with seed {made[0]} on {made[1]} cases, this run asks for seed {seed} on "
+                        f"{n_cases}; pass another --out (or the same --seed and --single-n)")
+    return result
 
 
 # ----------------------------------------------------------------------------- tables

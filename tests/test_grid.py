@@ -156,3 +156,23 @@ def test_headline_has_one_row_per_method_and_says_skipped():
     assert list(table.index) == ["ice"]
     assert table.loc["ice", "teacher-forced, N = 1"] == "1.00 / 1.00 / 1.00"
     assert table.loc["ice", "generation, N = 100"] == "skipped" and table.loc["ice", "edit s"] == "0.001"
+
+
+def test_a_results_folder_from_another_run_or_a_broken_cell_is_refused(gemma_tiny, tmp_path):
+    model, tok = gemma_tiny
+    cells = grid.plan(["noedit"], [1], ["teach"])
+    grid.run_grid(model, tok, cells, tmp_path, single_n=1, progress=False)
+    with pytest.raises(grid.GridError, match="seed 0 on 1 cases, this run asks for seed 3 on 1; pass another --out"):
+        grid.run_grid(model, tok, cells, tmp_path, seed=3, single_n=1, progress=False)
+    with pytest.raises(grid.GridError, match="on 2; pass another --out"):
+        grid.run_grid(model, tok, cells, tmp_path, single_n=2, progress=False)
+    path = tmp_path / "cells" / f"{cells[0].key}.json"
+    path.write_text('{"seed": 0, "n"')  # a cell cut short
+    with pytest.raises(grid.GridError, match="is not a cell result .* delete it to run the cell again"):
+        grid.run_grid(model, tok, cells, tmp_path, single_n=1, progress=False)
+    assert not list((tmp_path / "cells").glob("*.part"))
+
+
+def test_a_data_spec_becomes_a_file_name():
+    cell = grid.Cell("counterfact:/data/cf edit.json", "ice", "sequential", 10)
+    assert cell.key == "counterfact__data_cf_edit.json-ice-sequential-n10" and "/" not in cell.key
