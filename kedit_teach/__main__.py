@@ -188,7 +188,10 @@ def cmd_bench(args) -> int:
     for d in dict.fromkeys(args.data):  # a missing file stops the run before the model loads
         grid.load_data(d)
     model, tok = load_model(args.model, quantization=args.quant)
-    budget = args.cell_budget * 60 if args.cell_budget else None if torch.cuda.is_available() else grid.CPU_CELL_BUDGET_S
+    if args.cell_budget:
+        budget = args.cell_budget * 60
+    else:  # a GPU's edit times make the CPU's budget meaningless
+        budget = None if torch.cuda.is_available() else grid.CPU_CELL_BUDGET_S
     rows = grid.run_grid(model, tok, cells, args.out, seed=args.seed, single_n=args.single_n, budget_s=budget)
     print(grid.markdown(rows))
     print(f"wrote {args.out}/cells/*.json, grid.csv, grid.md and summary.json")

@@ -51,6 +51,7 @@ REFERENCE_RUN = ASSETS / "bench" / "gemma-3-270m-cpu.json"  # the committed CPU 
 CPU_CELL_BUDGET_S = 300.0
 PROTOCOLS = {"tf": "teacher_forced", "gen": "generation"}
 KINDS = {"rel": "reliability", "gen": "generality", "loc": "locality", "port": "portability"}
+REL_GEN_LOC = ("rel", "gen", "loc")  # the papers' three columns
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ class Cell:
         """The cell's file name: a data spec's path ("counterfact:/x/y.json") folded into the name."""
         data = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in self.data)
         return f"{data}-{self.method}-{self.mode}-n{self.n}"
+
+    def n_cases(self, single_n: int) -> int:
+        """Cases the cell edits: `single_n`, one at a time, for N = 1; else N."""
+        return single_n if self.mode == "single" else self.n
 
 
 class GridError(UsageError, ValueError):
@@ -99,7 +104,7 @@ def plan(methods: list[str], ns: list[int], datasets: list[str]) -> list[Cell]:
 
 
 def skip_reason(cell: Cell, available: int, single_n: int, edit_s: float | None, budget_s: float | None) -> str | None:
-    needed = single_n if cell.mode == "single" else cell.n
+    needed = cell.n_cases(single_n)
     if available < needed:
         return f"{cell.data} holds {available} cases, fewer than {needed}"
     if cell.mode != "single" and edit_s is not None and budget_s is not None and cell.n * edit_s > budget_s:
@@ -174,11 +179,11 @@ def run_grid(model, tokenizer, cells: list[Cell], out: str | Path, settings: dic
         path = out / "cells" / f"{cell.key}.json"
         reason = None
         if path.exists():
-            result = _read_cell(path, seed, single_n if cell.mode == "single" else cell.n)
+            result = _read_cell(path, seed, cell.n_cases(single_n))
         else:
             reason = skip_reason(cell, len(data[cell.data]), single_n, edit_s.get(cell.method), budget_s)
             if reason is None:
-                cases = data[cell.data][:single_n if cell.mode == "single" else cell.n]
+                cases = data[cell.data][:cell.n_cases(single_n)]
                 result, model = run_cell(model, tokenizer, cell, cases, settings.get(cell.method, {}), fluency_n)
                 result.update(data=cell.data, seed=seed)
                 part = path.with_suffix(".part")  # renamed when whole: an interrupted run leaves no half cell
@@ -249,20 +254,27 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def lifelong(rows: list[dict], data: str) -> list[dict]:
+    """The rows of `data` that a method's line against N runs through: its N = 1 (single) cell and its
+    sequential cells, done or skipped."""
+    return [r for r in rows if r["data"] == data and r["mode"] in ("single", "sequential")]
+
+
 def headline(rows: list[dict], data: str, ns: tuple[int, ...] = (1, 100)):
     """One row per method: rel / gen / loc under both protocols at each N in `ns` (the sequential
     cell, or the single one at N = 1), general questions and edit time at the largest; a skipped
     cell says so. The README's headline table."""
     import pandas as pd
-    cells = {(r["method"], r["n"]): r for r in rows if r["data"] == data and r["mode"] in ("single", "sequential")}
+    cells = {(r["method"], r["n"]): r for r in lifelong(rows, data)}
     table = []
     for method in dict.fromkeys(m for m, _ in cells):
         line = {"method": method}
         for n in ns:
             r = cells.get((method, n))
-            for p, proto in (("tf", "teacher-forced"), ("gen", "generation")):
-                line[f"{proto}, N = {n}"] = ("–" if r is None else "skipped" if r["status"] == "skipped"
-                                             else " / ".join(_fmt(r[f"{p}_{k}"]) for k in ("rel", "gen", "loc")))
+            for p, proto in PROTOCOLS.items():
+                line[f"{proto.replace('_', '-')}, N = {n}"] = (
+                    "–" if r is None else "skipped" if r["status"] == "skipped"
+                    else " / ".join(_fmt(r[f"{p}_{k}"]) for k in REL_GEN_LOC))
         last = cells.get((method, ns[-1]), {})
         line[f"questions, N = {ns[-1]}"] = _fmt(last.get("questions"))
         line["edit s"] = _fmt(last.get("edit_s", cells.get((method, ns[0]), {}).get("edit_s")), 3)
@@ -307,7 +319,7 @@ def papers_table(rows: list[dict], data: str = "counterfact", paper_data: str = 
     N = 1 and at our largest sequential N, one row per method both have."""
     import pandas as pd
     paper = json.loads(PAPERS.read_text())[paper_data]
-    done = [r for r in rows if r["data"] == data and r["status"] == "done" and r["mode"] in ("single", "sequential")]
+    done = [r for r in lifelong(rows, data) if r["status"] == "done"]
     table = []
     for method in dict.fromkeys(r["method"] for r in done):
         name = PAPER_ROW.get(method, method)
@@ -316,7 +328,7 @@ def papers_table(rows: list[dict], data: str = "counterfact", paper_data: str = 
         mine = sorted((r for r in done if r["method"] == method), key=lambda r: r["n"])
         first, last = mine[0], mine[-1]
         table.append({"method": method, "paper, 1 edit": " / ".join(f"{v:.0f}" for v in paper["1"][name]),
-                      f"ours, {first['n']} edit": _triple(first[f"tf_{k}"] for k in ("rel", "gen", "loc")),
+                      f"ours, {first['n']} edit": _triple(first[f"tf_{k}"] for k in REL_GEN_LOC),
                       "paper, 1000 edits": " / ".join(f"{v:.0f}" for v in paper["1000"][name]),
-                      "ours, most edits": f"{_triple(last[f'tf_{k}'] for k in ('rel', 'gen', 'loc'))} (N = {last['n']})"})
+                      "ours, most edits": f"{_triple(last[f'tf_{k}'] for k in REL_GEN_LOC)} (N = {last['n']})"})
     return pd.DataFrame(table).set_index("method") if table else pd.DataFrame()

@@ -193,7 +193,7 @@ def perplexity(model, tokenizer, text: str) -> float:
         for i in range(0, len(gold), 256):  # 256 rows of 262k logits at a time, not a 2 GB block
             logits = logits_at(model, hidden[i:i + 256]).float()
             total += float(torch.nn.functional.cross_entropy(logits, gold[i:i + 256], reduction="sum"))
-    return float(torch.exp(torch.tensor(total / len(gold))))
+    return math.exp(total / len(gold))
 
 
 def next_token_probs(model, tokenizer, text: str, k: int = 10) -> list[tuple[str, float]]:

@@ -92,6 +92,11 @@ def take_turns(model, tokenizer, case: EditCase = EIFFEL, methods: list[str] | N
     return rows, model
 
 
+def answered(rows: list[dict]) -> list[dict]:
+    """The answers of the first method that made the edit (every such row asks the same probes), or []."""
+    return next((r["answers"] for r in rows if "answers" in r), [])
+
+
 def took(seconds: float) -> str:
     """An edit time as people read it: milliseconds below a second."""
     return f"{1000 * seconds:.1f} ms" if seconds < 1 else f"{seconds:.1f} s"
@@ -104,11 +109,10 @@ def _cell(answer: dict) -> str:
 
 def format_tour(case: EditCase, rows: list[dict]) -> str:
     """The rows as text: the unedited answers, one line of answers per method, what each row teaches."""
-    made = [r for r in rows if "answers" in r]
-    kinds = [a["kind"] for a in made[0]["answers"]] if made else []
+    kinds = [a["kind"] for a in answered(rows)]
     w = max(len("method"), *(len(r["method"]) for r in rows))
     lines = ["Unedited, the model says:"]
-    lines += [f"  {a['prompt']!r} -> {a['before']!r}" for a in (made[0]["answers"] if made else [])]
+    lines += [f"  {a['prompt']!r} -> {a['before']!r}" for a in answered(rows)]
     lines += ["", f"One edit: {case.prompt!r} -> {case.target_new!r}, made by each method in turn, then undone.",
               "'ok' = the new answer on the edit prompt and the rephrasing, the new fact's consequence on the "
               "portability question, the old answer on the unrelated prompt.", "",

@@ -34,7 +34,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from .evaluate import KINDS as PROBE_KINDS
-from .grid import KINDS as GRID_KINDS
+from .grid import KINDS as GRID_KINDS, PROTOCOLS as GRID_PROTOCOLS, REL_GEN_LOC, lifelong
 from .metrics import PROTOCOLS
 
 KINDS = (*PROBE_KINDS, "locality_gt")  # locality_gt is a metric of the locality probes, not a probe kind
@@ -516,8 +516,7 @@ GRID_PANELS = {"rel": "reliability", "gen": "generality", "loc": "locality", "qu
 
 
 def _lifelong(rows: list[dict], data: str) -> list[dict]:
-    """The rows one method-line is drawn through: N = 1 (single) and the sequential cells, done."""
-    return [r for r in rows if r["data"] == data and r["status"] == "done" and r["mode"] in ("single", "sequential")]
+    return [r for r in lifelong(rows, data) if r["status"] == "done"]
 
 
 def grid_lines(rows: list[dict], data: str, protocol: str = "gen", title: str = "") -> go.Figure:
@@ -545,9 +544,8 @@ def grid_lines(rows: list[dict], data: str, protocol: str = "gen", title: str = 
 def grid_bars(rows: list[dict], data: str, n: int, title: str = "") -> go.Figure:
     """Every method's sequential cell at N edits: rel / gen / loc under both protocols, as bars."""
     done = [r for r in _lifelong(rows, data) if r["n"] == n]
-    frame = pd.DataFrame([{"method": r["method"], "kind": GRID_KINDS[k], "protocol": p, "value": r[f"{p}_{k}"]}
-                          for r in done for p in ("tf", "gen") for k in ("rel", "gen", "loc")])
-    frame["protocol"] = frame["protocol"].map({"tf": "teacher_forced", "gen": "generation"})
+    frame = pd.DataFrame([{"method": r["method"], "kind": GRID_KINDS[k], "protocol": proto, "value": r[f"{p}_{k}"]}
+                          for r in done for p, proto in GRID_PROTOCOLS.items() for k in REL_GEN_LOC])
     return grouped_bars(frame, x="kind", group="method", col="protocol",
                         title=title or f"{data}, {n} edits standing together")
 

@@ -48,7 +48,7 @@ from .data import EditCase
 from .editors import FAST_SETTINGS, METHODS, Editor, NoEdit
 from .evaluate import probe_result, probes_of, run_probes
 from .metrics import PROTOCOLS
-from .tour import EIFFEL, take_turns, took
+from .tour import EIFFEL, answered, take_turns, took
 
 MAX_TOKENS = 300  # longer inputs make a click slow and are almost always a paste accident
 LEVEL_COLORS = {"info": "#444", "busy": "#b36b00", "ok": "#1a7f37", "error": "#c62828"}
@@ -246,8 +246,7 @@ class EditPlayground(Panel):
 def arena_table(rows: list[dict]) -> pd.DataFrame:
     """`tour.take_turns` rows, one per method: each probe's answer after the edit (✓ right, ✗ not),
     then the edit time and how many probes came out right; a refused edit shows why."""
-    made = [r for r in rows if "answers" in r]
-    kinds = [a["kind"] for a in made[0]["answers"]] if made else []
+    kinds = [a["kind"] for a in answered(rows)]
     table = []
     for r in rows:
         if "refused" in r:
@@ -317,8 +316,7 @@ class ArenaPanel(Panel):
             self.rows, self.model = take_turns(self.model, self.tokenizer, case, list(self.methods.value),
                                                self.settings, progress=False)
             self.show(arena_table(self.rows), None)
-            before = "; ".join(f"{a['kind']}: {a['before']!r}" for a in next(
-                (r["answers"] for r in self.rows if "answers" in r), []))
+            before = "; ".join(f"{a['kind']}: {a['before']!r}" for a in answered(self.rows))
             self.say(f"done in {time.perf_counter() - start:.0f} s; the model is as loaded again. "
                      f"Unedited it said: {before}", "ok")
         finally:
