@@ -115,7 +115,9 @@ def summary_table(result: dict) -> str:
 
 def cmd_train(args) -> int:
     only = {"lte": {f"--no-{f}": getattr(args, f"no_{f.replace('-', '_')}") for f in ("threefold", "in-scope", "out-of-scope", "free-text")},
-            "recipe": {"--d-rep": args.d_rep is not None, "--finetune-encoder": args.finetune_encoder}}
+            "recipe": {"--d-rep": args.d_rep is not None, "--finetune-encoder": args.finetune_encoder,
+                       "--resume": args.resume is not None, "--prompts-only": args.prompts_only,
+                       "--prompt-lr": args.prompt_lr is not None}}
     for what, flags in only.items():
         if args.what != what and any(flags.values()):
             raise UsageError(f"{', '.join(k for k, v in flags.items() if v)} only applies to `train {what}`")
@@ -151,20 +153,31 @@ def train_recipe(args) -> int:
     from . import prompt_learning as pl
     from .models import load_model
 
+    if args.resume and (args.d_rep is not None or args.finetune_encoder):
+        raise UsageError("--d-rep and --finetune-encoder come from the modules --resume continues; drop them")
+    if args.prompts_only and not args.resume:
+        raise UsageError("--prompts-only trains MLP_P on top of a trained retrieval part: add --resume default "
+                         "(or a modules folder)")
     examples, data = pl.training_examples(args.data, n=args.cases, seed=args.seed)
     model, tok = load_model(args.model, quantization=args.quant)
-    modules = pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=args.d_rep or pl.ModuleConfig.d_rep,
-                                                         finetune_encoder=args.finetune_encoder))
+    before = None
+    if args.resume:
+        modules, before = pl.load_modules(pl.default_path(args.model) if args.resume == "default" else args.resume, model)
+    else:
+        modules = pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=args.d_rep or pl.ModuleConfig.d_rep,
+                                                             finetune_encoder=args.finetune_encoder))
     cfg = pl.TrainConfig(steps=args.steps or pl.TrainConfig.steps, batch_size=args.batch_size,
-                         lr=args.lr or pl.TrainConfig.lr, seed=args.seed)
+                         lr=args.lr or pl.TrainConfig.lr, prompt_lr=args.prompt_lr or pl.TrainConfig.prompt_lr,
+                         prompt_learning=not args.prompts_only, seed=args.seed)
     start = time.perf_counter()
     curves = pl.train_modules(modules, model, tok, examples, cfg)
     out = args.out or pl.trained_path(args.model)
-    pl.save_modules(modules, out, pl.make_record(modules, args.model, cfg, data, curves, time.perf_counter() - start))
+    pl.save_modules(modules, out, pl.make_record(modules, args.model, cfg, data, curves, time.perf_counter() - start,
+                                                 resumed_from=before))
     n = min(20, len(curves["total"]))
     print(json.dumps(data, indent=1))
     print("losses, mean of the first and last", n, "steps:",
-          ", ".join(f"{k} {sum(v[:n]) / n:.3f} -> {sum(v[-n:]) / n:.3f}" for k, v in curves.items()))
+          ", ".join(f"{k} {sum(v[:n]) / n:.3f} -> {sum(v[-n:]) / n:.3f}" for k, v in curves.items() if v))
     print(f"wrote {out}")
     return 0
 
@@ -286,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
         tr.add_argument(f"--no-{flag}", action="store_true", help=f"lte ablation: without {flag}")
     tr.add_argument("--d-rep", type=int, default=None, help="recipe: width of the learned representations (default 256)")
     tr.add_argument("--finetune-encoder", action="store_true", help="recipe: fine-tune MiniLM too (as the reference)")
+    tr.add_argument("--resume", default=None, metavar="FOLDER",
+                    help="recipe: go on training these modules ('default': the ones RECIPE loads); the record keeps the earlier run's")
+    tr.add_argument("--prompts-only", action="store_true",
+                    help="recipe, with --resume: train MLP_P alone on L_edit at every step; retrieval stays as it is")
+    tr.add_argument("--prompt-lr", type=float, default=None, help="recipe: MLP_P's learning rate (default 3e-3)")
     tr.set_defaults(fn=cmd_train)
 
     dl = command("download", help="fetch a public benchmark file")

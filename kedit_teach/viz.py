@@ -549,3 +549,13 @@ def grid_bars(rows: list[dict], data: str, n: int, title: str = "") -> go.Figure
     return grouped_bars(frame, x="kind", group="method", col="protocol",
                         title=title or f"{data}, {n} edits standing together")
 
+
+CONFLICT_COLORS = {"latest": "#1a7f37", "first": "#d4a017", "neither": "#b0b0b0"}
+
+
+def conflict_bars(shares: list[dict], title: str = "") -> go.Figure:
+    """`stress.conflicts`: per method, the share of A -> B, A -> C pairs whose answer follows the
+    latest edit, the first one, or neither; one panel per probe (edit prompt, rephrasing)."""
+    return grouped_bars(pd.DataFrame(shares), x="method", group="outcome", col="kind", colors=CONFLICT_COLORS,
+                        title=title or "A -> B, then A -> C: which edit does the answer follow?",
+                        y_title="share of pairs")

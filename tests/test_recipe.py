@@ -122,7 +122,9 @@ def test_pool_ignores_padding(modules):
     short, long = "Rome", "The Eiffel Tower is located in the city of Paris in France"
     alone = modules.features([short])
     batched = modules.features([short, long])
-    torch.testing.assert_close(batched[0], alone[0], atol=1e-5, rtol=1e-5)
+    tol = 5e-2 if pl.fast_bf16(modules.encoder) else 1e-5  # bfloat16 kernels differ by batch shape
+    torch.testing.assert_close(batched[0], alone[0], atol=tol, rtol=tol)
+    assert torch.nn.functional.cosine_similarity(batched[:1], alone).item() > 0.9999
     assert alone.shape == (1, 3 * 384)
 
 
@@ -144,6 +146,22 @@ def test_the_traced_encoder_equals_transformers_and_stays_out_of_the_weights(tin
     assert set(mods.state_dict()) == names and mods.fingerprint() != fingerprint  # the copy, not the trace
     with torch.enable_grad():  # fine-tuning backpropagates through the eager encoder
         assert mods.features(texts[:1]).requires_grad
+
+def test_a_frozen_encoder_runs_in_bfloat16_where_the_cpu_has_it_and_keeps_the_features(modules):
+    texts = ["Rome", "The Eiffel Tower is located in the city of Paris in France", "Where is it?"]
+    enc = modules.tokens(texts)
+    with torch.no_grad():
+        exact = pl.pool(modules.encoder(**enc).last_hidden_state, enc["attention_mask"])
+    got = modules.features(texts)
+    assert got.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(got, exact).min() > 0.9999
+    assert modules.encoder.dtype == torch.float32  # the shared encoder (LTE's) is not converted
+    assert not any("_trace" in k for k in modules.state_dict())
+    if pl.fast_bf16(modules.encoder):  # a frozen bfloat16 copy: its own constants, not the shared weights
+        assert not list(modules.traced_encoder().parameters()) and not torch.equal(got, exact)
+    else:
+        torch.testing.assert_close(got, exact, atol=1e-5, rtol=1e-5)
+
 
 def test_untrained_prompts_are_the_answers_embeddings_on_the_token_sphere(modules, tiny_model, encoder):
     model, tok = tiny_model
@@ -220,6 +238,22 @@ def test_training_lowers_the_losses(tiny_model, encoder):
     for a, b in zip(first, last):
         assert b < a
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.parameters())  # the LLM is frozen
+
+
+def test_prompt_only_training_moves_mlp_p_and_keeps_retrieval(tiny_model, encoder):
+    model, tok = tiny_model
+    mods = pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=32), encoder)
+    retrieval = {k: v.clone() for k, v in mods.trained_state().items() if not k.startswith("mlp_p.")}
+    prompts = {k: v.clone() for k, v in mods.trained_state().items() if k.startswith("mlp_p.")}
+    examples = [pl.training_example(c) for c in cases(12)]  # fewer than a contrastive batch: not needed here
+    cfg = pl.TrainConfig(steps=8, batch_size=4, prompt_lr=3e-2, prompt_learning=False)
+    curves = pl.train_modules(mods, model, tok, examples, cfg, progress=False)
+    assert len(curves["rel"]) == len(curves["total"]) == 8 and not curves["no"] and not curves["so"]  # L_edit every step
+    after = mods.trained_state()
+    assert all(torch.equal(after[k], v) for k, v in retrieval.items())  # keys, queries and the sentinel as they were
+    assert any(not torch.equal(after[k], v) for k, v in prompts.items())
+    with pytest.raises(ValueError, match="nothing to train"):
+        pl.train_modules(mods, model, tok, examples, pl.TrainConfig(edit_loss=False, prompt_learning=False))
 
 
 def test_save_load_modules_roundtrip_and_refusals(tmp_path, modules, tiny_dirs, encoder):
@@ -425,6 +459,20 @@ def test_train_cli_writes_modules_a_record_and_the_default_path(tiny_dirs, tmp_p
     assert len(record["loss"]["rel"]) == 1 and "wrote" in capsys.readouterr().out
     editor = RECIPE(*load_model(model))  # modules="default" now finds the trained ones
     assert editor.modules.fingerprint() == record["fingerprint"]
+    assert "--prompts-only trains MLP_P on top of a trained retrieval part: add --resume" in cli_error(
+        capsys, "train", "recipe", "--model", model, "--prompts-only")
+    assert "come from the modules --resume continues" in cli_error(
+        capsys, "train", "recipe", "--model", model, "--resume", "default", "--d-rep", "8")
+    more = tmp_path / "more"
+    main(["train", "recipe", "--model", model, "--data", f"counterfact:{data}", "--steps", "3", "--resume", "default",
+          "--prompts-only", "--out", str(more)])
+    resumed = pl.read_record(more)
+    assert resumed["resumed_from"] == record and resumed["modules"] == record["modules"]  # the earlier run kept whole
+    assert resumed["train"]["prompt_learning"] is False and len(resumed["loss"]["rel"]) == 3 and "so" not in resumed["loss"]
+    assert [r["steps"] for r in pl.training_stages(resumed)] == [2, 3]
+    summary = pl.training_summary(resumed).splitlines()
+    assert len(summary) == 2 and "run 1: 2 steps (all modules" in summary[0] and "run 2: 3 steps (MLP_P alone" in summary[1]
+    assert pl.load_modules(more)[0].fingerprint() == resumed["fingerprint"] != record["fingerprint"]
 
 
 # ----------------------------------------------------------------------------- the shipped modules
@@ -474,5 +522,8 @@ def test_gate_sweep_scores_the_sentinel_and_fixed_thresholds(recipe):
     top_right = sum(d.top[0].id == own for d, (_, _, own) in zip(decisions[:6], queries)) / 6
     assert sweep["fixed"]["edit"] == [top_right, 0.0] and sweep["fixed"]["unrelated"] == [0.0, 1.0]
     assert sweep["sentinel"]["unrelated"] == sum(d.attached is None for d in decisions[6:]) / 6
+    errors = sweep["errors"]
+    assert errors["unrelated"] == {"other": sum(d.attached is not None for d in decisions[6:]), "none": 0}
+    assert sum(errors["edit"].values()) == round(6 * (1 - sweep["sentinel"]["edit"]))
     auto = gate_sweep(recipe, queries, n=5)
     assert len(auto["thresholds"]) == 5 and auto["best"]["threshold"] in auto["thresholds"]

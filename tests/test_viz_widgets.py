@@ -680,6 +680,15 @@ def test_grid_bars_show_every_method_at_one_n():
     assert list(ice.y) == [0.8, 0.8, 0.8]
 
 
+def test_conflict_bars_split_each_method_by_outcome_and_probe():
+    shares = [{"method": m, "kind": k, "outcome": o, "value": v}
+              for m, vals in (("grace", (1.0, 0.0, 0.0)), ("recipe", (0.25, 0.5, 0.25)))
+              for k in ("edit prompt", "rephrasing") for o, v in zip(("latest", "first", "neither"), vals)]
+    fig = viz.conflict_bars(shares)
+    (first,) = bars(fig, outcome="first", kind="rephrasing")
+    assert list(first.y) == [0.0, 0.5] and first.marker.color == viz.CONFLICT_COLORS["first"]
+
+
 @pytest.fixture
 def arena(gemma_tiny):
     panel = ArenaPanel(*gemma_tiny, methods=("ice", "grace", "rome"), settings={"grace": {"n_iter": 2}})

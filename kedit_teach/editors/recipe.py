@@ -212,7 +212,8 @@ def gate_sweep(editor: RECIPE, queries: list[tuple[str, str, str | None]], thres
     queries: (kind, prompt, the case_id it should retrieve, or None for "attach nothing"). Right
     means: that case's prompt is attached, or nothing is. The scores are the editor's own.
     thresholds: default n values spanning the queries' best scores. "best" is the threshold whose
-    worst kind is decided right most often.
+    worst kind is decided right most often. "errors" splits the sentinel's wrong decisions per kind:
+    another knowledge's prompt attached ("other"), or none where one was due ("none").
     """
     decisions = editor.retrieve([q for _, q, _ in queries])
     if thresholds is None:
@@ -231,6 +232,10 @@ def gate_sweep(editor: RECIPE, queries: list[tuple[str, str, str | None]], thres
 
     fixed = {k: [share(k, lambda d, t=t: t) for t in thresholds] for k in kinds}
     best = max(range(len(thresholds)), key=lambda i: min(fixed[k][i] for k in kinds))
+    errors = {k: {"other": 0, "none": 0} for k in kinds}
+    for (k, _, own), d in zip(queries, decisions):
+        if d.attached != own:
+            errors[k]["none" if d.attached is None else "other"] += 1
     return {"kinds": kinds, "stored": len(editor.memory), "thresholds": list(thresholds),
-            "sentinel": {k: share(k, lambda d: d.sentinel) for k in kinds}, "fixed": fixed,
+            "sentinel": {k: share(k, lambda d: d.sentinel) for k in kinds}, "errors": errors, "fixed": fixed,
             "best": {"threshold": thresholds[best], **{k: fixed[k][best] for k in kinds}}}

@@ -1,0 +1,82 @@
+"""The deck's closing question, "what are the weaknesses of LTE and RECIPE?", as experiments that
+every method takes in turn on one loaded model (notebook 06).
+
+    conflicts   edit A -> B, later A -> C (the same prompt, another answer of the same kind): does
+                the method answer with the latest edit, the first one, or neither?
+
+A lifelong editor must let a newer fact replace an older one. Weight editors write the second
+edit over the first; GRACE's codebook and the retrieval methods keep both entries, and then the
+question is which one a query reaches: RECIPE attaches the top-1 knowledge, LTE reads its top-k
+facts in one context, and neither knows which came last.
+
+What it does not do: score the usual metrics (see `evaluate.py`), or plot (see `viz.py`).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+from tqdm.auto import tqdm
+
+from .data import EditCase
+from .editors import FAST_SETTINGS, METHODS
+from .metrics import generation_match
+
+OUTCOMES = ("latest", "first", "neither")
+ANSWER_TOKENS = 6
+
+
+def conflict_pairs(cases: list[EditCase], seed: int = 0) -> list[tuple[EditCase, EditCase]]:
+    """(first, second) per case: the second edit keeps the case's prompt, rephrasings and locality
+    and takes the target_new of another case whose prompt ends in the same two words (the same
+    relation: "... the city of"), unlike both the first target and the true answer. Cases with no
+    such partner are left out."""
+    rng = random.Random(seed)
+    pairs = []
+    for case in cases:
+        tail = case.prompt.split()[-2:]
+        others = sorted({c.target_new for c in cases if c.prompt.split()[-2:] == tail}
+                        - {case.target_new, case.ground_truth})
+        if others:
+            pairs.append((case, replace(case, case_id=f"{case.case_id}/again", target_new=rng.choice(others),
+                                        portability=[])))
+    return pairs
+
+
+def outcome(answer: str, first: str, latest: str) -> str:
+    """Which edit a generated answer follows (it starts with that target, as in the generation protocol)."""
+    if generation_match(answer, latest):
+        return "latest"
+    return "first" if generation_match(answer, first) else "neither"
+
+
+def conflicts(model, tokenizer, pairs: list[tuple[EditCase, EditCase]], methods: list[str],
+              settings: dict[str, dict] | None = None, shown: int = 2,
+              progress: bool = True) -> tuple[list[dict], list[dict], object]:
+    """Each method makes every first edit, then every second edit (other edits in between, as in
+    lifelong use), and answers each edit prompt and its first rephrasing; then it is detached.
+
+    Returns (shares, answers, the model as loaded). shares: {"method", "kind", "outcome", "value"}
+    (the share of pairs), one per method, probe kind and outcome; answers: the first `shown` edit
+    prompts per method, {"method", "prompt", "first", "latest", "answer", "outcome"}.
+    settings: constructor options per method (default FAST_SETTINGS).
+    """
+    settings = FAST_SETTINGS if settings is None else settings
+    firsts, seconds = [p[0] for p in pairs], [p[1] for p in pairs]
+    kinds = {"edit prompt": [c.prompt for c in firsts],
+             "rephrasing": [c.rephrase_prompts[0] if c.rephrase_prompts else c.prompt for c in firsts]}
+    shares, shown_answers = [], []
+    for name in tqdm(methods, desc="A -> B, then A -> C, per method", disable=not progress):
+        editor = METHODS[name](model, tokenizer, **settings.get(name, {}))
+        for case in tqdm(firsts + seconds, desc=name, leave=False, disable=not progress):
+            editor.edit(case)
+        for kind, prompts in kinds.items():
+            answers = [a.strip() for a in editor.generate(prompts, ANSWER_TOKENS)]
+            got = [outcome(a, f.target_new, s.target_new) for a, f, s in zip(answers, firsts, seconds)]
+            shares += [{"method": name, "kind": kind, "outcome": o, "value": got.count(o) / len(got)} for o in OUTCOMES]
+            if kind == "edit prompt":
+                shown_answers += [{"method": name, "prompt": p, "first": f.target_new, "latest": s.target_new,
+                                   "answer": a, "outcome": o}
+                                  for p, f, s, a, o in list(zip(prompts, firsts, seconds, answers, got))[:shown]]
+        model = editor.detach()
+    return shares, shown_answers, model

@@ -1,0 +1,73 @@
+"""The weakness experiments (stress.py): conflicting edits A -> B, then A -> C."""
+from __future__ import annotations
+
+import pytest
+
+from kedit_teach import stress
+from kedit_teach.data import EditCase, load_teach
+from kedit_teach.editors import Editor
+
+from .test_turns import snapshot
+
+
+def test_conflict_pairs_keep_the_prompt_and_take_another_answer_of_the_same_relation():
+    cases = load_teach()[:8]
+    loner = EditCase(case_id="x", subject="Ada", prompt="Ada Lovelace worked as a", target_new="pilot")
+    pairs = stress.conflict_pairs(cases + [loner])
+    assert [f.case_id for f, _ in pairs] == [c.case_id for c in cases]  # the loner has no partner
+    targets = {c.target_new for c in cases}
+    for first, second in pairs:
+        assert (second.prompt, second.rephrase_prompts, second.locality) == (first.prompt, first.rephrase_prompts, first.locality)
+        assert second.target_new in targets and second.target_new not in (first.target_new, first.ground_truth)
+        assert second.case_id != first.case_id
+    assert stress.conflict_pairs(cases, seed=0) == pairs and stress.conflict_pairs(cases, seed=1) != pairs
+
+
+def test_outcome_reads_which_target_the_answer_starts_with():
+    assert stress.outcome(" Rome, Italy.", "Madrid", "Rome") == "latest"
+    assert stress.outcome("Madrid. It is", "Madrid", "Rome") == "first"
+    assert stress.outcome("the city of Rome", "Madrid", "Rome") == "neither"
+
+
+class Remembers(Editor):
+    """A test double that answers each prompt with the target of one of its edits for that prompt."""
+    name, which = "latest", -1
+
+    def generate(self, prompt, max_new_tokens=20, **kw):
+        said = []
+        for p in prompt:
+            targets = [c.target_new for c in self.cases.values() if p in (c.prompt, *c.rephrase_prompts)]
+            said.append(f" {targets[self.which]}." if targets else " nothing")
+        return said
+
+
+class RemembersFirst(Remembers):
+    name, which = "first", 0
+
+
+def test_conflicts_count_which_edit_each_method_follows(gemma_tiny, monkeypatch):
+    model, tok = gemma_tiny
+    monkeypatch.setitem(stress.METHODS, "latest", Remembers)
+    monkeypatch.setitem(stress.METHODS, "first", RemembersFirst)
+    pairs = stress.conflict_pairs(load_teach()[:4])
+    shares, answers, _ = stress.conflicts(model, tok, pairs, ["latest", "first"], progress=False)
+    value = {(r["method"], r["kind"], r["outcome"]): r["value"] for r in shares}
+    assert value[("latest", "edit prompt", "latest")] == value[("latest", "rephrasing", "latest")] == 1.0
+    assert value[("first", "edit prompt", "first")] == 1.0 and value[("first", "edit prompt", "latest")] == 0.0
+    assert len(shares) == 2 * 2 * len(stress.OUTCOMES)
+    assert [(a["method"], a["answer"]) for a in answers[:2]] == [("latest", f"{pairs[0][1].target_new}."),
+                                                                ("latest", f"{pairs[1][1].target_new}.")]
+
+
+def test_conflicts_leave_the_model_as_loaded_and_shares_add_up(gemma_tiny):
+    model, tok = gemma_tiny
+    methods = ["ice", "grace"]
+    before = snapshot(model)
+    pairs = stress.conflict_pairs(load_teach()[:3])
+    shares, answers, model = stress.conflicts(model, tok, pairs, methods, progress=False)
+    for m in methods:
+        for kind in ("edit prompt", "rephrasing"):
+            assert sum(r["value"] for r in shares if (r["method"], r["kind"]) == (m, kind)) == pytest.approx(1.0)
+    assert len(answers) == 2 * len(methods)
+    modules, weights = snapshot(model)
+    assert modules == before[0] and all((weights[k] == v).all() for k, v in before[1].items())
