@@ -14,6 +14,7 @@ What it does not do: score the usual metrics (see `evaluate.py`), or plot (see `
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 from dataclasses import replace
 
 from tqdm.auto import tqdm
@@ -32,11 +33,12 @@ def conflict_pairs(cases: list[EditCase], seed: int = 0) -> list[tuple[EditCase,
     relation: "... the city of"), unlike both the first target and the true answer. Cases with no
     such partner are left out."""
     rng = random.Random(seed)
+    answers = defaultdict(set)
+    for c in cases:
+        answers[tuple(c.prompt.split()[-2:])].add(c.target_new)
     pairs = []
     for case in cases:
-        tail = case.prompt.split()[-2:]
-        others = sorted({c.target_new for c in cases if c.prompt.split()[-2:] == tail}
-                        - {case.target_new, case.ground_truth})
+        others = sorted(answers[tuple(case.prompt.split()[-2:])] - {case.target_new, case.ground_truth})
         if others:
             pairs.append((case, replace(case, case_id=f"{case.case_id}/again", target_new=rng.choice(others),
                                         portability=[])))

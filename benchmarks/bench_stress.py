@@ -1,0 +1,58 @@
+"""The weakness experiments of notebook 06 (`kedit_teach/stress.py`), larger than the notebook runs them.
+
+    python -m benchmarks.bench_stress conflicts [--pairs 40] [--data teach] [--methods ice ft-l grace lte recipe]
+        A -> B, then A -> C for each pair, all of them standing together: the share of answers that
+        follow the latest edit, the first one, or neither; edit prompts and rephrasings
+
+JSON results go under artifacts/stress/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from benchmarks.bench_lte import COUNTERFACT
+
+OUT = Path("artifacts/stress")
+
+
+def conflicts(args) -> None:
+    from kedit_teach import stress
+    from kedit_teach.data import load_counterfact, load_teach
+    from kedit_teach.models import load_model
+    from kedit_teach.prompt_learning import TEACH_HELD_OUT
+    # cases no trained method (LTE, RECIPE) saw in training
+    cases = load_teach()[:TEACH_HELD_OUT] if args.data == "teach" else load_counterfact(COUNTERFACT)
+    pairs = stress.conflict_pairs(cases)[:args.pairs]
+    model, tok = load_model()
+    t = time.perf_counter()
+    shares, answers, model = stress.conflicts(model, tok, pairs, args.methods, settings={}, shown=3)
+    print(f"{len(pairs)} pairs from {args.data}, {2 * len(pairs)} edits standing together per method "
+          f"({time.perf_counter() - t:.0f} s in all)")
+    value = {(r["method"], r["kind"], r["outcome"]): r["value"] for r in shares}
+    kinds = sorted({r["kind"] for r in shares})
+    print("| method | " + " | ".join(f"{k}: latest / first / neither" for k in kinds) + " |")
+    for m in args.methods:
+        print(f"| {m} | " + " | ".join(" / ".join(f"{value[(m, k, o)]:.2f}" for o in stress.OUTCOMES) for k in kinds) + " |")
+    for a in answers:
+        print(f"  {a['method']:7s} {a['prompt']!r}: first {a['first']!r}, latest {a['latest']!r} -> {a['answer']!r} ({a['outcome']})")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"conflicts-{args.data}-{len(pairs)}.json").write_text(json.dumps({"shares": shares, "answers": answers}, indent=1))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(required=True)
+    c = sub.add_parser("conflicts")
+    c.add_argument("--pairs", type=int, default=40)
+    c.add_argument("--data", choices=["teach", "counterfact"], default="teach")
+    c.add_argument("--methods", nargs="+", default=["ice", "ft-l", "grace", "lte", "recipe"])
+    c.set_defaults(fn=conflicts)
+    args = p.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
