@@ -41,11 +41,8 @@ def _median_ms(times: list[float]) -> float:
 def _encoder_passes(modules, texts: list[str]) -> tuple[float, float]:
     """Median ms of one-sentence f_rm passes: the fp32 encoder traced as is, and the editor's trace
     (a frozen bfloat16 copy where the CPU has bfloat16), alternating so drift hits both."""
-    import warnings
-    dummy = modules.tokenizer(["a", "a b c"], padding=True, return_tensors="pt")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fp32 = torch.jit.trace(modules.encoder, (dummy["input_ids"], dummy["attention_mask"]), strict=False, check_trace=False)
+    from kedit_teach.prompt_learning import trace_encoder
+    fp32 = trace_encoder(modules.encoder, modules.tokenizer, half=False)
     used = modules.traced_encoder()
     times = {"fp32": [], "used": []}
     with torch.inference_mode():

@@ -191,6 +191,20 @@ def fast_bf16(module: nn.Module) -> bool:
     return next(module.parameters()).device.type == "cpu" and _cpu_bf16()
 
 
+def trace_encoder(encoder: nn.Module, tokenizer, half: bool):
+    """A TorchScript trace of `encoder` (see `RecipeModules.traced_encoder`). half: trace a
+    bfloat16 copy and freeze its weights into the graph; otherwise the trace shares the weights."""
+    dummy = tokenizer(["a", "a b c"], padding=True, return_tensors="pt")
+    if half:  # a copy that owns its weights: without BERT's pooler (unused here), frozen into the graph
+        encoder = copy.deepcopy(encoder).to(torch.bfloat16)
+        encoder.pooler = None
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about shape checks that the mask path doesn't take
+        traced = torch.jit.trace(encoder, (dummy["input_ids"], dummy["attention_mask"]),
+                                 strict=False, check_trace=False)
+        return torch.jit.freeze(traced.eval()) if half else traced
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[mean; max; min] over the real tokens of f_rm's last layer: [batch, 3 x width]."""
     m = mask[..., None].bool()
@@ -260,19 +274,8 @@ class RecipeModules(nn.Module):
         half = not self.config.finetune_encoder and fast_bf16(self.encoder)
         key = (id(self.encoder), self.encoder.training, half)
         if self.__dict__.get("_trace_key") != key:
-            dummy = self.tokenizer(["a", "a b c"], padding=True, return_tensors="pt")
-            encoder = self.encoder
-            if half:  # a copy that owns its weights: without BERT's pooler (unused here), frozen into the graph
-                encoder = copy.deepcopy(encoder).to(torch.bfloat16)
-                encoder.pooler = None
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # TracerWarnings about shape checks that the mask path doesn't take
-                traced = torch.jit.trace(encoder, (dummy["input_ids"], dummy["attention_mask"]),
-                                         strict=False, check_trace=False)
-                if half:
-                    traced = torch.jit.freeze(traced.eval())
             # plain attributes, not submodules: the trace stays out of state_dict and the fingerprint
-            self.__dict__.update(_trace=traced, _trace_key=key)
+            self.__dict__.update(_trace=trace_encoder(self.encoder, self.tokenizer, half), _trace_key=key)
         return self.__dict__["_trace"]
 
     def sentinel_features(self) -> torch.Tensor:

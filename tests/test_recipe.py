@@ -147,6 +147,7 @@ def test_the_traced_encoder_equals_transformers_and_stays_out_of_the_weights(tin
     with torch.enable_grad():  # fine-tuning backpropagates through the eager encoder
         assert mods.features(texts[:1]).requires_grad
 
+
 def test_a_frozen_encoder_runs_in_bfloat16_where_the_cpu_has_it_and_keeps_the_features(modules):
     texts = ["Rome", "The Eiffel Tower is located in the city of Paris in France", "Where is it?"]
     enc = modules.tokens(texts)
