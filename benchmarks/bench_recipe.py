@@ -8,8 +8,8 @@
                                                 CounterFact edits (and ZsRE with portability), all protocols
     python -m benchmarks.bench_recipe ablation  [--n 100]  Table 4's rows: without the sentinel, the
                                                 continuous prompt, or both
-    python -m benchmarks.bench_recipe encoder   [--steps 300] [--widths 256]  frozen vs fine-tuned MiniLM
-                                                (the retrieval part alone, trained from scratch)
+    python -m benchmarks.bench_recipe encoder   [--steps 300] [--widths 256] [--frozen-steps N ..]  frozen vs
+                                                fine-tuned MiniLM (the retrieval part alone, from scratch)
 
 The CounterFact and ZsRE edits come from ../shared; their subjects never occur in the modules'
 training data (`prompt_learning.held_out_cases`). JSON results go under artifacts/recipe/.
@@ -110,7 +110,7 @@ def sentinel(args) -> None:
     from kedit_teach.data import load_counterfact
     from kedit_teach.editors.recipe import gate_sweep
     from kedit_teach.models import load_model
-    recipe = _recipe(*load_model())
+    recipe = _recipe(*load_model(), modules=args.modules)
     cases = load_counterfact(COUNTERFACT, n=args.stored)
     recipe.edit(cases)
     queries = ([("edit prompt", c.prompt, c.case_id) for c in cases]
@@ -186,19 +186,21 @@ def encoder(args) -> None:
     queries = ([("edit prompt", c.prompt, c.case_id) for c in cases]
                + [("rephrasing", c.rephrase_prompts[0], c.case_id) for c in cases]
                + [("locality", c.locality[0][0], None) for c in cases])
-    print(f"retrieval only, {args.steps} steps, contrastive batch {args.batch}, {len(examples)} training examples; "
+    print(f"retrieval only, contrastive batch {args.batch}, {len(examples)} training examples; "
           "decisions with 1000 stored edits")
-    for finetune, d_rep in ((f, d) for d in args.widths for f in (False, True)):
+    rows = [(f, d, s) for d in args.widths for f in (False, True)
+            for s in ([args.steps] + [n for n in args.frozen_steps if not f and n != args.steps])]
+    for finetune, d_rep, steps in rows:
         modules = pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=d_rep, finetune_encoder=finetune))
         t = time.perf_counter()
         pl.train_modules(modules, model, tok, examples,
-                         pl.TrainConfig(steps=args.steps, contrastive_batch=args.batch, edit_loss=False))
+                         pl.TrainConfig(steps=steps, contrastive_batch=args.batch, edit_loss=False))
         seconds = time.perf_counter() - t
         editor = _recipe(model, tok, modules=modules)
         editor.edit(cases)
         acc = gate_sweep(editor, queries, [0.0])["sentinel"]
         size = sum(v.numel() * 4 for v in modules.trained_state().values()) / 2 ** 20
-        print(f"  {'fine-tuned' if finetune else 'frozen':10s} MiniLM, d_rep {d_rep:4d}: "
+        print(f"  {'fine-tuned' if finetune else 'frozen':10s} MiniLM, d_rep {d_rep:4d}, {steps:5d} steps: "
               + "  ".join(f"{k} {v:.3f}" for k, v in acc.items())
               + f"  ({seconds / 60:.1f} min, {size:.1f} MB of weights)", flush=True)
 
@@ -209,6 +211,7 @@ def main() -> None:
     sub.add_parser("speed").set_defaults(fn=speed)
     s = sub.add_parser("sentinel")
     s.add_argument("--stored", type=int, default=1000)
+    s.add_argument("--modules", default="default", help="a modules folder (default: the ones RECIPE loads)")
     s.set_defaults(fn=sentinel)
     c = sub.add_parser("compare")
     c.add_argument("--n", type=int, default=100)
@@ -222,6 +225,8 @@ def main() -> None:
     e.add_argument("--steps", type=int, default=300)
     e.add_argument("--batch", type=int, default=64, help="contrastive batch (fine-tuning backpropagates through 4x this many texts)")
     e.add_argument("--widths", type=int, nargs="+", default=[256])
+    e.add_argument("--frozen-steps", type=int, nargs="*", default=[],
+                   help="more rows for the frozen encoder at these step counts (its steps are far cheaper: compare at equal time)")
     e.add_argument("--examples", type=int, default=3000, help="training examples (fewer texts to encode)")
     e.set_defaults(fn=encoder)
     args = parser.parse_args()

@@ -4,6 +4,10 @@
         A -> B, then A -> C for each pair, all of them standing together: the share of answers that
         follow the latest edit, the first one, or neither; edit prompts and rephrasings
 
+    python -m benchmarks.bench_stress distractors [--probes 200] [--sizes 100 1000 10000] [--methods lte recipe]
+        questions about CounterFact subjects never edited, against a growing store of CounterFact-train
+        edits (other subjects, many of them look-alikes): the share of answers the store changes
+
 JSON results go under artifacts/stress/.
 """
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.bench_lte import COUNTERFACT
+from benchmarks.bench_lte import CF_TRAIN, COUNTERFACT
 
 OUT = Path("artifacts/stress")
 
@@ -42,6 +46,27 @@ def conflicts(args) -> None:
     (OUT / f"conflicts-{args.data}-{len(pairs)}.json").write_text(json.dumps({"shares": shares, "answers": answers}, indent=1))
 
 
+def distractors(args) -> None:
+    from kedit_teach import stress
+    from kedit_teach.data import disjoint_subjects, load_counterfact
+    from kedit_teach.models import load_model
+    background = load_counterfact(CF_TRAIN)[:max(args.sizes)]
+    probes = disjoint_subjects(load_counterfact(COUNTERFACT), background)[:args.probes]
+    model, tok = load_model()
+    t = time.perf_counter()
+    changed, answers, model = stress.distractors(model, tok, probes, background, args.sizes, args.methods, settings={})
+    print(f"{len(probes)} questions about unedited CounterFact subjects; share of answers changed by the store "
+          f"({time.perf_counter() - t:.0f} s in all)")
+    value = {(r["method"], r["stored"]): r["value"] for r in changed}
+    print("| method | " + " | ".join(f"{n} stored" for n in args.sizes) + " |")
+    for m in args.methods:
+        print(f"| {m} | " + " | ".join(f"{value[(m, n)]:.3f}" for n in args.sizes) + " |")
+    for a in answers:
+        print(f"  {a['method']:7s} {a['prompt']!r}: {a['before']!r} -> {a['after']!r}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"distractors-{len(probes)}.json").write_text(json.dumps({"changed": changed, "answers": answers}, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(required=True)
@@ -50,6 +75,11 @@ def main() -> None:
     c.add_argument("--data", choices=["teach", "counterfact"], default="teach")
     c.add_argument("--methods", nargs="+", default=["ice", "ft-l", "grace", "lte", "recipe"])
     c.set_defaults(fn=conflicts)
+    d = sub.add_parser("distractors")
+    d.add_argument("--probes", type=int, default=200)
+    d.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    d.add_argument("--methods", nargs="+", default=["lte", "recipe"])
+    d.set_defaults(fn=distractors)
     args = p.parse_args()
     args.fn(args)
 

@@ -3,6 +3,8 @@ every method takes in turn on one loaded model (notebook 06).
 
     conflicts   edit A -> B, later A -> C (the same prompt, another answer of the same kind): does
                 the method answer with the latest edit, the first one, or neither?
+    distractors questions about subjects never edited, against a store of 100 ... 10,000 other
+                facts (many about look-alike subjects): how many answers does the store change?
 
 A lifelong editor must let a newer fact replace an older one. Weight editors write the second
 edit over the first; GRACE's codebook and the retrieval methods keep both entries, and then the
@@ -19,7 +21,7 @@ from dataclasses import replace
 
 from tqdm.auto import tqdm
 
-from .data import EditCase
+from .data import EditCase, disjoint_subjects
 from .editors import FAST_SETTINGS, METHODS
 from .metrics import generation_match
 
@@ -82,3 +84,38 @@ def conflicts(model, tokenizer, pairs: list[tuple[EditCase, EditCase]], methods:
                                   for p, f, s, a, o in list(zip(prompts, firsts, seconds, answers, got))[:shown]]
         model = editor.detach()
     return shares, shown_answers, model
+
+
+def distractors(model, tokenizer, probes: list[EditCase], background: list[EditCase], sizes: list[int],
+                methods: list[str], settings: dict[str, dict] | None = None, shown: int = 3,
+                progress: bool = True) -> tuple[list[dict], list[dict], object]:
+    """Each method stores the first `sizes[0]`, then `sizes[1]`, ... background edits and after each
+    size answers every probe's prompt; then it is detached. No probe's subject is in the background
+    (else ValueError), so the unedited model's answer is the right one and any change is a distractor's.
+
+    Returns (changed, answers, the model as loaded). changed: {"method", "stored", "value"}, the share
+    of probes whose greedy answer differs from the unedited model's; answers: up to `shown` changed
+    ones per method at the largest size, {"method", "stored", "prompt", "before", "after"}.
+    """
+    settings = FAST_SETTINGS if settings is None else settings
+    if sorted(sizes) != list(sizes) or not sizes or sizes[0] < 1 or sizes[-1] > len(background):
+        raise ValueError(f"sizes={sizes}: give increasing store sizes between 1 and len(background)={len(background)}")
+    if len(disjoint_subjects(probes, background)) != len(probes):
+        raise ValueError("some probes ask about a subject the background edits: the edited answer would be right "
+                         "there; pass disjoint_subjects(probes, background)")
+    prompts = [c.prompt for c in probes]
+    plain = METHODS["noedit"](model, tokenizer)
+    before = plain.generate(prompts, ANSWER_TOKENS)
+    model = plain.detach()
+    changed, shown_answers = [], []
+    for name in tqdm(methods, desc="unrelated questions, growing store, per method", disable=not progress):
+        editor = METHODS[name](model, tokenizer, **settings.get(name, {}))
+        for n in tqdm(sizes, desc=name, leave=False, disable=not progress):
+            editor.edit(background[len(editor.cases):n])
+            after = editor.generate(prompts, ANSWER_TOKENS)
+            diff = [i for i, (a, b) in enumerate(zip(after, before)) if a != b]
+            changed.append({"method": name, "stored": n, "value": len(diff) / len(prompts)})
+        shown_answers += [{"method": name, "stored": sizes[-1], "prompt": prompts[i], "before": before[i].strip(),
+                           "after": after[i].strip()} for i in diff[:shown]]
+        model = editor.detach()
+    return changed, shown_answers, model

@@ -559,3 +559,17 @@ def conflict_bars(shares: list[dict], title: str = "") -> go.Figure:
     return grouped_bars(pd.DataFrame(shares), x="method", group="outcome", col="kind", colors=CONFLICT_COLORS,
                         title=title or "A -> B, then A -> C: which edit does the answer follow?",
                         y_title="share of pairs")
+
+
+def distractor_lines(changed: list[dict], title: str = "") -> go.Figure:
+    """`stress.distractors`: per method, the share of unrelated questions whose answer the store
+    changed, against the number of stored edits (log axis)."""
+    fig = go.Figure()
+    frame = pd.DataFrame(changed)
+    for (name, rows), color in zip(frame.groupby("method", sort=False), cycle(qualitative.Plotly)):
+        fig.add_trace(go.Scatter(x=rows["stored"], y=rows["value"], mode="lines+markers", name=name,
+                                 line=dict(color=color), meta={"method": name}))
+    fig.update_layout(title=title or "Questions about unedited subjects: how many answers does the store change?",
+                      height=380, legend_title_text="method", yaxis=dict(range=[0, 1.05], title="share of answers changed"),
+                      xaxis=dict(type="log", title="stored edits (other subjects)"))
+    return fig

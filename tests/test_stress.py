@@ -1,4 +1,4 @@
-"""The weakness experiments (stress.py): conflicting edits A -> B, then A -> C."""
+"""The weakness experiments (stress.py): conflicting edits A -> B, then A -> C; distractors."""
 from __future__ import annotations
 
 import pytest
@@ -69,5 +69,49 @@ def test_conflicts_leave_the_model_as_loaded_and_shares_add_up(gemma_tiny):
         for kind in ("edit prompt", "rephrasing"):
             assert sum(r["value"] for r in shares if (r["method"], r["kind"]) == (m, kind)) == pytest.approx(1.0)
     assert len(answers) == 2 * len(methods)
+    modules, weights = snapshot(model)
+    assert modules == before[0] and all((weights[k] == v).all() for k, v in before[1].items())
+
+
+class Distracted(Editor):
+    """A test double: with n edits stored, the answers to the first n prompts it is asked change."""
+    name = "distracted"
+
+    def generate(self, prompt, max_new_tokens=20, **kw):
+        said = super().generate(prompt, max_new_tokens, **kw)
+        return [" changed" if i < len(self.cases) else s for i, s in enumerate(said)]
+
+
+def _probes_and_background():
+    teach = load_teach()
+    return teach[:4], teach[10:16]
+
+
+def test_distractors_count_changed_answers_per_store_size(gemma_tiny, monkeypatch):
+    model, tok = gemma_tiny
+    monkeypatch.setitem(stress.METHODS, "distracted", Distracted)
+    probes, background = _probes_and_background()
+    changed, answers, _ = stress.distractors(model, tok, probes, background, [1, 3, 6], ["distracted"], progress=False)
+    assert [(r["stored"], r["value"]) for r in changed] == [(1, 0.25), (3, 0.75), (6, 1.0)]
+    assert len(answers) == 3 and answers[0]["prompt"] == probes[0].prompt and answers[0]["after"] == "changed"
+    assert answers[0]["before"] != "changed" and answers[0]["stored"] == 6
+
+
+def test_distractors_refuse_probes_the_background_edits_and_bad_sizes(gemma_tiny):
+    model, tok = gemma_tiny
+    probes, background = _probes_and_background()
+    with pytest.raises(ValueError, match="disjoint_subjects"):
+        stress.distractors(model, tok, probes, background + probes[:1], [2], ["grace"], progress=False)
+    for sizes in ([], [3, 2], [0], [7]):
+        with pytest.raises(ValueError, match="increasing store sizes"):
+            stress.distractors(model, tok, probes, background, sizes, ["grace"], progress=False)
+
+
+def test_distractors_leave_the_model_as_loaded(gemma_tiny):
+    model, tok = gemma_tiny
+    before = snapshot(model)
+    probes, background = _probes_and_background()
+    changed, _, model = stress.distractors(model, tok, probes, background, [2, 4], ["grace"], progress=False)
+    assert [r["stored"] for r in changed] == [2, 4] and all(0 <= r["value"] <= 1 for r in changed)
     modules, weights = snapshot(model)
     assert modules == before[0] and all((weights[k] == v).all() for k, v in before[1].items())

@@ -689,6 +689,14 @@ def test_conflict_bars_split_each_method_by_outcome_and_probe():
     assert list(first.y) == [0.0, 0.5] and first.marker.color == viz.CONFLICT_COLORS["first"]
 
 
+def test_distractor_lines_one_line_per_method_over_store_size():
+    changed = [{"method": m, "stored": n, "value": v} for m, vals in (("lte", (0.8, 0.8, 0.8)), ("recipe", (0.0, 0.04, 0.12)))
+               for n, v in zip((100, 1000, 10000), vals)]
+    fig = viz.distractor_lines(changed)
+    assert [t.meta["method"] for t in fig.data] == ["lte", "recipe"] and fig.layout.xaxis.type == "log"
+    assert list(fig.data[1].x) == [100, 1000, 10000] and list(fig.data[1].y) == [0.0, 0.04, 0.12]
+
+
 @pytest.fixture
 def arena(gemma_tiny):
     panel = ArenaPanel(*gemma_tiny, methods=("ice", "grace", "rome"), settings={"grace": {"n_iter": 2}})
