@@ -8,6 +8,10 @@
         questions about CounterFact subjects never edited, against a growing store of CounterFact-train
         edits (other subjects, many of them look-alikes): the share of answers the store changes
 
+    python -m benchmarks.bench_stress paraphrases [--cases 100] [--bins 4] [--methods ice grace lte recipe]
+        CounterFact edits, all standing together; generality (generation) of their rephrasings in bins of
+        MiniLM cosine to the knowledge sentence, the farthest first
+
 JSON results go under artifacts/stress/.
 """
 from __future__ import annotations
@@ -67,6 +71,25 @@ def distractors(args) -> None:
     (OUT / f"distractors-{len(probes)}.json").write_text(json.dumps({"changed": changed, "answers": answers}, indent=1))
 
 
+def paraphrases(args) -> None:
+    from kedit_teach import stress
+    from kedit_teach.data import load_counterfact
+    from kedit_teach.models import load_model
+    cases = load_counterfact(COUNTERFACT, n=args.cases)
+    model, tok = load_model()
+    t = time.perf_counter()
+    rows, model = stress.paraphrases(model, tok, cases, args.methods, bins=args.bins, settings={})
+    print(f"{sum(len(c.rephrase_prompts) for c in cases)} rephrasings of {len(cases)} CounterFact edits; share "
+          f"answered with the new target, by MiniLM cosine to the knowledge sentence ({time.perf_counter() - t:.0f} s in all)")
+    ranges = [r["similarity"] for r in rows if r["method"] == args.methods[0]]
+    value = {(r["method"], r["bin"]): r["value"] for r in rows}
+    print("| method | " + " | ".join(ranges) + " |")
+    for m in args.methods:
+        print(f"| {m} | " + " | ".join(f"{value[(m, b)]:.2f}" for b in range(args.bins)) + " |")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"paraphrases-{len(cases)}.json").write_text(json.dumps(rows, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(required=True)
@@ -80,6 +103,11 @@ def main() -> None:
     d.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     d.add_argument("--methods", nargs="+", default=["lte", "recipe"])
     d.set_defaults(fn=distractors)
+    f = sub.add_parser("paraphrases")
+    f.add_argument("--cases", type=int, default=100)
+    f.add_argument("--bins", type=int, default=4)
+    f.add_argument("--methods", nargs="+", default=["ice", "grace", "lte", "recipe"])
+    f.set_defaults(fn=paraphrases)
     args = p.parse_args()
     args.fn(args)
 

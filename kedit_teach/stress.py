@@ -5,6 +5,8 @@ every method takes in turn on one loaded model (notebook 06).
                 the method answer with the latest edit, the first one, or neither?
     distractors questions about subjects never edited, against a store of 100 ... 10,000 other
                 facts (many about look-alike subjects): how many answers does the store change?
+    paraphrases generality split by how far each rephrasing is from the edit's knowledge sentence
+                (MiniLM cosine): which methods lose the far ones?
 
 A lifelong editor must let a newer fact replace an older one. Weight editors write the second
 edit over the first; GRACE's codebook and the retrieval methods keep both entries, and then the
@@ -24,6 +26,7 @@ from tqdm.auto import tqdm
 from .data import EditCase, disjoint_subjects
 from .editors import FAST_SETTINGS, METHODS
 from .metrics import generation_match
+from .models import load_encoder
 
 OUTCOMES = ("latest", "first", "neither")
 ANSWER_TOKENS = 6
@@ -119,3 +122,48 @@ def distractors(model, tokenizer, probes: list[EditCase], background: list[EditC
                            "after": after[i].strip()} for i in diff[:shown]]
         model = editor.detach()
     return changed, shown_answers, model
+
+
+def paraphrase_bins(cases: list[EditCase], bins: int = 4, encoder=None) -> list[dict]:
+    """Every rephrasing of every case with its MiniLM cosine to the case's knowledge sentence
+    (prompt + target_new, what retrieval methods store) and its bin: `bins` equal-count bins,
+    the farthest first. {"case", "prompt", "similarity", "bin"} per rephrasing."""
+    probes = [(c, q) for c in cases for q in c.rephrase_prompts]
+    if len(probes) < bins:
+        raise ValueError(f"{len(probes)} rephrasings for {bins} bins: pass cases with rephrase_prompts, or fewer bins")
+    encoder = encoder if encoder is not None else load_encoder()
+    q = encoder.encode([p for _, p in probes], normalize_embeddings=True, convert_to_tensor=True)
+    k = encoder.encode([c.descriptor for c, _ in probes], normalize_embeddings=True, convert_to_tensor=True)
+    sims = (q * k).sum(-1).tolist()
+    order = sorted(range(len(probes)), key=sims.__getitem__)
+    rows = [None] * len(probes)
+    for rank, i in enumerate(order):
+        c, p = probes[i]
+        rows[i] = {"case": c, "prompt": p, "similarity": sims[i], "bin": rank * bins // len(probes)}
+    return rows
+
+
+def paraphrases(model, tokenizer, cases: list[EditCase], methods: list[str], bins: int = 4,
+                settings: dict[str, dict] | None = None, encoder=None,
+                progress: bool = True) -> tuple[list[dict], object]:
+    """Each method makes every edit, answers every rephrasing (greedy, the generation protocol),
+    and is detached. Returns (rows, the model as loaded); rows: {"method", "bin", "similarity"
+    (the bin's cosine range as text), "value" (the share of its rephrasings answered with
+    target_new)}, one per method and bin, the farthest bin first."""
+    settings = FAST_SETTINGS if settings is None else settings
+    probes = paraphrase_bins(cases, bins, encoder)
+    ranges = {}
+    for b in range(bins):
+        s = [p["similarity"] for p in probes if p["bin"] == b]
+        ranges[b] = f"{min(s):.2f}-{max(s):.2f}"
+    rows = []
+    for name in tqdm(methods, desc="rephrasings by distance, per method", disable=not progress):
+        editor = METHODS[name](model, tokenizer, **settings.get(name, {}))
+        editor.edit(cases)
+        answers = editor.generate([p["prompt"] for p in probes], ANSWER_TOKENS)
+        right = [generation_match(a, p["case"].target_new) for a, p in zip(answers, probes)]
+        for b in range(bins):
+            got = [r for r, p in zip(right, probes) if p["bin"] == b]
+            rows.append({"method": name, "bin": b, "similarity": ranges[b], "value": sum(got) / len(got)})
+        model = editor.detach()
+    return rows, model

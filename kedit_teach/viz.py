@@ -561,15 +561,30 @@ def conflict_bars(shares: list[dict], title: str = "") -> go.Figure:
                         y_title="share of pairs")
 
 
+
+def _method_lines(frame: pd.DataFrame, x: str, title: str, y_title: str, xaxis: dict) -> go.Figure:
+    """One line per method of `frame` (columns method, x, value), in the frame's order."""
+    fig = go.Figure()
+    for (name, part), color in zip(frame.groupby("method", sort=False), cycle(qualitative.Plotly)):
+        fig.add_trace(go.Scatter(x=part[x], y=part["value"], mode="lines+markers", name=name,
+                                 line=dict(color=color), meta={"method": name}))
+    fig.update_layout(title=title, height=380, legend_title_text="method", xaxis=xaxis,
+                      yaxis=dict(range=[0, 1.05], title=y_title))
+    return fig
+
+
 def distractor_lines(changed: list[dict], title: str = "") -> go.Figure:
     """`stress.distractors`: per method, the share of unrelated questions whose answer the store
     changed, against the number of stored edits (log axis)."""
-    fig = go.Figure()
-    frame = pd.DataFrame(changed)
-    for (name, rows), color in zip(frame.groupby("method", sort=False), cycle(qualitative.Plotly)):
-        fig.add_trace(go.Scatter(x=rows["stored"], y=rows["value"], mode="lines+markers", name=name,
-                                 line=dict(color=color), meta={"method": name}))
-    fig.update_layout(title=title or "Questions about unedited subjects: how many answers does the store change?",
-                      height=380, legend_title_text="method", yaxis=dict(range=[0, 1.05], title="share of answers changed"),
-                      xaxis=dict(type="log", title="stored edits (other subjects)"))
-    return fig
+    return _method_lines(pd.DataFrame(changed), "stored",
+                         title or "Questions about unedited subjects: how many answers does the store change?",
+                         "share of answers changed", dict(type="log", title="stored edits (other subjects)"))
+
+
+def paraphrase_lines(rows: list[dict], title: str = "") -> go.Figure:
+    """`stress.paraphrases`: per method, the share of rephrasings answered with the new target, in
+    bins of MiniLM cosine to the edit's knowledge sentence, the farthest bin on the left."""
+    return _method_lines(pd.DataFrame(rows).sort_values("bin", kind="stable"), "similarity",
+                         title or "Generality by how far the rephrasing is from the knowledge sentence",
+                         "rephrasings right (generation)",
+                         dict(type="category", title="MiniLM cosine to prompt + target_new (equal-count bins)"))

@@ -115,3 +115,47 @@ def test_distractors_leave_the_model_as_loaded(gemma_tiny):
     assert [r["stored"] for r in changed] == [2, 4] and all(0 <= r["value"] <= 1 for r in changed)
     modules, weights = snapshot(model)
     assert modules == before[0] and all((weights[k] == v).all() for k, v in before[1].items())
+
+
+def test_paraphrase_bins_split_rephrasings_into_equal_bins_the_farthest_first(encoder):
+    cases = load_teach()[:6]
+    rows = stress.paraphrase_bins(cases, bins=3, encoder=encoder)
+    assert [r["prompt"] for r in rows] == [q for c in cases for q in c.rephrase_prompts]
+    counts = [sum(r["bin"] == b for r in rows) for b in range(3)]
+    assert max(counts) - min(counts) <= 1 and sum(counts) == len(rows)
+    for near, far in ((1, 0), (2, 1)):
+        assert min(r["similarity"] for r in rows if r["bin"] == near) >= max(r["similarity"] for r in rows if r["bin"] == far)
+    same = EditCase(case_id="s", subject="X", prompt="X is in", target_new="Rome", rephrase_prompts=["X is in Rome"])
+    assert stress.paraphrase_bins([same], bins=1, encoder=encoder)[0]["similarity"] > 0.99  # the descriptor itself
+    with pytest.raises(ValueError, match="fewer bins"):
+        stress.paraphrase_bins(cases[:1], bins=50, encoder=encoder)
+
+
+class KnowsNearOnes(Editor):
+    """A test double: answers a rephrasing with its edit's target only if it contains the edit prompt's first word."""
+    name = "near"
+
+    def generate(self, prompt, max_new_tokens=20, **kw):
+        said = []
+        for p in prompt:
+            case = next(c for c in self.cases.values() if p in c.rephrase_prompts)
+            said.append(f" {case.target_new}" if case.prompt.split()[0] in p else " nothing")
+        return said
+
+
+def test_paraphrases_score_each_bin_and_leave_the_model_as_loaded(gemma_tiny, encoder, monkeypatch):
+    model, tok = gemma_tiny
+    monkeypatch.setitem(stress.METHODS, "near", KnowsNearOnes)
+    cases = load_teach()[:6]
+    before = snapshot(model)
+    rows, model = stress.paraphrases(model, tok, cases, ["near", "grace"], bins=2, encoder=encoder, progress=False)
+    probes = stress.paraphrase_bins(cases, 2, encoder)
+    for b in range(2):
+        mine = [p for p in probes if p["bin"] == b]
+        want = sum(p["case"].prompt.split()[0] in p["prompt"] for p in mine) / len(mine)
+        (row,) = [r for r in rows if (r["method"], r["bin"]) == ("near", b)]
+        sims = [p["similarity"] for p in mine]
+        assert row["value"] == pytest.approx(want) and row["similarity"] == f"{min(sims):.2f}-{max(sims):.2f}"
+    assert [r["method"] for r in rows] == ["near", "near", "grace", "grace"]
+    modules, weights = snapshot(model)
+    assert modules == before[0] and all((weights[k] == v).all() for k, v in before[1].items())

@@ -697,6 +697,15 @@ def test_distractor_lines_one_line_per_method_over_store_size():
     assert list(fig.data[1].x) == [100, 1000, 10000] and list(fig.data[1].y) == [0.0, 0.04, 0.12]
 
 
+def test_paraphrase_lines_put_the_farthest_bin_first():
+    rows = [{"method": m, "bin": b, "similarity": r, "value": v}
+            for m, vals in (("ice", (1.0, 1.0)), ("recipe", (0.3, 0.9)))
+            for b, r, v in sorted(zip((1, 0), ("0.70-0.95", "0.20-0.69"), vals[::-1]), reverse=True)]
+    fig = viz.paraphrase_lines(rows)
+    assert [t.meta["method"] for t in fig.data] == ["ice", "recipe"]
+    assert list(fig.data[1].x) == ["0.20-0.69", "0.70-0.95"] and list(fig.data[1].y) == [0.3, 0.9]
+
+
 @pytest.fixture
 def arena(gemma_tiny):
     panel = ArenaPanel(*gemma_tiny, methods=("ice", "grace", "rome"), settings={"grace": {"n_iter": 2}})
