@@ -12,6 +12,10 @@
         CounterFact edits, all standing together; generality (generation) of their rephrasings in bins of
         MiniLM cosine to the knowledge sentence, the farthest first
 
+    python -m benchmarks.bench_stress multi_hop [--data teach zsre] [--n 100] [--methods ice grace lte recipe]
+        every edit standing together, then each portability question: does the answer follow the new
+        fact, repeat the edit's target, keep the old fact, or neither?
+
 JSON results go under artifacts/stress/.
 """
 from __future__ import annotations
@@ -21,9 +25,23 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.bench_lte import CF_TRAIN, COUNTERFACT
+from benchmarks.bench_lte import CF_TRAIN, COUNTERFACT, ZSRE
 
 OUT = Path("artifacts/stress")
+
+
+def _table(rows: list[dict], methods: list[str], column: str, columns: list, header: list[str] | None = None,
+           digits: int = 2) -> None:
+    """Print a markdown table of rows' values: one row per method, one column per value of `column`."""
+    value = {(r["method"], r[column]): r["value"] for r in rows}
+    print("| method | " + " | ".join(header or [str(c) for c in columns]) + " |")
+    for m in methods:
+        print(f"| {m} | " + " | ".join(f"{value[(m, c)]:.{digits}f}" for c in columns) + " |")
+
+
+def _save(name: str, payload) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps(payload, indent=1))
 
 
 def conflicts(args) -> None:
@@ -46,8 +64,7 @@ def conflicts(args) -> None:
         print(f"| {m} | " + " | ".join(" / ".join(f"{value[(m, k, o)]:.2f}" for o in stress.OUTCOMES) for k in kinds) + " |")
     for a in answers:
         print(f"  {a['method']:7s} {a['prompt']!r}: first {a['first']!r}, latest {a['latest']!r} -> {a['answer']!r} ({a['outcome']})")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"conflicts-{args.data}-{len(pairs)}.json").write_text(json.dumps({"shares": shares, "answers": answers}, indent=1))
+    _save(f"conflicts-{args.data}-{len(pairs)}", {"shares": shares, "answers": answers})
 
 
 def distractors(args) -> None:
@@ -61,14 +78,10 @@ def distractors(args) -> None:
     changed, answers, model = stress.distractors(model, tok, probes, background, args.sizes, args.methods, settings={})
     print(f"{len(probes)} questions about unedited CounterFact subjects; share of answers changed by the store "
           f"({time.perf_counter() - t:.0f} s in all)")
-    value = {(r["method"], r["stored"]): r["value"] for r in changed}
-    print("| method | " + " | ".join(f"{n} stored" for n in args.sizes) + " |")
-    for m in args.methods:
-        print(f"| {m} | " + " | ".join(f"{value[(m, n)]:.3f}" for n in args.sizes) + " |")
+    _table(changed, args.methods, "stored", args.sizes, [f"{n} stored" for n in args.sizes], digits=3)
     for a in answers:
         print(f"  {a['method']:7s} {a['prompt']!r}: {a['before']!r} -> {a['after']!r}")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"distractors-{len(probes)}.json").write_text(json.dumps({"changed": changed, "answers": answers}, indent=1))
+    _save(f"distractors-{len(probes)}", {"changed": changed, "answers": answers})
 
 
 def paraphrases(args) -> None:
@@ -81,13 +94,27 @@ def paraphrases(args) -> None:
     rows, model = stress.paraphrases(model, tok, cases, args.methods, bins=args.bins, settings={})
     print(f"{sum(len(c.rephrase_prompts) for c in cases)} rephrasings of {len(cases)} CounterFact edits; share "
           f"answered with the new target, by MiniLM cosine to the knowledge sentence ({time.perf_counter() - t:.0f} s in all)")
-    ranges = [r["similarity"] for r in rows if r["method"] == args.methods[0]]
-    value = {(r["method"], r["bin"]): r["value"] for r in rows}
-    print("| method | " + " | ".join(ranges) + " |")
-    for m in args.methods:
-        print(f"| {m} | " + " | ".join(f"{value[(m, b)]:.2f}" for b in range(args.bins)) + " |")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"paraphrases-{len(cases)}.json").write_text(json.dumps(rows, indent=1))
+    _table(rows, args.methods, "bin", list(range(args.bins)), [r["similarity"] for r in rows if r["method"] == args.methods[0]])
+    _save(f"paraphrases-{len(cases)}", rows)
+
+
+def multi_hop(args) -> None:
+    from kedit_teach import stress
+    from kedit_teach.data import load_cases, load_teach
+    from kedit_teach.models import load_model
+    from kedit_teach.prompt_learning import TEACH_HELD_OUT
+    model, tok = load_model()
+    for data in args.data:
+        # cases no trained method saw in training (the held-out teaching cases; ZsRE's test split)
+        cases = load_teach()[:TEACH_HELD_OUT] if data == "teach" else load_cases(f"knowedit:{ZSRE}", n=args.n, seed=0)
+        t = time.perf_counter()
+        shares, answers, model = stress.multi_hop(model, tok, cases, args.methods, settings={}, shown=3)
+        print(f"\n{data}: {len(cases)} edits, {sum(len(c.portability) for c in cases)} portability questions "
+              f"({time.perf_counter() - t:.0f} s in all)")
+        _table(shares, args.methods, "outcome", list(stress.HOP_OUTCOMES))
+        for a in answers:
+            print(f"  {a['method']:7s} {a['question']!r} (new {a['new']!r}): {a['before']!r} -> {a['answer']!r} ({a['outcome']})")
+        _save(f"multi_hop-{data}-{len(cases)}", {"shares": shares, "answers": answers})
 
 
 def main() -> None:
@@ -108,6 +135,11 @@ def main() -> None:
     f.add_argument("--bins", type=int, default=4)
     f.add_argument("--methods", nargs="+", default=["ice", "grace", "lte", "recipe"])
     f.set_defaults(fn=paraphrases)
+    h = sub.add_parser("multi_hop")
+    h.add_argument("--data", nargs="+", choices=["teach", "zsre"], default=["teach", "zsre"])
+    h.add_argument("--n", type=int, default=100, help="ZsRE edits")
+    h.add_argument("--methods", nargs="+", default=["ice", "grace", "lte", "recipe"])
+    h.set_defaults(fn=multi_hop)
     args = p.parse_args()
     args.fn(args)
 

@@ -7,6 +7,8 @@ every method takes in turn on one loaded model (notebook 06).
                 facts (many about look-alike subjects): how many answers does the store change?
     paraphrases generality split by how far each rephrasing is from the edit's knowledge sentence
                 (MiniLM cosine): which methods lose the far ones?
+    multi_hop   portability questions (the Eiffel Tower is now in Madrid: which country?): does the
+                answer follow the new fact, repeat the edit's target, stay as it was, or neither?
 
 A lifelong editor must let a newer fact replace an older one. Weight editors write the second
 edit over the first; GRACE's codebook and the retrieval methods keep both entries, and then the
@@ -25,10 +27,11 @@ from tqdm.auto import tqdm
 
 from .data import EditCase, disjoint_subjects
 from .editors import FAST_SETTINGS, METHODS
-from .metrics import generation_match
+from .metrics import generation_match, normalize
 from .models import load_encoder
 
 OUTCOMES = ("latest", "first", "neither")
+HOP_OUTCOMES = ("new", "target", "old", "other")
 ANSWER_TOKENS = 6
 
 
@@ -89,6 +92,12 @@ def conflicts(model, tokenizer, pairs: list[tuple[EditCase, EditCase]], methods:
     return shares, shown_answers, model
 
 
+def _unedited(model, tokenizer, prompts: list[str]) -> tuple[list[str], object]:
+    """The unedited model's greedy answers, and the model as loaded (through NoEdit, detached)."""
+    plain = METHODS["noedit"](model, tokenizer)
+    return plain.generate(prompts, ANSWER_TOKENS), plain.detach()
+
+
 def distractors(model, tokenizer, probes: list[EditCase], background: list[EditCase], sizes: list[int],
                 methods: list[str], settings: dict[str, dict] | None = None, shown: int = 3,
                 progress: bool = True) -> tuple[list[dict], list[dict], object]:
@@ -107,9 +116,7 @@ def distractors(model, tokenizer, probes: list[EditCase], background: list[EditC
         raise ValueError("some probes ask about a subject the background edits: the edited answer would be right "
                          "there; pass disjoint_subjects(probes, background)")
     prompts = [c.prompt for c in probes]
-    plain = METHODS["noedit"](model, tokenizer)
-    before = plain.generate(prompts, ANSWER_TOKENS)
-    model = plain.detach()
+    before, model = _unedited(model, tokenizer, prompts)
     changed, shown_answers = [], []
     for name in tqdm(methods, desc="unrelated questions, growing store, per method", disable=not progress):
         editor = METHODS[name](model, tokenizer, **settings.get(name, {}))
@@ -167,3 +174,41 @@ def paraphrases(model, tokenizer, cases: list[EditCase], methods: list[str], bin
             rows.append({"method": name, "bin": b, "similarity": ranges[b], "value": sum(got) / len(got)})
         model = editor.detach()
     return rows, model
+
+
+def hop_outcome(answer: str, new: str, target: str, before: str) -> str:
+    """What a portability answer does: follows the new fact (starts with the portability answer),
+    repeats the edit's target_new, keeps the old fact (starts with the unedited model's first
+    word: "France" before and after), or none of these."""
+    if generation_match(answer, new):
+        return "new"
+    if generation_match(answer, target):
+        return "target"
+    first = normalize(before).split()[:1]
+    return "old" if first and normalize(answer).split()[:1] == first else "other"
+
+
+def multi_hop(model, tokenizer, cases: list[EditCase], methods: list[str], settings: dict[str, dict] | None = None,
+              shown: int = 2, progress: bool = True) -> tuple[list[dict], list[dict], object]:
+    """Each method makes every edit, answers every portability question of the cases (greedy), and
+    is detached. Returns (shares, answers, the model as loaded). shares: {"method", "outcome",
+    "value"}, the share of questions per `HOP_OUTCOMES`; answers: the first `shown` questions per
+    method, {"method", "question", "new", "before", "answer", "outcome"}."""
+    settings = FAST_SETTINGS if settings is None else settings
+    probes = [(c, q, a) for c in cases for q, a in c.portability]
+    if not probes:
+        raise ValueError("these cases have no portability questions: pass cases whose `portability` is filled "
+                         "(the bundled teaching cases, KnowEdit ZsRE)")
+    questions = [q for _, q, _ in probes]
+    before, model = _unedited(model, tokenizer, questions)
+    shares, shown_answers = [], []
+    for name in tqdm(methods, desc="portability questions, per method", disable=not progress):
+        editor = METHODS[name](model, tokenizer, **settings.get(name, {}))
+        editor.edit(cases)
+        answers = editor.generate(questions, ANSWER_TOKENS)
+        got = [hop_outcome(a, new, c.target_new, b) for a, (c, _, new), b in zip(answers, probes, before)]
+        shares += [{"method": name, "outcome": o, "value": got.count(o) / len(got)} for o in HOP_OUTCOMES]
+        shown_answers += [{"method": name, "question": q, "new": new, "before": b.strip(), "answer": a.strip(), "outcome": o}
+                          for (_, q, new), b, a, o in list(zip(probes, before, answers, got))[:shown]]
+        model = editor.detach()
+    return shares, shown_answers, model

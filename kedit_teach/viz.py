@@ -551,6 +551,7 @@ def grid_bars(rows: list[dict], data: str, n: int, title: str = "") -> go.Figure
 
 
 CONFLICT_COLORS = {"latest": "#1a7f37", "first": "#d4a017", "neither": "#b0b0b0"}
+HOP_COLORS = {"new": "#1a7f37", "target": "#d62728", "old": "#d4a017", "other": "#b0b0b0"}
 
 
 def conflict_bars(shares: list[dict], title: str = "") -> go.Figure:
@@ -588,3 +589,10 @@ def paraphrase_lines(rows: list[dict], title: str = "") -> go.Figure:
                          title or "Generality by how far the rephrasing is from the knowledge sentence",
                          "rephrasings right (generation)",
                          dict(type="category", title="MiniLM cosine to prompt + target_new (equal-count bins)"))
+
+
+def hop_bars(shares: list[dict], title: str = "") -> go.Figure:
+    """`stress.multi_hop`: per method, the share of portability questions whose answer follows the
+    new fact, repeats the edit's target, keeps the old fact, or none of these."""
+    return grouped_bars(pd.DataFrame(shares), x="method", group="outcome", colors=HOP_COLORS,
+                        title=title or "Portability: does the answer follow the new fact?", y_title="share of questions")

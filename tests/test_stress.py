@@ -159,3 +159,43 @@ def test_paraphrases_score_each_bin_and_leave_the_model_as_loaded(gemma_tiny, en
     assert [r["method"] for r in rows] == ["near", "near", "grace", "grace"]
     modules, weights = snapshot(model)
     assert modules == before[0] and all((weights[k] == v).all() for k, v in before[1].items())
+
+
+def test_hop_outcome_tells_the_new_fact_the_target_and_the_old_answer_apart():
+    assert stress.hop_outcome(" Spain, the", "Spain", "Madrid", " France.") == "new"
+    assert stress.hop_outcome(" Madrid.", "Spain", "Madrid", " France.") == "target"
+    assert stress.hop_outcome(" France\n[Query]", "Spain", "Madrid", " France. It is the") == "old"
+    assert stress.hop_outcome(" Europe", "Spain", "Madrid", " France.") == "other"
+    assert stress.hop_outcome(" Europe", "Spain", "Madrid", " ") == "other"  # no old answer to keep
+
+
+class AnswersPortability(Editor):
+    """A test double: answers the first portability question of each edit right, repeats the target on the rest."""
+    name = "hops"
+
+    def generate(self, prompt, max_new_tokens=20, **kw):
+        said = []
+        for p in prompt:
+            case = next(c for c in self.cases.values() if p in [q for q, _ in c.portability])
+            said.append(f" {case.portability[0][1]}" if p == case.portability[0][0] else f" {case.target_new}")
+        return said
+
+
+def test_multi_hop_shares_add_up_and_the_model_is_left_as_loaded(gemma_tiny, monkeypatch):
+    model, tok = gemma_tiny
+    monkeypatch.setitem(stress.METHODS, "hops", AnswersPortability)
+    cases = load_teach()[:8]
+    before = snapshot(model)
+    shares, answers, model = stress.multi_hop(model, tok, cases, ["hops", "grace"], progress=False)
+    value = {(r["method"], r["outcome"]): r["value"] for r in shares}
+    questions = sum(len(c.portability) for c in cases)
+    assert value[("hops", "new")] == pytest.approx(len(cases) / questions)
+    assert value[("hops", "target")] == pytest.approx(1 - len(cases) / questions)
+    for m in ("hops", "grace"):
+        assert sum(value[(m, o)] for o in stress.HOP_OUTCOMES) == pytest.approx(1.0)
+    assert [a["outcome"] for a in answers[:2]] == ["new", "target" if len(cases[0].portability) > 1 else "new"]
+    modules, weights = snapshot(model)
+    assert modules == before[0] and all((weights[k] == v).all() for k, v in before[1].items())
+    with pytest.raises(ValueError, match="no portability questions"):
+        stress.multi_hop(model, tok, [EditCase(case_id="x", subject="X", prompt="X is in", target_new="Rome")],
+                         ["grace"], progress=False)

@@ -706,6 +706,14 @@ def test_paraphrase_lines_put_the_farthest_bin_first():
     assert list(fig.data[1].x) == ["0.20-0.69", "0.70-0.95"] and list(fig.data[1].y) == [0.3, 0.9]
 
 
+def test_hop_bars_colour_each_outcome():
+    shares = [{"method": m, "outcome": o, "value": v} for m, vals in (("lte", (0.5, 0.1, 0.2, 0.2)), ("recipe", (0.3, 0.3, 0.3, 0.1)))
+              for o, v in zip(("new", "target", "old", "other"), vals)]
+    fig = viz.hop_bars(shares)
+    (target,) = bars(fig, outcome="target")
+    assert list(target.y) == [0.1, 0.3] and target.marker.color == viz.HOP_COLORS["target"]
+
+
 @pytest.fixture
 def arena(gemma_tiny):
     panel = ArenaPanel(*gemma_tiny, methods=("ice", "grace", "rome"), settings={"grace": {"n_iter": 2}})
