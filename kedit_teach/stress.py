@@ -8,12 +8,14 @@ every method takes in turn on one loaded model (notebook 06).
     paraphrases generality split by how far each rephrasing is from the edit's knowledge sentence
                 (MiniLM cosine): which methods lose the far ones?
     multi_hop   portability questions (the Eiffel Tower is now in Madrid: which country?): does the
-                answer follow the new fact, repeat the edit's target, stay as it was, or neither?
+                answer follow the new fact, repeat the edit's target, keep the old fact, or neither?
 
 A lifelong editor must let a newer fact replace an older one. Weight editors write the second
 edit over the first; GRACE's codebook and the retrieval methods keep both entries, and then the
 question is which one a query reaches: RECIPE attaches the top-1 knowledge, LTE reads its top-k
-facts in one context, and neither knows which came last.
+facts in one context, and neither knows which came last. The other three ask what retrieval by
+similarity costs: a store full of near-namesakes, a rephrasing far from the stored sentence, and
+a question about a consequence the stored sentence never states.
 
 What it does not do: score the usual metrics (see `evaluate.py`), or plot (see `viz.py`).
 """
