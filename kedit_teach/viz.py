@@ -562,7 +562,6 @@ def conflict_bars(shares: list[dict], title: str = "") -> go.Figure:
                         y_title="share of pairs")
 
 
-
 def _method_lines(frame: pd.DataFrame, x: str, title: str, y_title: str, xaxis: dict) -> go.Figure:
     """One line per method of `frame` (columns method, x, value), in the frame's order."""
     fig = go.Figure()

@@ -1,4 +1,5 @@
-"""The weakness experiments (stress.py): conflicting edits A -> B, then A -> C; distractors."""
+"""The weakness experiments (stress.py): conflicting edits A -> B, then A -> C; look-alike
+distractors; far paraphrases; multi-hop questions."""
 from __future__ import annotations
 
 import pytest
@@ -8,6 +9,12 @@ from kedit_teach.data import EditCase, load_teach
 from kedit_teach.editors import Editor
 
 from .test_turns import snapshot
+
+
+def assert_as_loaded(model, before) -> None:
+    """The model's modules and weights are exactly as in the `snapshot` taken before."""
+    modules, weights = snapshot(model)
+    assert modules == before[0] and all((weights[k] == v).all() for k, v in before[1].items())
 
 
 def test_conflict_pairs_keep_the_prompt_and_take_another_answer_of_the_same_relation():
@@ -69,8 +76,7 @@ def test_conflicts_leave_the_model_as_loaded_and_shares_add_up(gemma_tiny):
         for kind in ("edit prompt", "rephrasing"):
             assert sum(r["value"] for r in shares if (r["method"], r["kind"]) == (m, kind)) == pytest.approx(1.0)
     assert len(answers) == 2 * len(methods)
-    modules, weights = snapshot(model)
-    assert modules == before[0] and all((weights[k] == v).all() for k, v in before[1].items())
+    assert_as_loaded(model, before)
 
 
 class Distracted(Editor):
@@ -113,8 +119,7 @@ def test_distractors_leave_the_model_as_loaded(gemma_tiny):
     probes, background = _probes_and_background()
     changed, _, model = stress.distractors(model, tok, probes, background, [2, 4], ["grace"], progress=False)
     assert [r["stored"] for r in changed] == [2, 4] and all(0 <= r["value"] <= 1 for r in changed)
-    modules, weights = snapshot(model)
-    assert modules == before[0] and all((weights[k] == v).all() for k, v in before[1].items())
+    assert_as_loaded(model, before)
 
 
 def test_paraphrase_bins_split_rephrasings_into_equal_bins_the_farthest_first(encoder):
@@ -157,8 +162,7 @@ def test_paraphrases_score_each_bin_and_leave_the_model_as_loaded(gemma_tiny, en
         sims = [p["similarity"] for p in mine]
         assert row["value"] == pytest.approx(want) and row["similarity"] == f"{min(sims):.2f}-{max(sims):.2f}"
     assert [r["method"] for r in rows] == ["near", "near", "grace", "grace"]
-    modules, weights = snapshot(model)
-    assert modules == before[0] and all((weights[k] == v).all() for k, v in before[1].items())
+    assert_as_loaded(model, before)
 
 
 def test_hop_outcome_tells_the_new_fact_the_target_and_the_old_answer_apart():
@@ -194,8 +198,7 @@ def test_multi_hop_shares_add_up_and_the_model_is_left_as_loaded(gemma_tiny, mon
     for m in ("hops", "grace"):
         assert sum(value[(m, o)] for o in stress.HOP_OUTCOMES) == pytest.approx(1.0)
     assert [a["outcome"] for a in answers[:2]] == ["new", "target" if len(cases[0].portability) > 1 else "new"]
-    modules, weights = snapshot(model)
-    assert modules == before[0] and all((weights[k] == v).all() for k, v in before[1].items())
+    assert_as_loaded(model, before)
     with pytest.raises(ValueError, match="no portability questions"):
         stress.multi_hop(model, tok, [EditCase(case_id="x", subject="X", prompt="X is in", target_new="Rome")],
                          ["grace"], progress=False)
