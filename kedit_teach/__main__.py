@@ -117,7 +117,7 @@ def cmd_train(args) -> int:
     only = {"lte": {f"--no-{f}": getattr(args, f"no_{f.replace('-', '_')}") for f in ("threefold", "in-scope", "out-of-scope", "free-text")},
             "recipe": {"--d-rep": args.d_rep is not None, "--finetune-encoder": args.finetune_encoder,
                        "--resume": args.resume is not None, "--prompts-only": args.prompts_only,
-                       "--prompt-lr": args.prompt_lr is not None}}
+                       "--prompt-lr": args.prompt_lr is not None, "--loc-weight": args.loc_weight is not None}}
     for what, flags in only.items():
         if args.what != what and any(flags.values()):
             raise UsageError(f"{', '.join(k for k, v in flags.items() if v)} only applies to `train {what}`")
@@ -168,7 +168,8 @@ def train_recipe(args) -> int:
                                                              finetune_encoder=args.finetune_encoder))
     cfg = pl.TrainConfig(steps=args.steps or pl.TrainConfig.steps, batch_size=args.batch_size,
                          lr=args.lr or pl.TrainConfig.lr, prompt_lr=args.prompt_lr or pl.TrainConfig.prompt_lr,
-                         prompt_learning=not args.prompts_only, seed=args.seed)
+                         prompt_learning=not args.prompts_only, seed=args.seed,
+                         loc_weight=pl.TrainConfig.loc_weight if args.loc_weight is None else args.loc_weight)
     start = time.perf_counter()
     curves = pl.train_modules(modules, model, tok, examples, cfg)
     out = args.out or pl.trained_path(args.model)
@@ -304,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--prompts-only", action="store_true",
                     help="recipe, with --resume: train MLP_P alone on L_edit at every step; retrieval stays as it is")
     tr.add_argument("--prompt-lr", type=float, default=None, help="recipe: MLP_P's learning rate (default 3e-3)")
+    tr.add_argument("--loc-weight", type=float, default=None,
+                    help="recipe: the weight of L_loc (Eq. 12) in L_edit (default 0.2; the paper: 1)")
     tr.set_defaults(fn=cmd_train)
 
     dl = command("download", help="fetch a public benchmark file")

@@ -20,7 +20,7 @@ q_e, a generality query q_g and a locality query q_l:
                   Plain NLL as in the equations (the reference stops at p(label) > 1.2 x the runner-up).
     L_loc         Eq. 12: KL(f(q_l) || f^(p_ki + q_l)) over the locality answer's positions.
     L_pl          L_no + L_so with InfoNCE delta (the deck's prompt-learning loss).
-    L             L_edit + L_pl
+    L             L_edit + L_pl, with L_edit = L_rel + L_gen + lambda_loc L_loc (lambda_loc = 0.2; the paper: 1)
 
 Choices, and why (each measured on CPU; the numbers are in the README's RECIPE paragraph):
 - Pooling [mean; max; min]: MiniLM was trained for mean pooling, and max/min keep single salient
@@ -35,6 +35,15 @@ Choices, and why (each measured on CPU; the numbers are in the README's RECIPE p
 - The contrastive batch is larger than the edit batch (`TrainConfig.contrastive_batch`) and L_edit
   runs on every k-th step (`edit_every`): InfoNCE costs nothing next to an LLM pass, and more
   negatives train the sentinel against more look-alikes, which is what it faces with 1,000 edits.
+- L_loc weighs 0.2 (`TrainConfig.loc_weight`), not 1. It asks a prompt to leave an unrelated query
+  alone *when it is attached to it*, and CounterFact's locality queries share the edit's relation
+  ("Michel Rocard is a native speaker of" next to an edit about another French speaker's language):
+  three vectors in front of a frozen 270M model can't carry "English, but only for Danielle
+  Darrieux". At weight 1 the prompts gave up reliability for it and still overrode such queries
+  (200 held-out CounterFact edits, own prompt attached: reliability 0.87, the locality query's
+  answer kept 0.155 of the time); 100 more MLP_P steps at 0.2 gave 0.99 and 0.025, at 0 1.00 and
+  0.00, and the shipped third run (400 steps at 0.2) 1.00 and 0.005. Locality is the sentinel's
+  work: an unrelated query gets no prompt at all.
 - Further runs can train MLP_P alone (`TrainConfig.prompt_learning=False`, `train recipe --resume
   --prompts-only`): L_edit at every step, keys, queries and the sentinel untouched. The retrieval
   part has had many more steps than the prompts by then, and on held-out edits every reliability
@@ -471,6 +480,7 @@ class TrainConfig:
     prompt_lr: float = 3e-3       # MLP_P (the reference defines a pt_lr but never uses it)
     encoder_lr: float = 1e-5      # the reference's lr, used for f_rm only when it is fine-tuned
     tau: float = 1.0
+    loc_weight: float = 0.2       # lambda_loc on Eq. 12 (the paper: 1); see the module docstring
     edit_loss: bool = True        # False: train the retrieval part alone (cheap; for comparisons)
     edit_every: int = 4           # L_edit on every k-th step, L_pl on every step (it needs more steps)
     prompt_learning: bool = True  # False: MLP_P alone on L_edit at every step, retrieval kept as it is
@@ -542,7 +552,8 @@ def train_modules(modules: RecipeModules, model, tokenizer, examples: list[Train
                 anchors = answer_anchors(model, tokenizer, [e.a_e for e in edits], modules.config.n_prompt_tokens)
                 with cpu_autocast(model):
                     losses.update(edit_loss(model, tokenizer, edits, modules.prompts(r_k[:len(edits)], anchors)))
-            total = sum(losses.values())  # L = L_edit + L_pl
+            # L = L_edit + L_pl, with L_loc weighted; the curves keep the unweighted KL
+            total = sum(cfg.loc_weight * v if k == "loc" else v for k, v in losses.items())
             opt.zero_grad()
             total.backward()
             opt.step()
@@ -605,6 +616,7 @@ def training_summary(record: dict) -> str:
                     f"{t['edit_every']}, lr {t['lr']} (MLP_P {t['prompt_lr']})")
         else:
             what = f"MLP_P alone, L_edit on every step, lr {t['prompt_lr']}"
+        what += f", L_loc weighted {t.get('loc_weight', 1.0):g}"  # runs before the setting existed used 1
         lines.append(f"run {i}: {r['steps']} steps ({what}), {t['batch_size']} edits through the LLM per step, "
                      f"{r['seconds'] / 60:.0f} min, {r['data']['examples']} training examples, seed {t['seed']}")
     return "\n".join(lines)

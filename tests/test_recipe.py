@@ -247,9 +247,11 @@ def test_prompt_only_training_moves_mlp_p_and_keeps_retrieval(tiny_model, encode
     retrieval = {k: v.clone() for k, v in mods.trained_state().items() if not k.startswith("mlp_p.")}
     prompts = {k: v.clone() for k, v in mods.trained_state().items() if k.startswith("mlp_p.")}
     examples = [pl.training_example(c) for c in cases(12)]  # fewer than a contrastive batch: not needed here
-    cfg = pl.TrainConfig(steps=8, batch_size=4, prompt_lr=3e-2, prompt_learning=False)
+    cfg = pl.TrainConfig(steps=8, batch_size=4, prompt_lr=3e-2, prompt_learning=False, loc_weight=0.25)
     curves = pl.train_modules(mods, model, tok, examples, cfg, progress=False)
     assert len(curves["rel"]) == len(curves["total"]) == 8 and not curves["no"] and not curves["so"]  # L_edit every step
+    for total, rel, gen, loc in zip(*(curves[k] for k in ("total", "rel", "gen", "loc"))):
+        assert total == pytest.approx(rel + gen + 0.25 * loc, rel=1e-5)  # lambda_loc weighs L_loc; the curve keeps the KL
     after = mods.trained_state()
     assert all(torch.equal(after[k], v) for k, v in retrieval.items())  # keys, queries and the sentinel as they were
     assert any(not torch.equal(after[k], v) for k, v in prompts.items())
@@ -466,13 +468,15 @@ def test_train_cli_writes_modules_a_record_and_the_default_path(tiny_dirs, tmp_p
         capsys, "train", "recipe", "--model", model, "--resume", "default", "--d-rep", "8")
     more = tmp_path / "more"
     main(["train", "recipe", "--model", model, "--data", f"counterfact:{data}", "--steps", "3", "--resume", "default",
-          "--prompts-only", "--out", str(more)])
+          "--prompts-only", "--loc-weight", "0.5", "--out", str(more)])
     resumed = pl.read_record(more)
+    assert resumed["train"]["loc_weight"] == 0.5 and record["train"]["loc_weight"] == pl.TrainConfig.loc_weight
     assert resumed["resumed_from"] == record and resumed["modules"] == record["modules"]  # the earlier run kept whole
     assert resumed["train"]["prompt_learning"] is False and len(resumed["loss"]["rel"]) == 3 and "so" not in resumed["loss"]
     assert [r["steps"] for r in pl.training_stages(resumed)] == [2, 3]
     summary = pl.training_summary(resumed).splitlines()
     assert len(summary) == 2 and "run 1: 2 steps (all modules" in summary[0] and "run 2: 3 steps (MLP_P alone" in summary[1]
+    assert "L_loc weighted 0.2" in summary[0] and "L_loc weighted 0.5" in summary[1]
     assert pl.load_modules(more)[0].fingerprint() == resumed["fingerprint"] != record["fingerprint"]
 
 
