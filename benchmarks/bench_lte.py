@@ -22,6 +22,7 @@ from kedit_teach.data import SHARED_DIR as SHARED  # the local benchmark copy, .
 COUNTERFACT = SHARED / "counterfact" / "counterfact-edit.json"
 CF_TRAIN = SHARED / "counterfact" / "counterfact-train.json"
 ZSRE = SHARED / "knowedit" / "ZsRE-test-all.json"
+WIKIBIO = SHARED / "knowedit" / "wikibio-test-all.json"
 OUT = Path("artifacts/lte")
 
 

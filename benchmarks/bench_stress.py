@@ -16,6 +16,11 @@
         every edit standing together, then each portability question: does the answer follow the new
         fact, repeat the edit's target, keep the old fact, or neither?
 
+    python -m benchmarks.bench_stress long_form [--n 50] [--methods noedit ice ft-l grace lte recipe rome]
+        KnowEdit WikiBio: a biography passage continued by a new sentence, every edit standing together;
+        teacher-forced token accuracy, word recall of the greedy continuation, locality; the cases are
+        those RECIPE's encoder accepts (how many it refuses is printed)
+
 JSON results go under artifacts/stress/.
 """
 from __future__ import annotations
@@ -25,7 +30,7 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.bench_lte import CF_TRAIN, COUNTERFACT, ZSRE
+from benchmarks.bench_lte import CF_TRAIN, COUNTERFACT, WIKIBIO, ZSRE
 
 OUT = Path("artifacts/stress")
 
@@ -117,6 +122,26 @@ def multi_hop(args) -> None:
         _save(f"multi_hop-{data}-{len(cases)}", {"shares": shares, "answers": answers})
 
 
+def long_form(args) -> None:
+    from kedit_teach import stress
+    from kedit_teach.data import load_wikibio
+    from kedit_teach.models import load_model
+    every = load_wikibio(WIKIBIO)
+    fits = stress.encoder_fits(every)
+    cases = fits[:args.n]
+    print(f"WikiBio: {len(fits)} of {len(every)} knowledge sentences fit RECIPE's encoder; {len(cases)} edits")
+    model, tok = load_model()
+    t = time.perf_counter()
+    rows, answers, model = stress.long_form(model, tok, cases, args.methods, settings={}, shown=2)
+    print(f"{len(cases)} passages, {sum(len(c.locality) for c in cases)} locality questions "
+          f"({time.perf_counter() - t:.0f} s in all)")
+    _table(rows, args.methods, "measure", list(stress.LONG_MEASURES))
+    for a in answers:
+        print(f"  {a['method']:7s} ...{a['passage'][-50:]!r}\n          target {a['target']!r}\n          "
+              f"answer {a['answer']!r} (recall {a['recall']:.2f})")
+    _save(f"long_form-{len(cases)}", {"rows": rows, "answers": answers, "fit": len(fits), "of": len(every)})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(required=True)
@@ -140,6 +165,10 @@ def main() -> None:
     h.add_argument("--n", type=int, default=100, help="ZsRE edits")
     h.add_argument("--methods", nargs="+", default=["ice", "grace", "lte", "recipe"])
     h.set_defaults(fn=multi_hop)
+    w = sub.add_parser("long_form")
+    w.add_argument("--n", type=int, default=50, help="WikiBio edits")
+    w.add_argument("--methods", nargs="+", default=["noedit", "ice", "ft-l", "grace", "lte", "recipe", "rome"])
+    w.set_defaults(fn=long_form)
     args = p.parse_args()
     args.fn(args)
 

@@ -10,8 +10,9 @@ Which text the keys come from (`corpus`):
   free-text openers. The reference code uses 100,000 Wikipedia texts, which takes days for a 7B
   model; Efficient Knowledge Editing via Minimal Precomputation (ACL 2025) finds that a few times
   d_k keys suffice, so the default stops at 4 x d_k keys. Text from the model's own distribution is
-  what its MLP sees in use, needs no download, and is sampled once per model (about 3.5 min on 2
-  CPU cores for Gemma-3-270M; then cached as JSON, so another layer costs one forward pass).
+  what its MLP sees in use, needs no download, and is sampled once per model (then cached as JSON,
+  so another layer costs one forward pass). Gemma-3-270M's sample (72 texts of 128 tokens, about
+  2 min on 2 CPU cores) ships in assets/stats/, so its C costs one pass per layer (~9 s) from the start.
 - "wikibio": the 306 KnowEdit WikiBio passages (Wikipedia-style biographies, ~20k tokens), from
   ../shared or downloaded: a larger, human-topic sample to measure the default against.
 - "wikitext": WikiText-103 through the `datasets` package (online), as the reference does.
@@ -86,7 +87,11 @@ def corpus_texts(corpus: str | list[str], model=None, tokenizer=None, n_texts: i
             raise StatsError("the corpus is empty: pass some non-empty texts, or corpus='model'")
         return texts
     if corpus == "model":
-        path = _stats_dir(model) / f"model-texts-{n_texts}.json"
+        from .data import ASSETS
+        name = f"model-texts-{n_texts}.json"
+        # The default CPU model's sample ships with the package (40 KB): ~2 min less on a first run.
+        shipped = ASSETS / "stats" / _stats_dir(model).name / name
+        path = shipped if shipped.exists() else _stats_dir(model) / name
         if path.exists():
             try:
                 return json.loads(path.read_text())["texts"]

@@ -252,6 +252,21 @@ def generation_match(output: str, target: str) -> float:
     return float(bool(tgt) and normalize(output).startswith(tgt))
 
 
+def word_recall(output: str, target: str) -> float:
+    """ROUGE-L recall over normalised words: the share of the target's words that the output
+    reproduces in order (their longest common subsequence). For sentence-long targets, where
+    `generation_match`'s whole-prefix test would call one changed word a miss."""
+    out, tgt = normalize(output).split(), normalize(target).split()
+    if not tgt:
+        return 0.0
+    row = [0] * (len(out) + 1)  # LCS lengths of tgt[:i] against every prefix of out
+    for t in tgt:
+        prev_diag, row[0] = 0, 0
+        for j, o in enumerate(out, 1):
+            prev_diag, row[j] = row[j], prev_diag + 1 if o == t else max(row[j], row[j - 1])
+    return row[-1] / len(tgt)
+
+
 def ngram_entropy(text: str, ns=(2, 3), weights=(2 / 3, 4 / 3)) -> float:
     """Weighted 2-/3-gram entropy in bits (ROME's fluency); repetitive text scores low."""
     words = re.findall(r"\w+|[^\w\s]", text.lower())

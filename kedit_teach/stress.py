@@ -9,13 +9,15 @@ every method takes in turn on one loaded model (notebook 06).
                 (MiniLM cosine): which methods lose the far ones?
     multi_hop   portability questions (the Eiffel Tower is now in Madrid: which country?): does the
                 answer follow the new fact, repeat the edit's target, keep the old fact, or neither?
+    long_form   a biography passage continued by a whole new sentence (KnowEdit WikiBio): how much
+                of the sentence comes back, and do questions about the person keep their answers?
 
 A lifelong editor must let a newer fact replace an older one. Weight editors write the second
 edit over the first; GRACE's codebook and the retrieval methods keep both entries, and then the
 question is which one a query reaches: RECIPE attaches the top-1 knowledge, LTE reads its top-k
 facts in one context, and neither knows which came last. The other three ask what retrieval by
-similarity costs: a store full of near-namesakes, a rephrasing far from the stored sentence, and
-a question about a consequence the stored sentence never states.
+similarity costs: a store full of near-namesakes, a rephrasing far from the stored sentence, a
+question about a consequence the stored sentence never states, and knowledge a paragraph long.
 
 What it does not do: score the usual metrics (see `evaluate.py`), or plot (see `viz.py`).
 """
@@ -29,11 +31,13 @@ from tqdm.auto import tqdm
 
 from .data import EditCase, disjoint_subjects
 from .editors import FAST_SETTINGS, METHODS
-from .metrics import generation_match, normalize
+from .metrics import generation_match, normalize, word_recall
 from .models import load_encoder
+from .prompt_learning import ENCODER_MAX_TOKENS
 
 OUTCOMES = ("latest", "first", "neither")
 HOP_OUTCOMES = ("new", "target", "old", "other")
+LONG_MEASURES = ("token accuracy", "sentence recall", "locality")
 ANSWER_TOKENS = 6
 
 
@@ -214,3 +218,45 @@ def multi_hop(model, tokenizer, cases: list[EditCase], methods: list[str], setti
                           for (_, q, new), b, a, o in list(zip(probes, before, answers, got))[:shown]]
         model = editor.detach()
     return shares, shown_answers, model
+
+
+def encoder_fits(cases: list[EditCase], encoder=None) -> list[EditCase]:
+    """The cases whose knowledge sentence (prompt + target_new) fits RECIPE's encoder: it refuses
+    text longer than ENCODER_MAX_TOKENS MiniLM tokens rather than cut it."""
+    encoder = encoder if encoder is not None else load_encoder()
+    lengths = [len(ids) for ids in encoder.tokenizer([c.descriptor for c in cases])["input_ids"]]
+    return [c for c, n in zip(cases, lengths) if n <= ENCODER_MAX_TOKENS]
+
+
+def long_form(model, tokenizer, cases: list[EditCase], methods: list[str], settings: dict[str, dict] | None = None,
+              shown: int = 2, progress: bool = True) -> tuple[list[dict], list[dict], object]:
+    """Each method makes every edit (prompt: a passage; target_new: the sentence that should follow
+    it), then continues every passage and answers every locality question; then it is detached.
+
+    Returns (rows, answers, the model as loaded). rows: {"method", "measure", "value"} per
+    LONG_MEASURES: "token accuracy" (teacher-forced share of the sentence's tokens, KnowEdit's
+    WikiBio score), "sentence recall" (`word_recall` of a greedy continuation as long as the
+    sentence) and "locality" (share of locality questions whose greedy answer is unchanged).
+    answers: the first `shown` passages per method, {"method", "passage", "target", "answer", "recall"}.
+    """
+    settings = FAST_SETTINGS if settings is None else settings
+    passages, sentences = [c.prompt for c in cases], [c.target_new for c in cases]
+    budgets = [len(tokenizer(t, add_special_tokens=False).input_ids) for t in sentences]
+    questions = [q for c in cases for q, _ in c.locality]
+    if not questions:
+        raise ValueError("these cases have no locality questions: pass KnowEdit WikiBio cases (load_wikibio)")
+    before, model = _unedited(model, tokenizer, questions)
+    rows, shown_answers = [], []
+    for name in tqdm(methods, desc="passage -> new sentence, per method", disable=not progress):
+        editor = METHODS[name](model, tokenizer, **settings.get(name, {}))
+        editor.edit(cases)
+        accuracy = [s.token_acc for s in editor.score(passages, sentences)]
+        answers = [a.strip() for a in editor.generate(passages, budgets)]
+        recall = [word_recall(a, t) for a, t in zip(answers, sentences)]
+        kept = [a == b for a, b in zip(editor.generate(questions, ANSWER_TOKENS), before)]
+        for measure, values in zip(LONG_MEASURES, (accuracy, recall, kept)):
+            rows.append({"method": name, "measure": measure, "value": sum(values) / len(values)})
+        shown_answers += [{"method": name, "passage": p, "target": t, "answer": a, "recall": r}
+                          for p, t, a, r in list(zip(passages, sentences, answers, recall))[:shown]]
+        model = editor.detach()
+    return rows, shown_answers, model

@@ -595,3 +595,11 @@ def hop_bars(shares: list[dict], title: str = "") -> go.Figure:
     new fact, repeats the edit's target, keeps the old fact, or none of these."""
     return grouped_bars(pd.DataFrame(shares), x="method", group="outcome", colors=HOP_COLORS,
                         title=title or "Portability: does the answer follow the new fact?", y_title="share of questions")
+
+
+def long_form_bars(rows: list[dict], title: str = "") -> go.Figure:
+    """`stress.long_form`: per method, how much of a new biography sentence it reproduces (teacher-
+    forced tokens, words of its greedy continuation) and how many questions about the person keep
+    their answers."""
+    return grouped_bars(pd.DataFrame(rows), x="method", group="measure",
+                        title=title or "Long-form edits: a passage continued by a new sentence", y_title="share")

@@ -5,7 +5,7 @@ import pytest
 
 import torch
 
-from kedit_teach.metrics import (TokenScore, generate_greedy, generation_match, next_token_probs, ngram_entropy,
+from kedit_teach.metrics import (TokenScore, generate_greedy, generation_match, next_token_probs, ngram_entropy, word_recall,
                                  normalize, pack_targets, target_budget, teacher_forced)
 
 PROMPTS = ["The Eiffel Tower is located in the city of", "The capital of Japan is",
@@ -72,6 +72,14 @@ def test_normalize_and_generation_match():
     assert generation_match(" The city of Rome", "Rome") == 0.0  # must *start* with the target
     assert generation_match("Paris", "Rome") == 0.0
     assert generation_match("anything", "...") == 0.0  # an all-punctuation target never matches
+
+
+def test_word_recall_is_the_in_order_share_of_the_targets_words():
+    target = "He received education at University College, London, where"
+    assert word_recall(" He was educated at University College London.", target) == pytest.approx(5 / 8)
+    assert word_recall("where London College University at education received He", target) == pytest.approx(1 / 8)
+    assert word_recall("x He y received z education at University College London where", target) == 1.0
+    assert word_recall("", target) == 0.0 and word_recall("anything", "...") == 0.0
 
 
 def test_ngram_entropy_rewards_diverse_text():

@@ -26,6 +26,18 @@ def test_describe_reports_size_and_dtype(gemma_tiny):
     assert info["memory_mb"] > 0
 
 
+def test_bf16_on_cpu_hands_the_output_layer_contiguous_rows(tiny_dirs):
+    """generate() slices hidden[:, -1:]; torch's bf16 CPU matmul is very slow on such strided input."""
+    seen = []
+    for dtype in (torch.float32, torch.bfloat16):
+        model, tok = models.load_model(str(tiny_dirs["gemma3"]), dtype=dtype)
+        model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append((dtype, args[0].is_contiguous())))
+        enc = tok(["The Eiffel Tower is in", "Rome is"], return_tensors="pt", padding=True, padding_side="left")
+        model.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert (torch.float32, False) in seen  # without the fix the slice is strided...
+    assert {c for d, c in seen if d == torch.bfloat16} == {True}  # ...and in bf16 it arrives contiguous
+
+
 def test_4bit_loads_on_cpu_and_counts_logical_parameters(tiny_dirs):
     full, _ = load_model(str(tiny_dirs["llama"]))
     q, tok = load_model(str(tiny_dirs["llama"]), quantization="4bit")

@@ -25,8 +25,9 @@ def test_wheel_ships_the_course_data_the_trained_weights_and_the_reference_run(t
     shipped = [data.TEACH_PATH, alignment.FREE_TEXT_PATH, data.ASSETS / "README.md",
                *sorted((alignment.SHIPPED_ADAPTERS / "gemma-3-270m").iterdir()),
                *sorted((prompt_learning.SHIPPED / "gemma-3-270m").iterdir()),
-               *sorted(general.FOLDER.iterdir()), grid.PAPERS, grid.REFERENCE_RUN]  # notebook 06 renders these
-    assert len(shipped) == 11
+               *sorted(general.FOLDER.iterdir()), grid.PAPERS, grid.REFERENCE_RUN,  # notebook 06 renders these
+               data.ASSETS / "stats" / "gemma-3-270m" / "model-texts-72.json"]  # layer statistics' default text
+    assert len(shipped) == 12
     with zipfile.ZipFile(wheel) as z:
         for path in shipped:
             name = path.relative_to(ROOT).as_posix()

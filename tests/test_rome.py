@@ -1,13 +1,18 @@
 """Layer statistics and ROME: the algebra, the editor contract on tiny models, then the real model."""
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 import torch
 
 from kedit_teach.data import EditCase
 from kedit_teach.editors.rome import ROME, LocateError, rank_one_update
 from kedit_teach.layer_stats import StatsError, down_proj, second_moment, second_moments
-from kedit_teach.metrics import target_nll
+from kedit_teach.editors.locate import add_at
+from kedit_teach.metrics import pack_targets, target_nll
+from kedit_teach.models import decoder_of, logits_at
 
 TEXTS = ["The Eiffel Tower is located in the city of Paris .", "Rome is the capital of Italy .",
          "The capital of Japan is Tokyo .", "Toyota was founded in Japan .", "Berlin is in Germany ."] * 8
@@ -78,6 +83,17 @@ def test_the_models_own_text_is_sampled_once(gemma_tiny, monkeypatch, tmp_path):
         second_moment(model, tok, 3, corpus="model", n_keys=256, progress=False)
 
 
+def test_the_default_models_sample_ships_with_the_package(gemma_tiny, monkeypatch, tmp_path):
+    from kedit_teach import layer_stats
+    from kedit_teach.data import ASSETS
+    model, tok = gemma_tiny
+    monkeypatch.setattr(model, "kedit_name", "gemma-3-270m", raising=False)
+    monkeypatch.setattr(layer_stats, "model_texts", lambda *a, **k: pytest.fail("sampled text the package ships"))
+    texts = layer_stats.corpus_texts("model", model, tok, n_texts=72)
+    shipped = json.loads((ASSETS / "stats" / "gemma-3-270m" / "model-texts-72.json").read_text())["texts"]
+    assert texts == shipped and len(texts) == 72 and not (tmp_path / "cache" / "stats").exists()
+
+
 @pytest.mark.parametrize("kw, match", [({"layer": 9, "corpus": TEXTS}, "out of range"),
                                        ({"layer": 0, "corpus": ["", " "]}, "corpus is empty"),
                                        ({"layer": 0, "corpus": ["Rome ."]}, "fewer than d_k"),
@@ -121,6 +137,33 @@ def test_an_edit_maps_the_averaged_key_and_makes_the_target_likelier(rome):
     rome.reset()
     assert all(torch.equal(v, before[k]) for k, v in rome.model.state_dict().items())
     assert rome.norms == []
+
+
+def test_a_value_step_runs_the_tokens_after_the_subject_only_and_gets_the_full_runs_answer(tiny):
+    """The prefix KV cache must not change what the optimisation sees: on every architecture, for a
+    subject mid-prompt and one at its start, with <bos> and without (a row whose prefix is empty)."""
+    model, tok = tiny
+    editor = ROME(model, tok, layer=1, mom2=False, n_prefixes=4)
+    torch.manual_seed(0)
+    for case, drop_bos in ((EIFFEL, False), (TOYOTA, False), (TOYOTA, True)):
+        texts, starts = editor._texts(case, editor.templates())
+        batch = pack_targets(tok, texts, [case.target_new] * len(texts))
+        cols = editor._positions(texts, starts, case.subject)
+        if drop_bos:
+            batch = dataclasses.replace(batch, input_ids=batch.input_ids[:, 1:],
+                                        attention_mask=batch.attention_mask[:, 1:], cols=batch.cols - 1)
+            cols = cols - 1
+            assert cols.min() == 0
+        delta = torch.randn(editor.linear.out_features)
+        with torch.no_grad():
+            with add_at(editor.linear, torch.arange(len(texts)), cols, delta):
+                hidden = decoder_of(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                           use_cache=False).last_hidden_state
+            full = torch.log_softmax(logits_at(model, hidden[batch.rows, batch.cols]), -1)
+            cached = editor.target_logp(editor.linear, batch, cols)(delta)
+            unchanged = editor.target_logp(editor.linear, batch, cols)(torch.zeros_like(delta))
+        assert torch.allclose(cached, full, atol=1e-4), (case.case_id, drop_bos)
+        assert not torch.allclose(unchanged, full, atol=1e-3)  # delta does reach the targets
 
 
 def test_the_reference_key_asymmetry_is_an_option(gemma_tiny):

@@ -1,5 +1,5 @@
 """The weakness experiments (stress.py): conflicting edits A -> B, then A -> C; look-alike
-distractors; far paraphrases; multi-hop questions."""
+distractors; far paraphrases; multi-hop questions; long-form edits."""
 from __future__ import annotations
 
 import pytest
@@ -202,3 +202,46 @@ def test_multi_hop_shares_add_up_and_the_model_is_left_as_loaded(gemma_tiny, mon
     with pytest.raises(ValueError, match="no portability questions"):
         stress.multi_hop(model, tok, [EditCase(case_id="x", subject="X", prompt="X is in", target_new="Rome")],
                          ["grace"], progress=False)
+
+
+BIOS = [EditCase(case_id=f"bio{i}", subject=name, prompt=f"This is a Wikipedia passage about {name}. {name} was {what}.",
+                 target_new=sentence, locality=[(f"The field of work of {name} is", field)])
+        for i, (name, what, sentence, field) in enumerate([
+            ("Ada Lovelace", "an English mathematician", "She wrote the first program for the Analytical Engine.", "mathematics"),
+            ("Nils Bohr", "a Danish physicist", "He founded an institute in Copenhagen in 1921 and ran it for forty years.", "physics")])]
+
+
+class Copies(Editor):
+    """A test double: continues each edited passage with its new sentence word for word, and leaves
+    every other prompt to the model."""
+    name = "copies"
+
+    def generate(self, prompt, max_new_tokens=20, **kw):
+        sentences = {c.prompt: c.target_new for c in self.cases.values()}
+        if all(p in sentences for p in prompt):
+            return [f" {sentences[p]}" for p in prompt]
+        return super().generate(prompt, max_new_tokens, **kw)
+
+
+def test_long_form_scores_each_method_and_leaves_the_model_as_loaded(gemma_tiny, monkeypatch):
+    model, tok = gemma_tiny
+    monkeypatch.setitem(stress.METHODS, "copies", Copies)
+    before = snapshot(model)
+    rows, answers, model = stress.long_form(model, tok, BIOS, ["copies", "grace"], settings={"grace": {"n_iter": 2}},
+                                            progress=False)
+    value = {(r["method"], r["measure"]): r["value"] for r in rows}
+    assert sorted(value) == sorted((m, x) for m in ("copies", "grace") for x in stress.LONG_MEASURES)
+    assert value[("copies", "sentence recall")] == 1.0 and value[("copies", "locality")] == 1.0
+    assert value[("grace", "sentence recall")] < 1.0 and all(0 <= v <= 1 for v in value.values())
+    assert [(a["method"], a["target"], a["recall"]) for a in answers[:2]] == [("copies", c.target_new, 1.0) for c in BIOS]
+    assert_as_loaded(model, before)
+    with pytest.raises(ValueError, match="no locality questions"):
+        stress.long_form(model, tok, [EditCase(case_id="x", subject="X", prompt="X is in", target_new="Rome")],
+                         ["grace"], progress=False)
+
+
+def test_encoder_fits_keeps_the_knowledge_recipes_encoder_accepts(encoder):
+    long = EditCase(case_id="long", subject="Ada Lovelace", prompt="Ada Lovelace was born in London. " * 20,
+                    target_new="She was a mathematician.")
+    assert stress.encoder_fits(BIOS + [long], encoder) == BIOS
+

@@ -714,6 +714,14 @@ def test_hop_bars_colour_each_outcome():
     assert list(target.y) == [0.1, 0.3] and target.marker.color == viz.HOP_COLORS["target"]
 
 
+def test_long_form_bars_show_every_measure_per_method():
+    rows = [{"method": m, "measure": x, "value": v} for m, vals in (("ice", (0.9, 0.8, 0.2)), ("recipe", (0.4, 0.3, 0.9)))
+            for x, v in zip(("token accuracy", "sentence recall", "locality"), vals)]
+    fig = viz.long_form_bars(rows)
+    (recall,) = bars(fig, measure="sentence recall")
+    assert list(recall.x) == ["ice", "recipe"] and list(recall.y) == [0.8, 0.3] and len(fig.data) == 3
+
+
 @pytest.fixture
 def arena(gemma_tiny):
     panel = ArenaPanel(*gemma_tiny, methods=("ice", "grace", "rome"), settings={"grace": {"n_iter": 2}})

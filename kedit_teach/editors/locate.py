@@ -16,6 +16,9 @@ visible sign of the collapse.
 Choices, and why:
 - delta is optimised in fp32 (bf16 autocast was no faster for this backward pass on CPU) and only
   the target positions' logits are computed;
+- each template's tokens before the subject's last one can't depend on delta (attention is
+  causal), so they run once into a KV cache and every step runs only the rest (`target_logp`):
+  0.88 s a step against 1.35 s for whole sequences (ROME, 8 CounterFact edits, same delta);
 - C = E[k k^T] (`layer_stats`) gets a small ridge (`layer_stats.regularized`): with a few thousand
   keys some of its directions are nearly empty, and C^-1 would blow up along them.
 
@@ -24,13 +27,16 @@ weights (refused: load the model without quantization to edit its weights).
 """
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from ..data import EditCase
 from ..errors import UsageError
 from ..layer_stats import down_proj, regularized, second_moment
-from ..metrics import pack_targets
+from ..metrics import TargetBatch, pack_targets
 from ..models import decoder_of, format_prompt, forward_hooks, logits_at
 from ..tracing import subject_span
 from .base import Editor, EditorStateError
@@ -79,6 +85,32 @@ def _frobenius(tensors) -> float:
 
 def _right_padded(tokenizer, texts: list[str]) -> dict:
     return tokenizer(texts, return_tensors="pt", padding=True, padding_side="right")
+
+
+@dataclass
+class _Split:
+    """Target sequences cut before each row's edited position: the prefix left-padded (for a KV
+    cache), the suffix right-padded, position ids as in the unpadded text, and the target positions
+    as suffix columns."""
+    prefix: torch.Tensor
+    prefix_mask: torch.Tensor
+    prefix_positions: torch.Tensor
+    suffix: torch.Tensor
+    suffix_mask: torch.Tensor
+    suffix_positions: torch.Tensor
+    target_cols: torch.Tensor
+
+
+def _split(batch: TargetBatch, cols: torch.Tensor, pad_id: int) -> _Split:
+    lengths = batch.attention_mask.sum(1)
+    n, width, rest = len(cols), max(int(cols.max()), 1), int((lengths - cols).max())
+    prefix, suffix = torch.full((n, width), pad_id), torch.full((n, rest), pad_id)
+    prefix_mask, suffix_mask = torch.zeros_like(prefix), torch.zeros_like(suffix)
+    for r, (c, length) in enumerate(zip(cols.tolist(), lengths.tolist())):
+        prefix[r, width - c:], prefix_mask[r, width - c:] = batch.input_ids[r, :c], 1
+        suffix[r, :length - c], suffix_mask[r, :length - c] = batch.input_ids[r, c:length], 1
+    return _Split(prefix, prefix_mask, (prefix_mask.cumsum(1) - 1).clamp(min=0), suffix, suffix_mask,
+                  cols[:, None] + torch.arange(rest), batch.cols - cols[batch.rows])
 
 
 class LocateEditor(Editor):
@@ -204,6 +236,7 @@ class LocateEditor(Editor):
         # pack_targets right-pads, so the subject keeps its positions; the target's tokens follow the prompt
         ids, mask = batch.input_ids.to(self.model.device), batch.attention_mask.to(self.model.device)
         rows, cols = torch.arange(len(texts)), self._positions(texts, starts, case.subject)
+        target_logp = self.target_logp(module, batch, cols)
         kl_text = format_prompt(self.tokenizer, f"{case.subject} is a")
         kl_enc = _right_padded(self.tokenizer, [kl_text]).to(self.model.device)
         kl_col = self._positions([kl_text], [0], case.subject)
@@ -225,10 +258,7 @@ class LocateEditor(Editor):
         limit = self.clamp_norm * v0.norm()
         losses = []
         for _ in range(self.steps):
-            with add_at(module, rows, cols, delta):
-                hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-            logp = torch.log_softmax(logits_at(self.model, hidden[batch.rows, batch.cols]), -1)
-            nll = -logp.gather(1, gold[:, None]).mean()
+            nll = -target_logp(delta).gather(1, gold[:, None]).mean()
             kl = F.kl_div(kl_logp(delta), kl_before, log_target=True, reduction="batchmean")
             loss = nll + self.kl_factor * kl + self.weight_decay * delta.norm() / v0.norm() ** 2
             losses.append(nll.item())
@@ -242,6 +272,31 @@ class LocateEditor(Editor):
                     delta.mul_(limit / delta.norm())
         return delta.detach().cpu(), {"v_steps": len(losses), "nll_start": losses[0], "nll_end": losses[-1],
                                       "delta_norm": delta.norm().item(), "v0_norm": v0.norm().item()}
+
+    def target_logp(self, module, batch: TargetBatch, cols: torch.Tensor):
+        """A function of delta giving log p at every target position of `batch`, with delta added to
+        `module`'s output at column cols[r] of row r: what each step of the value optimisation runs.
+
+        Causal attention means nothing before cols[r] depends on delta. So that part of every row runs
+        once, without gradient, into a KV cache (rows left-padded to a common length, position ids
+        kept as in the unpadded text), and each step runs only the rest: the subject's last token, the
+        end of the prompt and the target (22 of 205 tokens for one CounterFact edit's 11 templates).
+        """
+        split = _split(batch, cols, self.tokenizer.pad_token_id)
+        body, device = decoder_of(self.model), self.model.device
+        with torch.no_grad():
+            cache = body(input_ids=split.prefix.to(device), attention_mask=split.prefix_mask.to(device),
+                         position_ids=split.prefix_positions.to(device), use_cache=True).past_key_values
+        mask = torch.cat([split.prefix_mask, split.suffix_mask], 1).to(device)
+        rows = torch.arange(len(cols))
+
+        def logp(delta):
+            with add_at(module, rows, torch.zeros_like(rows), delta):
+                hidden = body(input_ids=split.suffix.to(device), attention_mask=mask, use_cache=True,
+                              position_ids=split.suffix_positions.to(device),
+                              past_key_values=copy.deepcopy(cache)).last_hidden_state
+            return torch.log_softmax(logits_at(self.model, hidden[batch.rows, split.target_cols]), -1)
+        return logp
 
     # ------------------------------------------------------------------ weights
     def _add(self, layer: int, delta: torch.Tensor) -> None:

@@ -20,8 +20,8 @@ al. 2024, r-ROME). `consistent_key=True` (the default) uses the averaged key in 
 Choices, and why (the key, the value and the bookkeeping are shared with MEMIT: editors/locate.py):
 - the layer defaults to `default_rome_layer` (a layer sweep is `benchmarks/bench_locate.py layers`);
 - 10 prefixes instead of the reference's 20: every step of the value optimisation runs the model on
-  all of them, so this halves an edit's time (1.0-1.2 s a step in fp32 on 2 CPU cores; bf16 autocast
-  was no faster); the update is solved in float64.
+  all of them, so this halves an edit's time (0.9 s a step in fp32 on 2 CPU cores, with the text up
+  to the subject cached; bf16 autocast was no faster); the update is solved in float64.
 
 Sequential edits are applied on top of each other, as in the papers' lifelong setting (a batch is
 made one edit after another), and the edited layer's Frobenius norm is logged after each (`norms`):
