@@ -99,7 +99,7 @@ def layers(args) -> None:
     for c in cases:
         t = run(model, tok, c.prompt, c.subject, kind="mlp", progress=False)
         effects.append([float(t.at_last_subject_token()[l] - t.p_corrupt) for l in args.layers])
-    for l in args.layers:
+    for i, l in enumerate(args.layers):
         editor = ROME(model, tok, layer=l)
         rows = {k: [] for k in success}
         for c in cases:
@@ -113,7 +113,7 @@ def layers(args) -> None:
             success[k].append(rows[k])
         editor.detach()
         print(f"layer {l:>2}: ROME reliability {np.mean(rows['reliability']):.2f}, generality "
-              f"{np.mean(rows['generality']):.2f}, traced MLP effect {np.mean([e[args.layers.index(l)] for e in effects]):.3f}", flush=True)
+              f"{np.mean(rows['generality']):.2f}, traced MLP effect {np.mean([e[i] for e in effects]):.3f}", flush=True)
     e = np.array(effects).T.ravel()  # (layer, fact) pairs
     r = {}
     for k, v in success.items():
