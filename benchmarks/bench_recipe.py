@@ -55,29 +55,16 @@ def _encoder_passes(modules, texts: list[str]) -> tuple[float, float]:
     return _median_ms(times["fp32"]), _median_ms(times["used"])
 
 
-def _paired(editor, base, probes, targets, rounds: int = 5) -> tuple[float, float]:
-    """Seconds per query (score + 8-token generation) of editor and base, median of `rounds`
-    measured in alternation, so the machine's drift hits both sides of the ratio."""
-    def once(e) -> float:
-        if hasattr(e, "_decisions"):
-            e._decisions.clear()  # time the retrieval too, not a cached decision
-        t = time.perf_counter()
-        e.score(probes, targets)
-        e.generate(probes, 8)
-        return (time.perf_counter() - t) / len(probes)
-    pairs = [(once(base), once(editor)) for _ in range(rounds)]
-    return statistics.median(p[1] for p in pairs), statistics.median(p[0] for p in pairs)
-
-
 def speed(args) -> None:
-    """Inference: score + generate the same 64 CounterFact prompts (edit prompts, rephrasings, locality
-    prompts), batch 16, with the store filled by real CounterFact-train descriptors."""
+    """Inference: score + generate 64 CounterFact prompts (edit prompts, rephrasings, locality prompts),
+    five rounds of fresh ones, with the store filled by real CounterFact-train descriptors (timing.py)."""
+    from kedit_teach import timing
     from kedit_teach.data import load_counterfact
     from kedit_teach.editors import NoEdit
     from kedit_teach.models import load_model
     model, tok = load_model()
     recipe = _recipe(model, tok)
-    edits = load_counterfact(COUNTERFACT, n=300)
+    edits = load_counterfact(COUNTERFACT, n=310)
     fp32, used = _encoder_passes(recipe.modules, [c.descriptor for c in edits[:200]])
     print(f"f_rm, one knowledge sentence: fp32 trace {fp32:.2f} ms, the editor's trace {used:.2f} ms "
           f"= {used / fp32:.2f}x ({torch.get_num_threads()} threads)")
@@ -91,8 +78,7 @@ def speed(args) -> None:
     batched = (time.perf_counter() - t) / 200
     print(f"edit time: {_median_ms(one):.2f} ms per edit (median of 200 single edits), "
           f"{1000 * batched:.2f} ms per edit in one batch of 200")
-    probes = [p for c in edits[200:222] for p in (c.prompt, c.rephrase_prompts[0], c.locality[0][0])][:64]
-    targets = [c.target_new for c in edits[200:222] for _ in range(3)][:64]
+    rounds = timing.probes(edits[200:], rounds=5, per_round=64)
     noedit = NoEdit(model, tok)
     background = load_counterfact(CF_TRAIN)
     recipe.reset()
@@ -100,10 +86,10 @@ def speed(args) -> None:
     for stored in (0, 1000, 10000):
         if stored:
             recipe.edit([c for c in background[len(recipe.memory):stored]])
-        attached = sum(p is not None for p in (recipe.prompt_prefixes(probes) or []))
-        r, base = _paired(recipe, noedit, probes, targets)
+        r, base = timing.measure(recipe, noedit, rounds)
+        attached = sum(x is not None for prompts, _ in rounds for x in (recipe.prompt_prefixes(prompts) or []))
         print(f"  RECIPE with {stored:>6} stored edits: {1000 * r:.1f} ms vs {1000 * base:.1f} ms = {r / base:.3f}x "
-              f"({attached} of {len(probes)} queries got a prompt)", flush=True)
+              f"({attached} of {5 * 64} queries got a prompt)", flush=True)
 
 
 def sentinel(args) -> None:

@@ -19,6 +19,7 @@ import argparse
 import json
 import platform
 import sys
+from pathlib import Path
 
 from .course import package_version
 from .errors import UsageError
@@ -192,7 +193,7 @@ def cmd_download(args) -> int:
 def cmd_bench(args) -> int:
     import torch
 
-    from . import grid
+    from . import grid, timing
     from .models import load_model
 
     try:
@@ -201,14 +202,29 @@ def cmd_bench(args) -> int:
         raise UsageError(str(e)) from None
     for d in dict.fromkeys(args.data):  # a missing file stops the run before the model loads
         grid.load_data(d)
+    timed = args.timing or args.timing_only
+    if timed:
+        methods = [m for m in args.methods if m in timing.MEMORY_METHODS]
+        if not methods:
+            raise UsageError(f"--timing times {', '.join(timing.MEMORY_METHODS)}, none of which is in --methods")
+        background, cases = timing.reference_sets(args.seed)
     model, tok = load_model(args.model, quantization=args.quant)
     if args.cell_budget:
         budget = args.cell_budget * 60
     else:  # a GPU's edit times make the CPU's budget meaningless
         budget = None if torch.cuda.is_available() else grid.CPU_CELL_BUDGET_S
-    rows = grid.run_grid(model, tok, cells, args.out, seed=args.seed, single_n=args.single_n, budget_s=budget)
-    print(grid.markdown(rows))
-    print(f"wrote {args.out}/cells/*.json, grid.csv, grid.md and summary.json")
+    rows = []
+    if not args.timing_only:
+        rows = grid.run_grid(model, tok, cells, args.out, seed=args.seed, single_n=args.single_n, budget_s=budget)
+        print(grid.markdown(rows))
+        print(f"wrote {args.out}/cells/*.json, grid.csv, grid.md and summary.json")
+    if timed:
+        found = timing.table3(model, tok, background, cases, methods=tuple(methods), stored=tuple(args.stored))
+        path = Path(args.out) / "timing.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"machine": grid.machine(model), "rows": found}, indent=1))
+        print(timing.table(found, rows).to_string())
+        print(f"wrote {path}")
     return 0
 
 
@@ -281,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     be.add_argument("--model", default=DEFAULT_MODEL)
     be.add_argument("--quant", default=None, choices=["4bit", "8bit"])
     be.add_argument("--seed", type=int, default=0)
+    be.add_argument("--timing", action="store_true",
+                    help="after the grid, RECIPE's Table 3 for the memory methods among --methods: edit time and "
+                         "inference per query with --stored edits in place (timing.py); writes timing.json")
+    be.add_argument("--timing-only", action="store_true", help="Table 3 timing without the grid (--n is not used)")
+    be.add_argument("--stored", type=int, nargs="+", default=[0, 1000, 10000],
+                    help="store sizes for --timing (filled from CounterFact's 10,000 train records)")
     be.set_defaults(fn=cmd_bench)
 
     tr = command("train", help="train LTE's adapter (alignment.py) or RECIPE's modules (prompt_learning.py)")

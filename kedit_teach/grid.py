@@ -115,7 +115,7 @@ def skip_reason(cell: Cell, available: int, single_n: int, edit_s: float | None,
 
 # ----------------------------------------------------------------------------- memory and machine
 
-def _reset_peak() -> None:
+def reset_peak() -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         return
@@ -125,7 +125,7 @@ def _reset_peak() -> None:
         pass  # elsewhere the peak is the process's so far
 
 
-def _peak_mb() -> float:
+def peak_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     try:
@@ -154,12 +154,12 @@ def run_cell(model, tokenizer, cell: Cell, cases: list[EditCase], settings: dict
     """One cell on `model`; returns (its result in the eval schema plus "general" and "grid", the model
     as found)."""
     editor = METHODS[cell.method](model, tokenizer, **settings)
-    _reset_peak()
+    reset_peak()
     start = time.perf_counter()
     result = evaluate(editor, cases, mode=cell.mode, fluency_n=fluency_n, progress=False)
     # single mode resets after each edit, so its general ability is the unedited model's
     result["general"] = general_ability(editor) if cell.mode != "single" else None
-    result["grid"] = {**asdict(cell), "seconds": time.perf_counter() - start, "peak_memory_mb": _peak_mb()}
+    result["grid"] = {**asdict(cell), "seconds": time.perf_counter() - start, "peak_memory_mb": peak_mb()}
     return result, editor.detach()
 
 
@@ -262,8 +262,8 @@ def lifelong(rows: list[dict], data: str) -> list[dict]:
 
 def headline(rows: list[dict], data: str, ns: tuple[int, ...] = (1, 100)):
     """One row per method: rel / gen / loc under both protocols at each N in `ns` (the sequential
-    cell, or the single one at N = 1), general questions and edit time at the largest; a skipped
-    cell says so. The README's headline table."""
+    cell, or the single one at N = 1), general ability (questions answered, the passage's perplexity)
+    at each lifelong N, edit time at the largest; a skipped cell says so. The README's headline table."""
     import pandas as pd
     cells = {(r["method"], r["n"]): r for r in lifelong(rows, data)}
     table = []
@@ -275,8 +275,11 @@ def headline(rows: list[dict], data: str, ns: tuple[int, ...] = (1, 100)):
                 line[f"{proto.replace('_', '-')}, N = {n}"] = (
                     "–" if r is None else "skipped" if r["status"] == "skipped"
                     else " / ".join(_fmt(r[f"{p}_{k}"]) for k in REL_GEN_LOC))
+        for n in ns[1:] if ns[0] == 1 else ns:
+            r = cells.get((method, n), {})
+            line[f"questions / perplexity, N = {n}"] = (
+                "–" if r.get("questions") is None else f"{_fmt(r['questions'])} / {_fmt(r.get('perplexity'), 1)}")
         last = cells.get((method, ns[-1]), {})
-        line[f"questions, N = {ns[-1]}"] = _fmt(last.get("questions"))
         line["edit s"] = _fmt(last.get("edit_s", cells.get((method, ns[0]), {}).get("edit_s")), 3)
         table.append(line)
     return pd.DataFrame(table).set_index("method")
@@ -292,15 +295,21 @@ def write_tables(rows: list[dict], out: Path, about: dict) -> None:
 
 
 def load_summary(path: str | Path | None = None) -> dict:
-    """A summary.json written by run_grid; by default the committed CPU reference run."""
+    """A summary.json written by run_grid, by default the committed CPU reference run. A folder's
+    timing.json (`bench --timing`) comes in as summary["timing"]: its rows."""
     path = Path(path or REFERENCE_RUN)
+    timing = None
     if path.is_dir():
+        if (path / "timing.json").exists():
+            timing = json.loads((path / "timing.json").read_text())["rows"]
         path = path / "summary.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; run `python -m kedit_teach bench --out FOLDER` first")
     summary = json.loads(path.read_text())
     if not isinstance(summary, dict) or "rows" not in summary:
         raise ValueError(f"{path} is not a grid summary (no 'rows'); pass the summary.json that bench wrote")
+    if timing is not None:
+        summary["timing"] = timing
     return summary
 
 

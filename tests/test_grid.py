@@ -151,9 +151,13 @@ def test_papers_table_puts_recipes_table_1_beside_our_first_and_largest_n():
 def test_headline_has_one_row_per_method_and_says_skipped():
     rows = [{"data": "cf", "method": "ice", "mode": "single", "n": 1, "status": "done", "questions": None, "edit_s": 0.001,
              **{f"{p}_{k}": 1.0 for p in ("tf", "gen") for k in ("rel", "gen", "loc")}},
-            {"data": "cf", "method": "ice", "mode": "sequential", "n": 100, "status": "skipped", "reason": "slow"}]
+            {"data": "cf", "method": "ice", "mode": "sequential", "n": 100, "status": "skipped", "reason": "slow"},
+            {"data": "cf", "method": "lte", "mode": "sequential", "n": 100, "status": "done", "questions": 0.9,
+             "perplexity": 22.75, "edit_s": 0.01, **{f"{p}_{k}": 0.5 for p in ("tf", "gen") for k in ("rel", "gen", "loc")}}]
     table = grid.headline(rows, "cf")
-    assert list(table.index) == ["ice"]
+    assert list(table.index) == ["ice", "lte"] and table.loc["lte", "teacher-forced, N = 1"] == "–"
+    assert table.loc["lte", "questions / perplexity, N = 100"] == "0.90 / 22.8"
+    assert table.loc["ice", "questions / perplexity, N = 100"] == "–" and "questions / perplexity, N = 1" not in table
     assert table.loc["ice", "teacher-forced, N = 1"] == "1.00 / 1.00 / 1.00"
     assert table.loc["ice", "generation, N = 100"] == "skipped" and table.loc["ice", "edit s"] == "0.001"
 

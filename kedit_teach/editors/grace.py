@@ -257,6 +257,22 @@ class GRACE(Editor):
         self._add_entry(key, value, d_min / 2, label, case.case_id)
         return {**info, **train, "op": "split", "entry": len(a.keys) - 1, "eps": d_min / 2}
 
+    def fill(self, cases):
+        """Timing only: one synthetic entry per case, not an edit. A real edit trains a value (about
+        1.5 s on a CPU, so 10,000 would take four hours), while a lookup costs the same for any keys
+        of this shape. The keys are random and far from any real one, with tiny radii: every lookup
+        runs against all of them and none fires. They are not recorded as edits, so remove() (which
+        rebuilds the codebook from the edits), reset() and save() drop them."""
+        a, n = self.adapter, len(cases)
+        g = torch.Generator().manual_seed(self.seed)
+        a.keys = torch.cat([a.keys, (10 * torch.randn(n, a.d_in, generator=g)).to(a.keys.device)])
+        a.values = torch.cat([a.values, torch.randn(n, a.d_out, generator=g).to(a.values.device)])
+        a.eps = torch.cat([a.eps, torch.full((n,), 1e-3, device=a.eps.device)])
+        a.hits += [0] * n
+        self._labels += [""] * n  # parallel to the keys, as Alg. 1 reads them
+        self._members += [[] for _ in range(n)]
+        return "synthetic entries"
+
     def _apply(self, cases):
         infos = []
         for case in tqdm(cases, desc="GRACE edits", disable=len(cases) < 3, leave=False):
@@ -323,7 +339,8 @@ class GRACE(Editor):
     def _state(self):
         tensors = {f"key/{cid}": k for cid, k in self._keys.items()}
         tensors.update({f"value/{cid}": v for cid, v in self._values.items()})
-        tensors["hits"] = torch.tensor(self.adapter.hits, dtype=torch.long)
+        # fill()'s synthetic entries have no member cases; the restored codebook won't have them either
+        tensors["hits"] = torch.tensor([h for h, m in zip(self.adapter.hits, self._members) if m], dtype=torch.long)
         return tensors
 
     def _restore(self, cases, tensors):
