@@ -227,13 +227,16 @@ class GRACE(Editor):
         return self._values[case.case_id], {}
 
     def _add_entry(self, key, value, eps, label, case_id):
+        self._add_entries(key[None], value[None], torch.tensor([eps]), [label], [[case_id]])
+
+    def _add_entries(self, keys, values, eps, labels, members):
         a = self.adapter
-        a.keys = torch.cat([a.keys, key[None].to(a.keys.device)])
-        a.values = torch.cat([a.values, value[None].to(a.values.device)])
-        a.eps = torch.cat([a.eps, torch.tensor([eps], device=a.eps.device)])
-        a.hits.append(0)
-        self._labels.append(label)
-        self._members.append([case_id])
+        a.keys = torch.cat([a.keys, keys.to(a.keys.device)])
+        a.values = torch.cat([a.values, values.to(a.values.device)])
+        a.eps = torch.cat([a.eps, eps.to(a.eps.device)])
+        a.hits += [0] * len(keys)
+        self._labels += labels  # parallel to the keys, as Alg. 1 reads them
+        self._members += members
 
     def _update(self, case: EditCase, key: torch.Tensor) -> dict:
         """Algorithm 1: add, expand or split, given the new edit's key."""
@@ -265,12 +268,8 @@ class GRACE(Editor):
         rebuilds the codebook from the edits), reset() and save() drop them."""
         a, n = self.adapter, len(cases)
         g = torch.Generator().manual_seed(self.seed)
-        a.keys = torch.cat([a.keys, (10 * torch.randn(n, a.d_in, generator=g)).to(a.keys.device)])
-        a.values = torch.cat([a.values, torch.randn(n, a.d_out, generator=g).to(a.values.device)])
-        a.eps = torch.cat([a.eps, torch.full((n,), 1e-3, device=a.eps.device)])
-        a.hits += [0] * n
-        self._labels += [""] * n  # parallel to the keys, as Alg. 1 reads them
-        self._members += [[] for _ in range(n)]
+        self._add_entries(10 * torch.randn(n, a.d_in, generator=g), torch.randn(n, a.d_out, generator=g),
+                          torch.full((n,), 1e-3), [""] * n, [[] for _ in range(n)])
         return "synthetic entries"
 
     def _apply(self, cases):
