@@ -38,7 +38,7 @@ from .course import package_version
 from .data import ASSETS, SHARED_DIR, EditCase, load_cases, load_teach
 from .editors import METHODS
 from .errors import UsageError
-from .evaluate import evaluate
+from .evaluate import MODES, evaluate
 from .general import general_ability
 from .prompt_learning import TEACH_HELD_OUT
 
@@ -260,10 +260,11 @@ def lifelong(rows: list[dict], data: str) -> list[dict]:
     return [r for r in rows if r["data"] == data and r["mode"] in ("single", "sequential")]
 
 
-def headline(rows: list[dict], data: str, ns: tuple[int, ...] = (1, 100)):
-    """One row per method: rel / gen / loc under both protocols at each N in `ns` (the sequential
-    cell, or the single one at N = 1), general ability (questions answered, the passage's perplexity)
-    at each lifelong N, edit time at the largest; a skipped cell says so. The README's headline table."""
+def headline(rows: list[dict], data: str, ns: tuple[int, ...] = (1, 100), kinds: tuple[str, ...] = REL_GEN_LOC):
+    """One row per method: rel / gen / loc (or `kinds`, e.g. with "port" for ZsRE) under both
+    protocols at each N in `ns` (the sequential cell, or the single one at N = 1), general ability
+    (questions answered, the passage's perplexity) at each lifelong N, edit time at the largest; a
+    skipped cell says so. The README's headline table."""
     import pandas as pd
     cells = {(r["method"], r["n"]): r for r in lifelong(rows, data)}
     table = []
@@ -274,7 +275,7 @@ def headline(rows: list[dict], data: str, ns: tuple[int, ...] = (1, 100)):
             for p, proto in PROTOCOLS.items():
                 line[f"{proto.replace('_', '-')}, N = {n}"] = (
                     "–" if r is None else "skipped" if r["status"] == "skipped"
-                    else " / ".join(_fmt(r[f"{p}_{k}"]) for k in REL_GEN_LOC))
+                    else " / ".join(_fmt(r[f"{p}_{k}"]) for k in kinds))
         for n in ns[1:] if ns[0] == 1 else ns:
             r = cells.get((method, n), {})
             line[f"questions / perplexity, N = {n}"] = (
@@ -292,6 +293,24 @@ def write_tables(rows: list[dict], out: Path, about: dict) -> None:
         w.writerows(rows)
     (out / "grid.md").write_text(markdown(rows))
     (out / "summary.json").write_text(json.dumps({"machine": about, "rows": rows}, indent=1, ensure_ascii=False))
+
+
+def merge_rows(rows: list[dict], new: list[dict]) -> list[dict]:
+    """`rows` with `new` added: a new row replaces the row of the same cell, and the result is in
+    plan order (data sets as they first appear, methods as in METHODS, then N, then mode). How the
+    committed reference run gains cells made on another day (scripts/merge_reference_run.py)."""
+    def cell(r: dict) -> tuple:
+        return r["data"], r["method"], r["mode"], r["n"]
+    merged = {cell(r): r for r in rows}
+    merged.update((cell(r), r) for r in new)
+    data = list(dict.fromkeys(r["data"] for r in rows + new))
+    methods = list(METHODS)
+
+    def order(r: dict) -> tuple:
+        m = r["method"]
+        return (data.index(r["data"]), methods.index(m) if m in methods else len(methods), m,
+                r["n"], MODES.index(r["mode"]))
+    return sorted(merged.values(), key=order)
 
 
 def load_summary(path: str | Path | None = None) -> dict:

@@ -162,6 +162,31 @@ def test_headline_has_one_row_per_method_and_says_skipped():
     assert table.loc["ice", "generation, N = 100"] == "skipped" and table.loc["ice", "edit s"] == "0.001"
 
 
+def test_headline_shows_portability_when_asked():
+    row = {"data": "zsre", "method": "recipe", "mode": "sequential", "n": 100, "status": "done", "questions": 1.0,
+           "perplexity": 22.7, "edit_s": 0.01, **{f"{p}_{k}": v for p in ("tf", "gen")
+                                                   for k, v in zip(("rel", "gen", "loc", "port"), (0.9, 0.8, 0.7, 0.3))}}
+    assert grid.headline([row], "zsre", (100,)).loc["recipe", "generation, N = 100"] == "0.90 / 0.80 / 0.70"
+    table = grid.headline([row], "zsre", (100,), kinds=("rel", "gen", "loc", "port"))
+    assert table.loc["recipe", "teacher-forced, N = 100"] == "0.90 / 0.80 / 0.70 / 0.30"
+
+
+def test_merge_rows_replaces_a_cell_and_keeps_plan_order():
+    def row(data, method, mode, n, status="done"):
+        return {"data": data, "method": method, "mode": mode, "n": n, "status": status}
+    old = [row("cf", "noedit", "single", 1), row("cf", "noedit", "sequential", 100),
+           row("cf", "memit", "single", 1), row("cf", "memit", "batch", 10, "skipped")]
+    new = [row("cf", "memit", "batch", 10), row("cf", "memit", "sequential", 10), row("zsre", "ice", "single", 1),
+           row("cf", "noedit", "sequential", 1000)]
+    merged = grid.merge_rows(old, new)
+    assert [(r["data"], r["method"], r["mode"], r["n"]) for r in merged] == [
+        ("cf", "noedit", "single", 1), ("cf", "noedit", "sequential", 100), ("cf", "noedit", "sequential", 1000),
+        ("cf", "memit", "single", 1), ("cf", "memit", "sequential", 10), ("cf", "memit", "batch", 10),
+        ("zsre", "ice", "single", 1)]
+    assert all(r["status"] == "done" for r in merged)  # the skipped batch cell was replaced, not kept twice
+    assert len(old) == 4 and old[3]["status"] == "skipped"  # the inputs are left as they were
+
+
 def test_a_results_folder_from_another_run_or_a_broken_cell_is_refused(gemma_tiny, tmp_path):
     model, tok = gemma_tiny
     cells = grid.plan(["noedit"], [1], ["teach"])
