@@ -136,20 +136,23 @@ def sequential(args) -> None:
     out = {}
     print("| method | edits | teacher-forced rel/gen/loc | generation rel/gen/loc | perplexity (unedited) | |W| (unedited) | s/edit |\n"
           "|---|---|---|---|---|---|---|", flush=True)
+    path = OUT / f"sequential-n{args.n}-b{args.batch}.json"
+    OUT.mkdir(parents=True, exist_ok=True)
     for name in args.methods:
         editor = METHODS[name](model, tok)
-        points = curve(editor, cases, args.checkpoints, batch=args.batch)
         original = editor.inspect(cases[0].prompt)["original_norm"]
-        for p in points:
+
+        def show(p, name=name, original=original):
             m = p["metrics"]
             cells = ["/".join(f"{m[proto][k]:.2f}" for k in ("reliability", "generality", "locality"))
                      for proto in ("teacher_forced", "generation")]
             print(f"| {name} | {p['n_edits']} | {cells[0]} | {cells[1]} | {p['perplexity']:.1f} ({p['perplexity_unedited']:.1f}) "
                   f"| {p['weight_norm']:.1f} ({original:.1f}) | {p['edit_s_mean']:.1f} |", flush=True)
+
+        points = curve(editor, cases, args.checkpoints, batch=args.batch, on_point=show)
         out[name] = {"points": points, "norms": list(editor.norms), "original_norm": original, "config": editor.config()}
+        path.write_text(json.dumps(out, indent=1))  # after each method: a long run keeps what it has
         model = editor.detach()
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"sequential-n{args.n}-b{args.batch}.json").write_text(json.dumps(out, indent=1))
 
 
 def main() -> None:

@@ -201,13 +201,14 @@ def _weight_norms(editor, prompt: str) -> dict:
 
 
 def curve(editor, cases: list[EditCase], checkpoints: list[int], batch_size: int = 16,
-          progress: bool = True, batch: int = 1) -> list[dict]:
+          progress: bool = True, batch: int = 1, on_point=None) -> list[dict]:
     """Lifelong editing: apply the cases `batch` at a time (one by one by default; MEMIT and AlphaEdit
     solve a batch at once) and, after each checkpoint's number of edits, score every edit made so
     far. Returns [{"n_edits", "metrics", "edit_s_mean", "perplexity",
     "perplexity_unedited", "weight_norm", "weight_norm_unedited"}] per checkpoint: the perplexity of
     PASSAGE, now and before any edit, and the edited weights' norm, now and before, for editors
-    whose inspect() reports one (else None)."""
+    whose inspect() reports one (else None). on_point(point), if given, sees each as it is measured
+    (a long run can be followed and kept as it goes)."""
     checkpoints = sorted({min(n, len(cases)) for n in checkpoints if n > 0})
     if not checkpoints:
         raise ValueError("checkpoints must hold at least one positive number of edits")
@@ -229,5 +230,7 @@ def curve(editor, cases: list[EditCase], checkpoints: list[int], batch_size: int
         points.append({"n_edits": n, "metrics": aggregate(_rows(probes, indices, scores, gens, refs)),
                        "edit_s_mean": _mean(edit_s), "perplexity": perplexity(editor.model, editor.tokenizer, PASSAGE),
                        "perplexity_unedited": unedited, **_weight_norms(editor, cases[0].prompt)})
+        if on_point is not None:
+            on_point(points[-1])
     bar.close()
     return points

@@ -86,6 +86,20 @@ def test_a_cell_over_budget_is_kept_as_skipped(gemma_tiny, tmp_path):
     assert not (tmp_path / "cells" / f"{cells[1].key}.json").exists()  # a later, bigger budget runs it
 
 
+def test_the_estimate_comes_from_the_largest_cell_so_far_in_the_same_mode(gemma_tiny, tmp_path):
+    """A batch edit costs less per edit than a single one: N = 1's time would misjudge the others."""
+    model, tok = gemma_tiny
+    grid.run_grid(model, tok, grid.plan(["ice"], [1, 2], ["teach"]), tmp_path, single_n=1, progress=False)
+    for key, s in (("teach-ice-single-n1", 1e-9), ("teach-ice-sequential-n2", 1e6)):
+        path = tmp_path / "cells" / f"{key}.json"
+        result = json.loads(path.read_text())
+        result["timing"]["edit_s_mean"] = s
+        path.write_text(json.dumps(result))
+    rows = grid.run_grid(model, tok, grid.plan(["ice"], [1, 2, 4], ["teach"]), tmp_path, single_n=1,
+                         budget_s=10.0, progress=False)
+    assert rows[2]["status"] == "skipped" and "the N = 2 sequential cell's mean" in rows[2]["reason"]
+
+
 def test_load_summary_refuses_what_is_not_a_summary(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `python -m kedit_teach bench"):
         grid.load_summary(tmp_path / "nope.json")

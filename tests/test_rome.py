@@ -10,9 +10,10 @@ import torch
 from kedit_teach.data import EditCase
 from kedit_teach.editors.rome import ROME, LocateError, rank_one_update
 from kedit_teach.layer_stats import StatsError, down_proj, second_moment, second_moments
-from kedit_teach.editors.locate import add_at
+from kedit_teach.editors import locate
+from kedit_teach.editors.locate import add_at, read_at
 from kedit_teach.metrics import pack_targets, target_nll
-from kedit_teach.models import decoder_of, logits_at
+from kedit_teach.models import decoder_of, format_prompt, forward_hooks, logits_at
 
 TEXTS = ["The Eiffel Tower is located in the city of Paris .", "Rome is the capital of Italy .",
          "The capital of Japan is Tokyo .", "Toyota was founded in Japan .", "Berlin is in Germany ."] * 8
@@ -164,6 +165,67 @@ def test_a_value_step_runs_the_tokens_after_the_subject_only_and_gets_the_full_r
             unchanged = editor.target_logp(editor.linear, batch, cols)(torch.zeros_like(delta))
         assert torch.allclose(cached, full, atol=1e-4), (case.case_id, drop_bos)
         assert not torch.allclose(unchanged, full, atol=1e-3)  # delta does reach the targets
+
+
+def test_values_optimised_together_are_each_cases_own(tiny, monkeypatch):
+    """MEMIT optimises a batch of values at once: cases of different lengths (a subject mid-prompt,
+    one at the start), split over two batches, one stopping early while the others go on, each get
+    what they get alone."""
+    model, tok = tiny
+    editor = ROME(model, tok, layer=1, mom2=False, n_prefixes=2, steps=5, lr=0.05, clamp_norm=1e4,
+                  kl_factor=0.0, weight_decay=0.0)
+    cases = [EIFFEL, TOYOTA, dataclasses.replace(EIFFEL, case_id="e2", target_new="London Bridge")]
+    monkeypatch.setattr(locate, "EARLY_STOP", 0.0)
+    runs = [info for _, info in (editor.value(c) for c in cases)]
+    # a line one case crosses after a few steps, with Adam's momentum in hand, while another stays above it
+    a = min(range(len(cases)), key=lambda i: runs[i]["nll_end"])
+    upper = min(runs[a]["nll_start"], max(r["nll_end"] for i, r in enumerate(runs) if i != a))
+    assert upper > runs[a]["nll_end"]
+    monkeypatch.setattr(locate, "EARLY_STOP", (runs[a]["nll_end"] + upper) / 2)
+    alone = [editor.value(c) for c in cases]
+    together = editor.values(cases, editor.linear, chunk=2)
+    assert alone[a][1]["v_steps"] > 1 and alone[a][1]["nll_end"] < locate.EARLY_STOP
+    for (a, info_a), (b, info_b) in zip(alone, together):
+        assert info_a["v_steps"] == info_b["v_steps"]
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
+    assert not torch.allclose(together[0][0], together[2][0])  # same subject, other target: another value
+    editor.kl_factor, editor.weight_decay = 1.0, 1e-3  # each case's own KL and decay terms too
+    for (a, _), (b, _) in zip([editor.value(c) for c in cases], editor.values(cases, editor.linear, chunk=2)):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
+def test_the_kl_term_reads_the_subject_of_a_cut_text_as_of_the_whole(tiny):
+    """The KL text is cut after the subject: at the subject's last token, with a delta added there,
+    the model predicts the same as on the whole "{subject} is a" (causal attention, same tokens)."""
+    model, tok = tiny
+    editor = ROME(model, tok, layer=1, mom2=False)
+    whole = format_prompt(tok, "Eiffel Tower is a")
+    cut = whole[:whole.find("Eiffel Tower") + len("Eiffel Tower")]
+    delta = torch.randn(editor.linear.out_features)
+    seen = []
+    for text in (whole, cut):
+        col = editor._positions([text], [0], "Eiffel Tower")
+        enc = tok([text], return_tensors="pt")
+        with torch.no_grad(), add_at(editor.linear, torch.zeros(1, dtype=torch.long), col, delta):
+            seen.append(logits_at(model, decoder_of(model)(**enc).last_hidden_state[0, col]))
+    assert torch.allclose(seen[0], seen[1], atol=1e-4)
+
+
+def test_reading_a_module_does_not_run_the_layers_above_it(gemma_tiny):
+    model, tok = gemma_tiny
+    enc = tok(["The Eiffel Tower is located in", "Toyota"], return_tensors="pt", padding=True, padding_side="right")
+    rows, cols = torch.tensor([0, 1]), torch.tensor([3, 1])
+    module, above = down_proj(model, 0), decoder_of(model).layers[1]
+    ran, full = [], {}
+    with forward_hooks([(above, lambda *a: ran.append(1))]):
+        k, v = read_at(model, module, rows, cols, **enc)
+    assert ran == []
+
+    def keep(m, args, out):
+        full["k"], full["v"] = args[0][rows, cols], out[rows, cols]
+    with torch.no_grad(), forward_hooks([(module, keep)]):
+        decoder_of(model)(**enc)
+    assert torch.equal(k, full["k"]) and torch.equal(v, full["v"])
 
 
 def test_the_reference_key_asymmetry_is_an_option(gemma_tiny):

@@ -14,11 +14,17 @@ weights, and the edited layers' Frobenius norm after each group (`norms`), whose
 visible sign of the collapse.
 
 Choices, and why:
-- delta is optimised in fp32 (bf16 autocast was no faster for this backward pass on CPU) and only
-  the target positions' logits are computed;
+- delta is optimised in fp32 (bf16 autocast on CPU: 1.2 times faster on a batch of 16 edits, and
+  the values moved by 9%) and only the target positions' logits are computed;
 - each template's tokens before the subject's last one can't depend on delta (attention is
   causal), so they run once into a KV cache and every step runs only the rest (`target_logp`):
   0.88 s a step against 1.35 s for whole sequences (ROME, 8 CounterFact edits, same delta);
+- the values of a batch of edits (MEMIT, AlphaEdit) are optimised together, 16 cases a batch, each
+  with its own delta, loss and early stop, so each is what it would be alone: on 16 CounterFact
+  edits 2.7 times faster than one after the other, the same number of steps for every case;
+- the KL term is read at the subject's last token of "{subject} is a" (as the reference), so the text
+  is cut there and runs KV-cached like the targets, one token a step;
+- a read (keys, the top layer's output) stops the forward at the module it reads;
 - C = E[k k^T] (`layer_stats`) gets a small ridge (`layer_stats.regularized`): with a few thousand
   keys some of its directions are nearly empty, and C^-1 would blow up along them.
 
@@ -32,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..data import EditCase
 from ..errors import UsageError
@@ -43,6 +50,8 @@ from .base import Editor, EditorStateError
 
 STARTS = ("The", "Therefore", "Because", "I", "You")  # the reference's prefix openers
 CHUNK = 64  # texts per forward when reading keys
+VALUE_CHUNK = 16  # cases per batch in the value optimisation
+EARLY_STOP = 5e-2  # the reference stops optimising a value once the target's NLL is below this
 
 
 class LocateError(UsageError, ValueError):
@@ -71,11 +80,25 @@ def add_at(module, rows: torch.Tensor, cols: torch.Tensor, delta: torch.Tensor):
     return forward_hooks([(module, hook)])
 
 
-def read_at(module, rows: torch.Tensor, cols: torch.Tensor, store: dict):
-    """Within this block, store["input"] and store["output"] are `module`'s at (rows, cols)."""
+class _Enough(Exception):
+    """Raised by a reading hook once it has what it came for: the layers above it need not run."""
+
+
+def read_at(model, module, rows: torch.Tensor, cols: torch.Tensor, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """`module`'s (input, output) at positions (rows[i], cols[i]) of the decoder run on `inputs`;
+    the layers above `module` don't run (MEMIT reads layers 2-4 of Gemma-3-270M's 18)."""
+    store = {}
+
     def hook(m, args, out):
         store["input"], store["output"] = args[0][rows, cols].detach(), out[rows, cols].detach()
-    return forward_hooks([(module, hook)])
+        raise _Enough
+
+    with torch.no_grad(), forward_hooks([(module, hook)]):
+        try:
+            decoder_of(model)(**inputs, use_cache=False)
+        except _Enough:
+            pass
+    return store["input"], store["output"]
 
 
 def _frobenius(tensors) -> float:
@@ -216,11 +239,8 @@ class LocateEditor(Editor):
         out: dict[str, list] = {"input": [], "output": []}
         for i in range(0, len(texts), CHUNK):
             enc = _right_padded(self.tokenizer, texts[i:i + CHUNK]).to(self.model.device)
-            store: dict = {}
-            with torch.no_grad(), read_at(module, torch.arange(len(enc.input_ids)), cols[i:i + CHUNK], store):
-                decoder_of(self.model)(**enc, use_cache=False)
-            for k in out:
-                out[k].append(store[k].float().cpu())
+            for k, x in zip(out, read_at(self.model, module, torch.arange(len(enc.input_ids)), cols[i:i + CHUNK], **enc)):
+                out[k].append(x.float().cpu())
         inputs, outputs = (torch.cat(out[k]).view(len(cases), len(templates), -1) for k in ("input", "output"))
         return inputs, outputs
 
@@ -231,47 +251,86 @@ class LocateEditor(Editor):
 
     def value(self, case: EditCase, module) -> tuple[torch.Tensor, dict]:
         """delta added to `module`'s output at the subject's last token behind every template (Eq. 4)."""
-        texts, starts = self._texts(case, self.templates())
-        batch = pack_targets(self.tokenizer, texts, [case.target_new] * len(texts))
+        return self.values([case], module)[0]
+
+    def values(self, cases: list[EditCase], module, chunk: int = VALUE_CHUNK) -> list[tuple[torch.Tensor, dict]]:
+        """value() of each case, optimised `chunk` cases at a time in one batch: each case has its own
+        delta and its own loss, Adam is elementwise, and a case that reaches the early stop is frozen
+        there, so each result is the one it would get alone (to float rounding). Cases are batched in
+        order of the length each step runs (the prompt after the subject, and the target), so that
+        little of a batch is padding: 31% fewer tokens a step on 100 CounterFact edits."""
+        order = sorted(range(len(cases)), key=lambda i: self._suffix_length(cases[i]))
+        out: dict[int, tuple[torch.Tensor, dict]] = {}
+        for i in tqdm(range(0, len(cases), chunk), desc=f"{type(self).__name__}: values", leave=False,
+                      disable=len(cases) <= chunk):
+            part = order[i:i + chunk]
+            out.update(zip(part, self._values([cases[j] for j in part], module)))
+        return [out[i] for i in range(len(cases))]
+
+    def _suffix_length(self, case: EditCase) -> int:
+        tail = case.prompt[case.prompt.find(case.subject) + len(case.subject):]
+        return len(self.tokenizer(f"{tail} {case.target_new}", add_special_tokens=False).input_ids)
+
+    def _values(self, cases: list[EditCase], module) -> list[tuple[torch.Tensor, dict]]:
+        T, n, device = len(self.templates()), len(cases), self.model.device
+        texts, starts = [], []
+        for c in cases:
+            t, s = self._texts(c, self.templates())
+            texts, starts = texts + t, starts + s
+        batch = pack_targets(self.tokenizer, texts, [c.target_new for c in cases for _ in range(T)])
         # pack_targets right-pads, so the subject keeps its positions; the target's tokens follow the prompt
-        ids, mask = batch.input_ids.to(self.model.device), batch.attention_mask.to(self.model.device)
-        rows, cols = torch.arange(len(texts)), self._positions(texts, starts, case.subject)
+        cols = torch.cat([self._positions(texts[i * T:(i + 1) * T], starts[i * T:(i + 1) * T], c.subject)
+                          for i, c in enumerate(cases)])
+        case_of_row = torch.arange(n, device=device).repeat_interleave(T)
+        case_of_target = case_of_row[batch.rows.to(device)]
+        per_case = torch.bincount(case_of_target, minlength=n)
+        gold = batch.gold.to(device)
         target_logp = self.target_logp(module, batch, cols)
-        kl_text = format_prompt(self.tokenizer, f"{case.subject} is a")
-        kl_enc = _right_padded(self.tokenizer, [kl_text]).to(self.model.device)
-        kl_col = self._positions([kl_text], [0], case.subject)
-        body, gold = decoder_of(self.model), batch.gold.to(self.model.device)
+        # The KL term is read at the subject's last token of "{subject} is a" (as the reference does), and
+        # causal attention means nothing after it matters: cut there, each KL text is a prefix in the KV
+        # cache and one token a step, the prediction made at the subject's last token (the " is").
+        kl_texts = []
+        for c in cases:
+            t = format_prompt(self.tokenizer, f"{c.subject} is a")
+            kl_texts.append(t[:t.find(c.subject) + len(c.subject)])
+        kl_batch = pack_targets(self.tokenizer, kl_texts, [" is"] * n)
+        kl_first = torch.searchsorted(kl_batch.rows, torch.arange(n)).to(device)
+        kl_logp = self.target_logp(module, kl_batch, kl_batch.key_positions)
 
-        def kl_logp(delta):
-            with add_at(module, torch.zeros(1, dtype=torch.long), kl_col, delta):
-                hidden = body(**kl_enc, use_cache=False).last_hidden_state
-            return torch.log_softmax(logits_at(self.model, hidden[0, kl_col]), -1)
+        def nll_and_kl_logp(delta):
+            token_nll = -target_logp(delta[case_of_row]).gather(1, gold[:, None])[:, 0]
+            nll = torch.zeros(n, device=device).index_add(0, case_of_target, token_nll) / per_case
+            return nll, kl_logp(delta)[kl_first]
 
-        store: dict = {}
+        bare = torch.arange(0, n * T, T)  # each case's "{}" row: v0 is the output there
+        v0 = read_at(self.model, module, torch.arange(n), cols[bare], input_ids=batch.input_ids[bare].to(device),
+                     attention_mask=batch.attention_mask[bare].to(device))[1].float()
         with torch.no_grad():
-            with read_at(module, rows[:1], cols[:1], store):
-                body(input_ids=ids[:1], attention_mask=mask[:1], use_cache=False)
-            v0 = store["output"][0].float()
-            kl_before = kl_logp(torch.zeros_like(v0))
+            kl_before = nll_and_kl_logp(torch.zeros_like(v0))[1]
         delta = torch.zeros_like(v0, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=self.lr)
-        limit = self.clamp_norm * v0.norm()
-        losses = []
+        v0_norm = v0.norm(dim=-1)
+        limit = self.clamp_norm * v0_norm
+        active = torch.ones(n, dtype=torch.bool, device=device)
+        losses: list[list[float]] = [[] for _ in cases]
         for _ in range(self.steps):
-            nll = -target_logp(delta).gather(1, gold[:, None]).mean()
-            kl = F.kl_div(kl_logp(delta), kl_before, log_target=True, reduction="batchmean")
-            loss = nll + self.kl_factor * kl + self.weight_decay * delta.norm() / v0.norm() ** 2
-            losses.append(nll.item())
-            if nll < 5e-2:  # the reference's early stop
+            nll, kl_now = nll_and_kl_logp(delta)
+            kl = F.kl_div(kl_now, kl_before, log_target=True, reduction="none").sum(-1)
+            loss = nll + self.kl_factor * kl + self.weight_decay * delta.norm(dim=-1) / v0_norm ** 2
+            for i in active.nonzero()[:, 0].tolist():
+                losses[i].append(nll[i].item())
+            active &= nll.detach() >= EARLY_STOP  # per case
+            if not active.any():
                 break
+            kept = delta.detach().clone()
             opt.zero_grad()
-            loss.backward()
+            loss[active].sum().backward()
             opt.step()
-            with torch.no_grad():  # |delta| <= clamp_norm x |v0|
-                if delta.norm() > limit:
-                    delta.mul_(limit / delta.norm())
-        return delta.detach().cpu(), {"v_steps": len(losses), "nll_start": losses[0], "nll_end": losses[-1],
-                                      "delta_norm": delta.norm().item(), "v0_norm": v0.norm().item()}
+            with torch.no_grad():  # |delta| <= clamp_norm x |v0|; stopped cases stay where they stopped
+                delta.mul_((limit / delta.norm(dim=-1).clamp_min(1e-12)).clamp(max=1)[:, None])
+                delta[~active] = kept[~active]
+        return [(d.cpu(), {"v_steps": len(ls), "nll_start": ls[0], "nll_end": ls[-1], "delta_norm": d.norm().item(),
+                           "v0_norm": v.norm().item()}) for d, ls, v in zip(delta.detach(), losses, v0)]
 
     def target_logp(self, module, batch: TargetBatch, cols: torch.Tensor):
         """A function of delta giving log p at every target position of `batch`, with delta added to

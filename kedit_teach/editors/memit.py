@@ -35,6 +35,8 @@ Choices, and why:
   measures h on the bare prompt, so its solve fits one context and its check another; on Gemma-3
   that left more of the shift unmade than before the update (2.2 times it, on one CounterFact edit,
   against 0.85 per template);
+- a batch's values are optimised together (`LocateEditor.values`): one call of 100 CounterFact
+  edits costs AlphaEdit 4.0 s an edit on 2 CPU cores, against about 23 s for edits one at a time;
 - 5 prefixes for the templates, as the reference (1 + 5); lambda = 15000, as EasyEdit's Llama config;
 - AlphaEdit's threshold is the reference's 2e-2 on C's eigenvalues (C = E[k k^T], as theirs): it keeps
   67-77% of the directions at layers 2-4 of Gemma-3-270M (the reference reports about 70% on
@@ -46,7 +48,6 @@ What it does not do: 4-bit weights (refused, as ROME).
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data import EditCase
 from ..layer_stats import null_space
@@ -123,8 +124,7 @@ class MEMIT(LocateEditor):
         return self.read(self.top, cases, self.templates())[1].flatten(0, 1).double()
 
     def _edit(self, cases):
-        values = [self.value(c, self.top) for c in tqdm(cases, desc=f"{self.name}: target residuals",
-                                                        disable=len(cases) < 2, leave=False)]
+        values = self.values(cases, self.top)
         h0 = h = self.residual(cases)
         T = len(self.templates())
         z = h0 + torch.stack([d for d, _ in values]).double().repeat_interleave(T, 0)  # Eq. 16: the target residual
