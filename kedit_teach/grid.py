@@ -12,7 +12,7 @@ A cell is (data, method, mode, N):
 A cell that can't run is kept as a row marked skipped, with the reason, never dropped: the data set
 holds fewer than N cases, or its estimated edit time exceeds the per-cell budget: N x the mean edit
 time of the method's largest cell so far on that data set in the same mode, else its N = 1 cell (a
-batch edit is cheaper per edit than a single one: MEMIT solves 100 edits at 3.7 s each, against 20 s
+batch edit is cheaper per edit than a single one: MEMIT solves 100 edits at 3.1 s each, against 20 s
 alone).
 
 After a lifelong cell the editor's general ability (general.py) is measured with its N edits in
