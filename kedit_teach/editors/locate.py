@@ -236,13 +236,13 @@ class LocateEditor(Editor):
             texts += t
             cols.append(self._positions(t, s, c.subject))
         cols = torch.cat(cols)
-        out: dict[str, list] = {"input": [], "output": []}
+        inputs, outputs = [], []
         for i in range(0, len(texts), CHUNK):
             enc = _right_padded(self.tokenizer, texts[i:i + CHUNK]).to(self.model.device)
-            for k, x in zip(out, read_at(self.model, module, torch.arange(len(enc.input_ids)), cols[i:i + CHUNK], **enc)):
-                out[k].append(x.float().cpu())
-        inputs, outputs = (torch.cat(out[k]).view(len(cases), len(templates), -1) for k in ("input", "output"))
-        return inputs, outputs
+            k, v = read_at(self.model, module, torch.arange(len(enc.input_ids)), cols[i:i + CHUNK], **enc)
+            inputs.append(k.float().cpu())
+            outputs.append(v.float().cpu())
+        return tuple(torch.cat(x).view(len(cases), len(templates), -1) for x in (inputs, outputs))
 
     def keys(self, layer: int, cases: list[EditCase]) -> tuple[torch.Tensor, torch.Tensor]:
         """(k* averaged over the templates, k of the bare prompt), each [cases, d_k]: Eq. 3."""
