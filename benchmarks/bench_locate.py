@@ -1,15 +1,20 @@
 """Locate-then-edit benchmarks on Gemma-3-270M, each measured in one run (compare ratios, not seconds).
 
     python -m benchmarks.bench_locate trace    time of one causal trace per kind (hidden / mlp / attn)
-    python -m benchmarks.bench_locate stats    layer statistics cold and cached; ROME's locality with the
-                                               default corpus (the model's own text) vs WikiBio passages
+    python -m benchmarks.bench_locate stats    [--n 20] [--corpora model model-more names wikibio]  layer statistics
+                                               cold and cached; single-edit ROME with C from the default corpus
+                                               (the model's own text, 4 x d_k keys), from as many keys of it as
+                                               WikiBio gives, from the model's text after openers that name
+                                               people, places and companies, and from WikiBio passages
     python -m benchmarks.bench_locate single   [--n 100] [--variants r ref]  single-edit ROME (r-ROME's key, the reference's two)
                                                on CounterFact from ../shared, all protocols, time per edit
     python -m benchmarks.bench_locate layers   [--n 20] [--layers 1 3 5 7 9 11]  edit success at each layer
                                                against the causal trace at the subject's last token
     python -m benchmarks.bench_locate sequential [--n 100] [--checkpoints 10 100] [--methods rome memit alphaedit]
                                                [--batch 1]  the collapse curve: all edits so far, both protocols,
-                                               the perplexity of a fixed passage and the weight norm
+                                               the perplexity of a fixed passage and the weight norm;
+                                               the editor is saved at each checkpoint (artifacts/locate/state-*),
+                                               and a stopped run, started again, goes on from the last one
 
 JSON results go under artifacts/locate/.
 """
@@ -62,12 +67,17 @@ def stats(args) -> None:
     print(f"layer {layer} statistics, corpus 'model', {cold.n_keys} keys: cold {cold_s:.1f} s (sampling the text "
           f"included), cached {cached_s:.2f} s", flush=True)
     cases = _cases(args.n)
+    # WikiBio gives every key it has (29k); "model-more" is the model's own text with as many keys,
+    # so that the amount of text and its kind can be told apart
+    wikibio = layer_stats.second_moment(model, tok, layer, corpus="wikibio", n_keys=10 ** 6).n_keys
+    rows = {"model": ("model", None), "model-more": ("model", wikibio), "names": ("names", None),
+            "wikibio": ("wikibio", 10 ** 6)}
     print(HEADER)
-    for corpus in ("model", "wikibio"):
-        editor = ROME(model, tok, corpus=corpus, n_keys=None if corpus == "model" else 10 ** 6)
-        n = layer_stats.second_moment(model, tok, layer, corpus=corpus,
-                                      n_keys=None if corpus == "model" else 10 ** 6).n_keys
-        result = _evaluate(editor, cases, f"rome-stats-{corpus}-n{args.n}", OUT, mode="single")
+    for label in args.corpora:
+        corpus, n_keys = rows[label]
+        editor = ROME(model, tok, corpus=corpus, n_keys=n_keys)
+        n = layer_stats.second_moment(model, tok, layer, corpus=corpus, n_keys=n_keys).n_keys
+        result = _evaluate(editor, cases, f"rome-stats-{label}-n{args.n}", OUT, mode="single")
         print(f"| ROME, C from {corpus} ({n} keys) | {_row(result)}", flush=True)
         editor.detach()
 
@@ -133,11 +143,11 @@ def sequential(args) -> None:
     from kedit_teach.models import load_model
     model, tok = load_model()
     cases = _cases(args.n)
-    out = {}
     print("| method | edits | teacher-forced rel/gen/loc | generation rel/gen/loc | perplexity (unedited) | |W| (unedited) | s/edit |\n"
           "|---|---|---|---|---|---|---|", flush=True)
     path = OUT / f"sequential-n{args.n}-b{args.batch}.json"
     OUT.mkdir(parents=True, exist_ok=True)
+    out = json.loads(path.read_text()) if path.exists() else {}  # other methods' runs are kept
     for name in args.methods:
         editor = METHODS[name](model, tok)
         original = editor.inspect(cases[0].prompt)["original_norm"]
@@ -149,7 +159,8 @@ def sequential(args) -> None:
             print(f"| {name} | {p['n_edits']} | {cells[0]} | {cells[1]} | {p['perplexity']:.1f} ({p['perplexity_unedited']:.1f}) "
                   f"| {p['weight_norm']:.1f} ({original:.1f}) | {p['edit_s_mean']:.1f} |", flush=True)
 
-        points = curve(editor, cases, args.checkpoints, batch=args.batch, on_point=show)
+        state = OUT / f"state-{name}-n{args.n}-b{args.batch}"  # a stopped run goes on from its last checkpoint
+        points = curve(editor, cases, args.checkpoints, batch=args.batch, on_point=show, state=state)
         out[name] = {"points": points, "norms": list(editor.norms), "original_norm": original, "config": editor.config()}
         path.write_text(json.dumps(out, indent=1))  # after each method: a long run keeps what it has
         model = editor.detach()
@@ -165,6 +176,10 @@ def main() -> None:
         if name == "single":
             p.add_argument("--variants", nargs="+", default=["r", "ref"], choices=["r", "ref"],
                            help="r: r-ROME's one key; ref: the reference code's two keys")
+        if name == "stats":
+            p.add_argument("--corpora", nargs="+", default=["model", "model-more", "names", "wikibio"],
+                           choices=["model", "model-more", "names", "wikibio"],
+                           help="model-more: the model's own text, as many keys as WikiBio gives")
         if name == "layers":
             p.add_argument("--layers", type=int, nargs="+", default=[1, 3, 5, 7, 9, 11])
         p.set_defaults(fn=fn)

@@ -16,12 +16,15 @@ What it does not do: load models or data (see `models.py`, `data.py`) or plot (s
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .data import EditCase
+from .editors.base import EditorStateError
 from .metrics import (TokenScore, generate_greedy, generation_match, ngram_entropy, normalize, perplexity,
                       target_budget, teacher_forced)
 
@@ -195,20 +198,58 @@ PASSAGE = ("The river rises in the hills north of the town and runs south for ab
            "vegetables, and children race paper boats down the river.")
 
 
+CURVE_JSON = "curve.json"  # beside the editor's saved state in a curve's `state` folder
+
+
+def _keep(editor, folder: Path, batch: int, points: list[dict], edit_s: list[float]) -> None:
+    """The editor's state, then the points: a crash in between leaves a folder _resume refuses."""
+    editor.save(folder)
+    tmp = folder / (CURVE_JSON + ".tmp")
+    tmp.write_text(json.dumps({"method": editor.name, "batch": batch, "cases": list(editor.cases),
+                               "points": points, "edit_s": edit_s}, indent=1))
+    tmp.replace(folder / CURVE_JSON)
+
+
+def _resume(editor, cases: list[EditCase], batch: int, folder: Path) -> tuple[list[dict], list[float]]:
+    """The points and edit times kept in `folder`, with the editor loaded to that checkpoint; nothing
+    if the folder holds no run."""
+    if not (folder / CURVE_JSON).exists():
+        return [], []
+    try:
+        kept = json.loads((folder / CURVE_JSON).read_text())
+        points, edit_s, ids = kept["points"], kept["edit_s"], kept["cases"]
+    except (ValueError, KeyError) as error:
+        raise EditorStateError(f"{folder / CURVE_JSON} is unreadable ({error}); delete {folder} to start the run again") from error
+    wanted = [c.case_id for c in cases[:len(ids)]]
+    if kept.get("method") != editor.name or kept.get("batch") != batch or ids != wanted:
+        raise EditorStateError(f"{folder} holds a {kept.get('method')} run of {len(ids)} edits in batches of "
+                               f"{kept.get('batch')} on other cases than this {editor.name} run's, in batches of "
+                               f"{batch}; pass another folder, or delete it to start again")
+    editor.load(folder)
+    if list(editor.cases) != ids:
+        raise EditorStateError(f"the editor saved in {folder} holds {len(editor.cases)} edits, its points "
+                               f"{len(ids)}: the run stopped while saving; delete {folder} to start again")
+    return points, edit_s
+
+
 def _weight_norms(editor, prompt: str) -> dict:
     seen = editor.inspect(prompt)
     return {"weight_norm": seen.get("weight_norm"), "weight_norm_unedited": seen.get("original_norm")}
 
 
 def curve(editor, cases: list[EditCase], checkpoints: list[int], batch_size: int = 16,
-          progress: bool = True, batch: int = 1, on_point=None) -> list[dict]:
+          progress: bool = True, batch: int = 1, on_point=None, state: str | Path | None = None) -> list[dict]:
     """Lifelong editing: apply the cases `batch` at a time (one by one by default; MEMIT and AlphaEdit
     solve a batch at once) and, after each checkpoint's number of edits, score every edit made so
     far. Returns [{"n_edits", "metrics", "edit_s_mean", "perplexity",
     "perplexity_unedited", "weight_norm", "weight_norm_unedited"}] per checkpoint: the perplexity of
     PASSAGE, now and before any edit, and the edited weights' norm, now and before, for editors
     whose inspect() reports one (else None). on_point(point), if given, sees each as it is measured
-    (a long run can be followed and kept as it goes)."""
+    (a long run can be followed and kept as it goes).
+
+    state, a folder: after each checkpoint the editor (`Editor.save`) and the points so far are saved
+    there, and a run handed a folder that holds them goes on from its last checkpoint, so a run of
+    hours on a CPU, or a Colab session that disconnects, loses at most one checkpoint's edits."""
     checkpoints = sorted({min(n, len(cases)) for n in checkpoints if n > 0})
     if not checkpoints:
         raise ValueError("checkpoints must hold at least one positive number of edits")
@@ -216,9 +257,11 @@ def curve(editor, cases: list[EditCase], checkpoints: list[int], batch_size: int
     probes = unrelated([p for c in cases[:checkpoints[-1]] for p in probes_of(c)], cases[:checkpoints[-1]])
     refs = reference(editor, probes, batch_size)
     unedited = perplexity(editor.model, editor.tokenizer, PASSAGE)
-    points, edit_s, done = [], [], 0
-    bar = tqdm(total=checkpoints[-1], desc=f"{editor.name} lifelong", disable=not progress)
-    for n in checkpoints:
+    points, edit_s = _resume(editor, cases, batch, Path(state)) if state is not None else ([], [])
+    done = points[-1]["n_edits"] if points else 0
+    bar = tqdm(total=checkpoints[-1], initial=min(done, checkpoints[-1]), desc=f"{editor.name} lifelong",
+               disable=not progress)
+    for n in (n for n in checkpoints if n > done):
         for i in range(done, n, batch):
             group = cases[i:min(i + batch, n)]
             edit_s += [info["edit_s"] for info in editor.edit(group)]
@@ -230,6 +273,8 @@ def curve(editor, cases: list[EditCase], checkpoints: list[int], batch_size: int
         points.append({"n_edits": n, "metrics": aggregate(_rows(probes, indices, scores, gens, refs)),
                        "edit_s_mean": _mean(edit_s), "perplexity": perplexity(editor.model, editor.tokenizer, PASSAGE),
                        "perplexity_unedited": unedited, **_weight_norms(editor, cases[0].prompt)})
+        if state is not None:
+            _keep(editor, Path(state), batch, points, edit_s)
         if on_point is not None:
             on_point(points[-1])
     bar.close()

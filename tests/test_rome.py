@@ -7,13 +7,15 @@ import json
 import pytest
 import torch
 
-from kedit_teach.data import EditCase
+from kedit_teach.data import EditCase, load_counterfact
 from kedit_teach.editors.rome import ROME, LocateError, rank_one_update
 from kedit_teach.layer_stats import StatsError, down_proj, second_moment, second_moments
 from kedit_teach.editors import locate
 from kedit_teach.editors.locate import add_at, read_at
 from kedit_teach.metrics import pack_targets, target_nll
 from kedit_teach.models import decoder_of, format_prompt, forward_hooks, logits_at
+
+from .conftest import shared
 
 TEXTS = ["The Eiffel Tower is located in the city of Paris .", "Rome is the capital of Italy .",
          "The capital of Japan is Tokyo .", "Toyota was founded in Japan .", "Berlin is in Germany ."] * 8
@@ -84,15 +86,32 @@ def test_the_models_own_text_is_sampled_once(gemma_tiny, monkeypatch, tmp_path):
         second_moment(model, tok, 3, corpus="model", n_keys=256, progress=False)
 
 
-def test_the_default_models_sample_ships_with_the_package(gemma_tiny, monkeypatch, tmp_path):
+@pytest.mark.parametrize("corpus", ["model", "names"])
+def test_the_default_models_samples_ship_with_the_package(gemma_tiny, monkeypatch, tmp_path, corpus):
     from kedit_teach import layer_stats
     from kedit_teach.data import ASSETS
     model, tok = gemma_tiny
     monkeypatch.setattr(model, "kedit_name", "gemma-3-270m", raising=False)
     monkeypatch.setattr(layer_stats, "model_texts", lambda *a, **k: pytest.fail("sampled text the package ships"))
-    texts = layer_stats.corpus_texts("model", model, tok, n_texts=72)
-    shipped = json.loads((ASSETS / "stats" / "gemma-3-270m" / "model-texts-72.json").read_text())["texts"]
+    texts = layer_stats.corpus_texts(corpus, model, tok, n_texts=72)
+    shipped = json.loads((ASSETS / "stats" / "gemma-3-270m" / f"{corpus}-texts-72.json").read_text())["texts"]
     assert texts == shipped and len(texts) == 72 and not (tmp_path / "cache" / "stats").exists()
+
+
+def test_the_names_corpus_continues_openers_that_name_no_counterfact_subject(gemma_tiny, monkeypatch):
+    from kedit_teach import layer_stats
+    model, tok = gemma_tiny
+    starts, _, _ = layer_stats.openers("names")
+    fed, generate = [], model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: fed.append(kw["input_ids"]) or generate(**kw))
+    texts = layer_stats.model_texts(model, tok, 3, "names", length=4)
+    (ids,) = fed
+    assert tok.batch_decode(ids, skip_special_tokens=True) == tok.batch_decode(
+        tok(starts[:3], padding=True, padding_side="left")["input_ids"], skip_special_tokens=True)
+    assert len(texts) == 3
+    subjects = {c.subject for c in load_counterfact(shared("counterfact", "counterfact-edit.json"))}
+    named = [s for s in starts for subject in subjects if len(subject) > 3 and f" {subject} " in f" {s} "]
+    assert len(starts) == 60 and not named, named  # C must not be estimated on the test set's subjects
 
 
 @pytest.mark.parametrize("kw, match", [({"layer": 9, "corpus": TEXTS}, "out of range"),
@@ -261,6 +280,26 @@ def test_remove_replays_the_others_and_save_load_round_trips(rome, tmp_path):
     assert torch.equal(rome.linear.weight, only_eiffel) and list(rome.cases) == ["e1"]
     rome.load(tmp_path / "state")
     assert torch.equal(rome.linear.weight, saved) and list(rome.cases) == ["e1", "t1"] and len(rome.norms) == 2
+
+
+def test_a_curve_goes_on_from_its_last_saved_checkpoint(rome, tmp_path):
+    from kedit_teach.editors.base import EditorStateError
+    from kedit_teach.evaluate import CURVE_JSON, curve
+    whole = curve(rome, [EIFFEL, TOYOTA], [1, 2], progress=False)
+    after_two = rome.linear.weight.detach().clone()
+    first = curve(rome, [EIFFEL, TOYOTA], [1], progress=False, state=tmp_path / "run")
+    made = []
+    edit = rome.edit
+    rome.edit = lambda cases: made.append([c.case_id for c in cases]) or edit(cases)
+    resumed = curve(rome, [EIFFEL, TOYOTA], [1, 2], progress=False, state=tmp_path / "run")
+    assert made == [["t1"]] and resumed[0] == first[0]  # the first checkpoint is kept, not made again
+    assert torch.equal(rome.linear.weight, after_two) and resumed[1]["metrics"] == whole[1]["metrics"]
+    with pytest.raises(EditorStateError, match="other cases"):
+        curve(rome, [TOYOTA, EIFFEL], [2], progress=False, state=tmp_path / "run")
+    kept = json.loads((tmp_path / "run" / CURVE_JSON).read_text())
+    (tmp_path / "run" / CURVE_JSON).write_text(json.dumps({**kept, "cases": ["e1"], "points": kept["points"][:1]}))
+    with pytest.raises(EditorStateError, match="stopped while saving"):  # the editor holds 2 edits, the points 1
+        curve(rome, [EIFFEL, TOYOTA], [2], progress=False, state=tmp_path / "run")
 
 
 @pytest.mark.parametrize("case, match", [
