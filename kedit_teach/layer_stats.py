@@ -18,11 +18,11 @@ Which text the keys come from (`corpus`):
   Gemma-3-270M ships too.
 - "wikibio": the 306 KnowEdit WikiBio passages (Wikipedia-style biographies, ~20k tokens), from
   ../shared or downloaded: a larger, human-topic sample to measure the default against.
+- "wikitext": WikiText-103 through the `datasets` package (online), as the reference does.
+- or a list of strings.
 The text matters more than the number of keys. ROME on 100 CounterFact edits, each alone
 (`benchmarks/bench_locate.py stats`), keeps the neighbourhood prompts' answers 0.87 of the time
 with "model", 0.85 with 3.6 times its keys, 0.93 with "names" and 0.95 with "wikibio".
-- "wikitext": WikiText-103 through the `datasets` package (online), as the reference does.
-- or a list of strings.
 C is accumulated in float64 (summing 10^4 outer products in fp32 loses the small directions that
 C^-1 amplifies) and cached as safetensors per model, corpus, key count and layer; so is AlphaEdit's
 projector onto C's null space (`null_space`).
@@ -40,8 +40,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .errors import UsageError
 from .data import ASSETS
+from .errors import UsageError
 from .models import cache_dir, decoder_of, model_folder
 
 CORPORA = ("model", "names", "wikibio", "wikitext")
