@@ -67,14 +67,13 @@ def stats(args) -> None:
     print(f"layer {layer} statistics, corpus 'model', {cold.n_keys} keys: cold {cold_s:.1f} s (sampling the text "
           f"included), cached {cached_s:.2f} s", flush=True)
     cases = _cases(args.n)
-    # WikiBio gives every key it has (29k); "model-more" is the model's own text with as many keys,
-    # so that the amount of text and its kind can be told apart
-    wikibio = layer_stats.second_moment(model, tok, layer, corpus="wikibio", n_keys=10 ** 6).n_keys
-    rows = {"model": ("model", None), "model-more": ("model", wikibio), "names": ("names", None),
-            "wikibio": ("wikibio", 10 ** 6)}
+    rows = {"model": ("model", None), "model-more": ("model", None), "names": ("names", None),
+            "wikibio": ("wikibio", 10 ** 6)}  # WikiBio: every key it has (29k)
     print(HEADER)
     for label in args.corpora:
         corpus, n_keys = rows[label]
+        if label == "model-more":  # the model's own text, as many keys as WikiBio: amount vs kind of text
+            n_keys = layer_stats.second_moment(model, tok, layer, corpus="wikibio", n_keys=10 ** 6).n_keys
         editor = ROME(model, tok, corpus=corpus, n_keys=n_keys)
         n = layer_stats.second_moment(model, tok, layer, corpus=corpus, n_keys=n_keys).n_keys
         result = _evaluate(editor, cases, f"rome-stats-{label}-n{args.n}", OUT, mode="single")
