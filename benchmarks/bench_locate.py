@@ -15,6 +15,9 @@
                                                the perplexity of a fixed passage and the weight norm;
                                                the editor is saved at each checkpoint (artifacts/locate/state-*),
                                                and a stopped run, started again, goes on from the last one
+    python -m benchmarks.bench_locate general  FOLDER [FOLDER ...]  general ability (general.py: the questions
+                                               and the long passage) of saved lifelong states, e.g. a
+                                               sequential run's state folder, or a copy of it taken at a checkpoint
 
 JSON results go under artifacts/locate/.
 """
@@ -165,6 +168,32 @@ def sequential(args) -> None:
         model = editor.detach()
 
 
+def general(args) -> None:
+    """RECIPE's Table 2 for the weight editors: what a lifelong run's saved editor (a `state` folder of
+    `evaluate.curve`) still answers of the general questions, and the long passage's perplexity."""
+    from kedit_teach.editors import METHODS
+    from kedit_teach.evaluate import CURVE_JSON
+    from kedit_teach.general import general_ability
+    from kedit_teach.models import load_model
+    model, tok = load_model()
+    path = OUT / "general.json"
+    out = json.loads(path.read_text()) if path.exists() else {}
+    print("| method | edits | questions teacher-forced / generation | perplexity | state |\n|---|---|---|---|---|")
+    for folder in [None, *map(Path, args.folders)]:  # None: the unedited model, the baseline row
+        method = json.loads((folder / CURVE_JSON).read_text())["method"] if folder else "noedit"
+        editor = METHODS[method](model, tok)
+        if folder:
+            editor.load(folder)
+        g = general_ability(editor)
+        q = g["questions"]
+        print(f"| {method} | {len(editor.cases)} | {q['teacher_forced']:.2f} / {q['generation']:.2f} "
+              f"| {g['perplexity']:.1f} | {folder or 'unedited'} |", flush=True)
+        out[f"{method}-{len(editor.cases)}"] = {**g, "state": str(folder) if folder else None}
+        model = editor.detach()
+    OUT.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -188,6 +217,9 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["rome", "memit", "alphaedit"])
     p.add_argument("--batch", type=int, default=1, help="edits per edit() call (MEMIT and AlphaEdit solve a batch at once)")
     p.set_defaults(fn=sequential)
+    p = sub.add_parser("general")
+    p.add_argument("folders", nargs="+", help="state folders written by `sequential` (artifacts/locate/state-*)")
+    p.set_defaults(fn=general)
     args = parser.parse_args()
     args.fn(args)
 
