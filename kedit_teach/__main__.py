@@ -217,6 +217,7 @@ def cmd_bench(args) -> int:
     if not args.timing_only:
         rows = grid.run_grid(model, tok, cells, args.out, seed=args.seed, single_n=args.single_n, budget_s=budget)
         print(grid.markdown(rows))
+        print(f"what each method's cells cost (wall time, minutes):\n{grid.costs(rows, max(args.n)).to_string()}\n")
         print(f"wrote {args.out}/cells/*.json, grid.csv, grid.md and summary.json")
     if timed:
         found = timing.table3(model, tok, background, cases, methods=tuple(methods), stored=tuple(args.stored))

@@ -130,8 +130,9 @@ def fluency(texts: list[str]) -> dict:
 
 
 def evaluate(editor, cases: list[EditCase], mode: str = "single", batch_size: int = 16,
-             fluency_n: int = 10, progress: bool = True, sliced: bool = True) -> dict:
-    """Edit, score and time. Returns the JSON-ready result (see module docstring).
+             fluency_n: int = 10, progress: bool = True, sliced: bool = True, leave: bool = True) -> dict:
+    """Edit, score and time. Returns the JSON-ready result (see module docstring). leave=False clears
+    the progress bar when done (a bar inside another, as in the grid).
 
     batch_size=1 with sliced=False is the one-at-a-time, full-logits way reference code scores;
     it exists for the throughput benchmark and gives the same numbers.
@@ -146,7 +147,7 @@ def evaluate(editor, cases: list[EditCase], mode: str = "single", batch_size: in
     probes = every if mode == "single" else unrelated(every, cases)
     refs = reference(editor, probes, batch_size, sliced)
     edit_s, infer_s, scores, gens, flu_cases = [], 0.0, [], [], cases[:fluency_n]
-    bar = tqdm(total=len(cases), desc=f"{editor.name} [{mode}]", disable=not progress)
+    bar = tqdm(total=len(cases), desc=f"{editor.name} [{mode}]", disable=not progress, leave=leave)
     texts: list[str] = []
     if mode == "single":
         for c in cases:

@@ -154,13 +154,14 @@ def machine(model) -> dict:
 
 # ----------------------------------------------------------------------------- running
 
-def run_cell(model, tokenizer, cell: Cell, cases: list[EditCase], settings: dict, fluency_n: int = 5):
+def run_cell(model, tokenizer, cell: Cell, cases: list[EditCase], settings: dict, fluency_n: int = 5,
+             progress: bool = False):
     """One cell on `model`; returns (its result in the eval schema plus "general" and "grid", the model
-    as found)."""
+    as found). progress: a bar over the cell's edits, cleared when it is done."""
     editor = METHODS[cell.method](model, tokenizer, **settings)
     reset_peak()
     start = time.perf_counter()
-    result = evaluate(editor, cases, mode=cell.mode, fluency_n=fluency_n, progress=False)
+    result = evaluate(editor, cases, mode=cell.mode, fluency_n=fluency_n, progress=progress, leave=False)
     # single mode resets after each edit, so its general ability is the unedited model's
     result["general"] = general_ability(editor) if cell.mode != "single" else None
     result["grid"] = {**asdict(cell), "seconds": time.perf_counter() - start, "peak_memory_mb": peak_mb()}
@@ -190,7 +191,8 @@ def run_grid(model, tokenizer, cells: list[Cell], out: str | Path, settings: dic
             reason = skip_reason(cell, len(data[cell.data]), single_n, s, budget_s, source)
             if reason is None:
                 cases = data[cell.data][:cell.n_cases(single_n)]
-                result, model = run_cell(model, tokenizer, cell, cases, settings.get(cell.method, {}), fluency_n)
+                result, model = run_cell(model, tokenizer, cell, cases, settings.get(cell.method, {}), fluency_n,
+                                         progress)
                 result.update(data=cell.data, seed=seed)
                 part = path.with_suffix(".part")  # renamed when whole: an interrupted run leaves no half cell
                 part.write_text(json.dumps(result, indent=1, ensure_ascii=False))
@@ -269,8 +271,8 @@ def lifelong(rows: list[dict], data: str) -> list[dict]:
 def headline(rows: list[dict], data: str, ns: tuple[int, ...] = (1, 100), kinds: tuple[str, ...] = REL_GEN_LOC):
     """One row per method: rel / gen / loc (or `kinds`, e.g. with "port" for ZsRE) under both
     protocols at each N in `ns` (the sequential cell, or the single one at N = 1), general ability
-    (questions answered, the passage's perplexity) at each lifelong N, edit time at the largest; a
-    skipped cell says so. The README's headline table."""
+    (questions answered, the passage's perplexity) at each lifelong N, edit time at the largest N
+    done; a skipped cell says so. The README's headline table."""
     import pandas as pd
     cells = {(r["method"], r["n"]): r for r in lifelong(rows, data)}
     table = []
@@ -286,10 +288,29 @@ def headline(rows: list[dict], data: str, ns: tuple[int, ...] = (1, 100), kinds:
             r = cells.get((method, n), {})
             line[f"questions / perplexity, N = {n}"] = (
                 "–" if r.get("questions") is None else f"{_fmt(r['questions'])} / {_fmt(r.get('perplexity'), 1)}")
-        last = cells.get((method, ns[-1]), {})
-        line["edit s"] = _fmt(last.get("edit_s", cells.get((method, ns[0]), {}).get("edit_s")), 3)
+        done = [cells[(method, n)] for n in ns if cells.get((method, n), {}).get("status") == "done"]
+        line["edit s"] = _fmt(done[-1]["edit_s"], 3) if done else "–"
         table.append(line)
     return pd.DataFrame(table).set_index("method")
+
+
+def costs(rows: list[dict], max_n: int = 100):
+    """Minutes of wall time per method and data set, summed over the done cells with N <= max_n, with
+    the number of cells run and skipped, and totals: what a grid costs, and where the time goes."""
+    import pandas as pd
+    kept = [r for r in rows if r["n"] <= max_n]
+    if not kept:
+        return pd.DataFrame()
+    data = list(dict.fromkeys(r["data"] for r in kept))
+    table = pd.DataFrame(0.0, index=list(dict.fromkeys(r["method"] for r in kept)),
+                         columns=[f"{d}, min" for d in data] + ["cells run", "skipped"])
+    for r in kept:
+        if r["status"] == "done":
+            table.loc[r["method"], f"{r['data']}, min"] += r["seconds"] / 60
+        table.loc[r["method"], "cells run" if r["status"] == "done" else "skipped"] += 1
+    table["total, min"] = table[[f"{d}, min" for d in data]].sum(axis=1)
+    table.loc["all"] = table.sum()
+    return table.round(1).astype({"cells run": int, "skipped": int})
 
 
 def write_tables(rows: list[dict], out: Path, about: dict) -> None:

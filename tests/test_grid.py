@@ -78,11 +78,13 @@ def test_grid_runs_resumes_and_leaves_the_model_as_loaded(gemma_tiny, tmp_path, 
     assert grid.run_grid(model, tok, cells, tmp_path, settings=settings, single_n=2, progress=False) == rows
 
 
-def test_a_cell_over_budget_is_kept_as_skipped(gemma_tiny, tmp_path):
+def test_a_cell_over_budget_is_kept_as_skipped(gemma_tiny, tmp_path, capsys):
     model, tok = gemma_tiny
     cells = grid.plan(["ice"], [1, 2], ["teach"])
-    rows = grid.run_grid(model, tok, cells, tmp_path, single_n=1, budget_s=1e-9, progress=False)
+    rows = grid.run_grid(model, tok, cells, tmp_path, single_n=1, budget_s=1e-9)
     assert rows[0]["status"] == "done" and rows[1]["status"] == "skipped" and "cell budget" in rows[1]["reason"]
+    bars = capsys.readouterr().err
+    assert "benchmark grid" in bars and "ice [single]" in bars  # a bar over the grid, and one over a cell's edits
     assert not (tmp_path / "cells" / f"{cells[1].key}.json").exists()  # a later, bigger budget runs it
 
 
@@ -174,6 +176,8 @@ def test_headline_has_one_row_per_method_and_says_skipped():
     assert table.loc["ice", "questions / perplexity, N = 100"] == "–" and "questions / perplexity, N = 1" not in table
     assert table.loc["ice", "teacher-forced, N = 1"] == "1.00 / 1.00 / 1.00"
     assert table.loc["ice", "generation, N = 100"] == "skipped" and table.loc["ice", "edit s"] == "0.001"
+    ten = {**rows[0], "mode": "sequential", "n": 10, "edit_s": 0.002}
+    assert grid.headline(rows + [ten], "cf", (1, 10, 100)).loc["ice", "edit s"] == "0.002"  # the largest N done
 
 
 def test_headline_shows_portability_when_asked():
@@ -219,3 +223,17 @@ def test_a_results_folder_from_another_run_or_a_broken_cell_is_refused(gemma_tin
 def test_a_data_spec_becomes_a_file_name():
     cell = grid.Cell("counterfact:/data/cf edit.json", "ice", "sequential", 10)
     assert cell.key == "counterfact__data_cf_edit.json-ice-sequential-n10" and "/" not in cell.key
+
+
+def test_costs_sum_the_done_cells_up_to_max_n_and_count_the_skipped():
+    def row(data, method, n, seconds, status="done"):
+        return {"data": data, "method": method, "mode": "sequential", "n": n, "status": status,
+                "seconds": seconds if status == "done" else None}
+    rows = [row("cf", "ice", 1, 60), row("cf", "ice", 10, 120), row("teach", "ice", 10, 30),
+            row("cf", "rome", 1, 600), row("cf", "rome", 100, None, "skipped"), row("cf", "ice", 1000, 6000)]
+    table = grid.costs(rows)
+    assert table.loc["ice", "cf, min"] == 3.0 and table.loc["ice", "teach, min"] == 0.5  # N = 1,000 left out
+    assert table.loc["ice", "total, min"] == 3.5 and table.loc["ice", "cells run"] == 3
+    assert table.loc["rome", "skipped"] == 1 and table.loc["rome", "teach, min"] == 0.0
+    assert table.loc["all", "total, min"] == 13.5 and table.loc["all", "skipped"] == 1
+    assert grid.costs(rows, max_n=1000).loc["all", "total, min"] == 113.5
