@@ -18,7 +18,8 @@ alone).
 After a lifelong cell the editor's general ability (general.py) is measured with its N edits in
 place; the unedited model's is the NoEdit row. Each cell records its wall time and peak memory
 (resident set on CPU, CUDA allocations on a GPU). Methods take turns on one loaded model through
-`Editor.detach()`, as a Colab user with one 7B model needs.
+`Editor.detach()`, as a Colab user with one 7B model needs; so the unedited model's locality answers,
+the same for every method, are asked once per cell shape and shared (`evaluate.reference`).
 
 What it does not do: load the model (the CLI does, once) or plot (viz.py, notebook 06).
 """
@@ -155,13 +156,15 @@ def machine(model) -> dict:
 # ----------------------------------------------------------------------------- running
 
 def run_cell(model, tokenizer, cell: Cell, cases: list[EditCase], settings: dict, fluency_n: int = 5,
-             progress: bool = False):
+             progress: bool = False, references: dict | None = None):
     """One cell on `model`; returns (its result in the eval schema plus "general" and "grid", the model
-    as found). progress: a bar over the cell's edits, cleared when it is done."""
+    as found). progress: a bar over the cell's edits, cleared when it is done. references: the
+    unedited model's locality answers, shared by the cells of a run (`evaluate.reference`)."""
     editor = METHODS[cell.method](model, tokenizer, **settings)
     reset_peak()
     start = time.perf_counter()
-    result = evaluate(editor, cases, mode=cell.mode, fluency_n=fluency_n, progress=progress, leave=False)
+    result = evaluate(editor, cases, mode=cell.mode, fluency_n=fluency_n, progress=progress, leave=False,
+                      references=references)
     # single mode resets after each edit, so its general ability is the unedited model's
     result["general"] = general_ability(editor) if cell.mode != "single" else None
     result["grid"] = {**asdict(cell), "seconds": time.perf_counter() - start, "peak_memory_mb": peak_mb()}
@@ -177,6 +180,7 @@ def run_grid(model, tokenizer, cells: list[Cell], out: str | Path, settings: dic
     (out / "cells").mkdir(parents=True, exist_ok=True)
     data = {d: load_data(d, seed) for d in dict.fromkeys(c.data for c in cells)}
     edit_s: dict[tuple, tuple[float, str]] = {}  # (data, method, mode): (mean edit s, the cell it is from)
+    references: dict = {}  # the unedited model's locality answers, asked once per probe list
     rows = []
     bar = tqdm(cells, desc="benchmark grid", disable=not progress)
     for cell in bar:
@@ -192,7 +196,7 @@ def run_grid(model, tokenizer, cells: list[Cell], out: str | Path, settings: dic
             if reason is None:
                 cases = data[cell.data][:cell.n_cases(single_n)]
                 result, model = run_cell(model, tokenizer, cell, cases, settings.get(cell.method, {}), fluency_n,
-                                         progress)
+                                         progress, references)
                 result.update(data=cell.data, seed=seed)
                 part = path.with_suffix(".part")  # renamed when whole: an interrupted run leaves no half cell
                 part.write_text(json.dumps(result, indent=1, ensure_ascii=False))

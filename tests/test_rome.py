@@ -282,6 +282,13 @@ def test_remove_replays_the_others_and_save_load_round_trips(rome, tmp_path):
     assert torch.equal(rome.linear.weight, saved) and list(rome.cases) == ["e1", "t1"] and len(rome.norms) == 2
 
 
+def test_one_call_of_several_edits_shows_a_bar_over_them(rome, capsys):
+    rome.edit(EIFFEL)
+    assert "ROME edits" not in capsys.readouterr().err
+    rome.edit([TOYOTA, dataclasses.replace(EIFFEL, case_id="e2")])
+    assert "ROME edits" in capsys.readouterr().err and len(rome.norms) == 3
+
+
 def test_a_curve_goes_on_from_its_last_saved_checkpoint(rome, tmp_path):
     from kedit_teach.editors.base import EditorStateError
     from kedit_teach.evaluate import CURVE_JSON, curve

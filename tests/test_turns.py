@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from kedit_teach import prompt_learning as pl
+from kedit_teach.data import EditCase
 from kedit_teach.editors import GRACE, LTE, METHODS, RECIPE
+from kedit_teach.evaluate import probes_of, reference
 from kedit_teach.memory import VectorMemory
 from kedit_teach.models import load_model
 from kedit_teach.tour import EIFFEL, NEXT_STEPS, format_tour, take_turns
@@ -44,13 +46,19 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KEDIT_CACHE", str(tmp_path / "cache"))  # the tiny model's layer statistics (ROME, MEMIT)
 
 
-def test_every_method_in_turn_on_one_model_leaves_it_as_loaded(tiny_dirs, encoder, trained, own_cache):  # noqa: F811
-    model, tok = load_model(str(tiny_dirs["gemma3"]))
+def builders(model, tok, encoder, adapter) -> dict:
+    """method -> a function building its editor on a model: fast settings for the tiny model."""
     modules = pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=32), encoder)
-    build = {"lte": lambda m: LTE(m, tok, VectorMemory(encoder), adapter=trained[0]),
+    build = {"lte": lambda m: LTE(m, tok, VectorMemory(encoder), adapter=adapter),
              "recipe": lambda m: RECIPE(m, tok, modules=modules), "grace": lambda m: GRACE(m, tok, n_iter=3),
              "ft-l": lambda m: METHODS["ft-l"](m, tok, steps=2, norm_constraint=1e-2),
              **{m: (lambda m, name=m: METHODS[name](m, tok, corpus=STATS_TEXTS, steps=2)) for m in LOCATE}}
+    return {name: build.get(name, lambda m, name=name: METHODS[name](m, tok)) for name in METHODS}
+
+
+def test_every_method_in_turn_on_one_model_leaves_it_as_loaded(tiny_dirs, encoder, trained, own_cache):  # noqa: F811
+    model, tok = load_model(str(tiny_dirs["gemma3"]))
+    build = builders(model, tok, encoder, trained[0])
     names, weights = snapshot(model)
     ids = torch.tensor([[2, 5, 9, 11, 7]])
     with torch.no_grad():
@@ -58,7 +66,7 @@ def test_every_method_in_turn_on_one_model_leaves_it_as_loaded(tiny_dirs, encode
     walk = every_ordered_pair(list(METHODS))
     assert len({(a, b) for a, b in zip(walk, walk[1:])}) == len(METHODS) * (len(METHODS) - 1)
     for method in walk:
-        editor = build.get(method, lambda m: METHODS[method](m, tok))(model)
+        editor = build[method](model)
         (info,) = editor.edit(EDIT)
         editor.score([EDIT.prompt], [EDIT.target_new])
         model = editor.detach()
@@ -69,6 +77,30 @@ def test_every_method_in_turn_on_one_model_leaves_it_as_loaded(tiny_dirs, encode
             assert torch.equal(model(input_ids=ids).logits, logits), method
         with pytest.raises(RuntimeError, match="detached"):
             editor.edit(EDIT)
+
+
+def test_every_editor_gives_the_unedited_answers_so_the_grid_asks_them_once(tiny_dirs, encoder, trained,  # noqa: F811
+                                                                           own_cache):
+    """The grid shares the unedited model's locality answers between methods (evaluate.reference):
+    right only if, before its first edit, no editor changes what the model says."""
+    model, tok = load_model(str(tiny_dirs["gemma3"]))
+    build = builders(model, tok, encoder, trained[0])
+    cases = [EDIT, EditCase(case_id="e3", subject="Toyota", prompt="Toyota was founded in", target_new="Germany",
+                            locality=[("Honda is a company from", "Japan"), ("The Louvre is in", "Paris")])]
+    probes = [p for c in cases for p in probes_of(c)]
+    shared: dict = {}
+    first = reference(build["noedit"](model), probes, batch_size=2, shared=shared)
+    assert sorted(first) == [i for i, p in enumerate(probes) if p.kind == "locality"] and len(shared) == 1
+    for method in METHODS:
+        editor = build[method](model)
+        assert reference(editor, probes, batch_size=2) == first, method  # asked afresh through this editor
+
+        def must_not_run(*a, **k):
+            raise AssertionError("the shared answers were asked again")
+        editor.score = editor.generate = must_not_run
+        assert reference(editor, probes, batch_size=2, shared=shared) == first
+        model = editor.detach()
+    assert reference(build["noedit"](model), probes, batch_size=3, shared=shared) == first and len(shared) == 2
 
 
 # ----------------------------------------------------------------------------- the tour

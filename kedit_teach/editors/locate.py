@@ -374,8 +374,9 @@ class LocateEditor(Editor):
         for c in cases:  # check them all first: a refused call changes nothing
             self._check(c)
         infos = []
-        for group in ([cases] if self.batched else [[c] for c in cases]):
-            infos += self._run(group)
+        groups = [cases] if self.batched else [[c] for c in cases]
+        for group in tqdm(groups, desc=f"{type(self).__name__} edits", disable=len(groups) < 2, leave=False):
+            infos += self._run(group)  # several seconds each
         return infos
 
     def _run(self, group: list[EditCase]) -> list[dict]:
