@@ -78,13 +78,12 @@ def reference(editor, probes: list[Probe], batch_size: int = 16, sliced: bool = 
     calls reuse its results: the unedited outputs don't depend on the editor (tests/test_turns.py checks
     this for every method). A 100-edit CounterFact cell saves 10 s."""
     loc = [i for i, p in enumerate(probes) if p.kind == "locality"]
+    shared = {} if shared is None else shared
     key = (batch_size, sliced, tuple((probes[i].prompt, probes[i].target) for i in loc))
-    if shared is None or key not in shared:
+    if key not in shared:
         with editor.unedited():
-            results = list(zip(*run_probes(editor, [probes[i] for i in loc], batch_size, sliced)))
-        if shared is not None:
-            shared[key] = results
-    return dict(zip(loc, results if shared is None else shared[key]))
+            shared[key] = list(zip(*run_probes(editor, [probes[i] for i in loc], batch_size, sliced)))
+    return dict(zip(loc, shared[key]))
 
 
 def probe_result(probe: Probe, score: TokenScore, gen: str, ref: tuple[TokenScore, str] | None) -> dict:
