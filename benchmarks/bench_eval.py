@@ -19,7 +19,7 @@ from kedit_teach.data import SHARED_DIR as SHARED  # the local benchmark copy, .
 DATASETS = {
     "teach": "teach",
     "counterfact": f"counterfact:{SHARED / 'counterfact' / 'counterfact-edit.json'}",
-    "zsre": f"knowedit:{SHARED / 'knowedit' / 'ZsRE-test-all.json'}",
+    "zsre": "zsre-held-out",  # KnowEdit ZsRE's held-out part (data.ZSRE_SPLIT)
 }
 
 

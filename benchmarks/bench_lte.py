@@ -21,7 +21,6 @@ import numpy as np
 from kedit_teach.data import SHARED_DIR as SHARED  # the local benchmark copy, ../shared/data
 COUNTERFACT = SHARED / "counterfact" / "counterfact-edit.json"
 CF_TRAIN = SHARED / "counterfact" / "counterfact-train.json"
-ZSRE = SHARED / "knowedit" / "ZsRE-test-all.json"
 WIKIBIO = SHARED / "knowedit" / "wikibio-test-all.json"
 OUT = Path("artifacts/lte")
 
@@ -106,10 +105,13 @@ HEADER = ("| run | teacher-forced rel/gen/loc/port | exact | generation | edit |
           "|---|---|---|---|---|---|")
 
 
-def _evaluate(editor, cases, name: str, out: Path = OUT, mode: str = "sequential") -> dict:
-    """A run (sequential by default), saved as out/name.json, and the editor reset."""
+def _evaluate(editor, cases, name: str, out: Path = OUT, mode: str = "sequential", spec: str = "") -> dict:
+    """A run (sequential by default), saved as out/name.json with the data split it used, and the
+    editor reset."""
+    from kedit_teach.data import split_record
     from kedit_teach.evaluate import evaluate
     result = evaluate(editor, cases, mode=mode, fluency_n=10)
+    result.update(data=spec, split=split_record(spec))
     editor.reset()
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
@@ -130,12 +132,12 @@ def compare(args) -> None:
     editors = {"LTE aligned (k=3)": LTE(model, tok, VectorMemory(encoder)),
                "LTE unaligned (k=3)": LTE(model, tok, VectorMemory(encoder), adapter=None),
                "ICE (gold fact)": ICE(model, tok)}
-    for data, spec in (("counterfact", f"counterfact:{COUNTERFACT}"), ("zsre", f"knowedit:{ZSRE}")):
+    for data, spec in (("counterfact", f"counterfact:{COUNTERFACT}"), ("zsre", "zsre-held-out")):
         cases = load_cases(spec, n=args.n, seed=0)
         print(f"\n{data}, {len(cases)} sequential edits\n{HEADER}", flush=True)
         for label, editor in editors.items():
             slug = label.split(" (")[0].lower().replace(" ", "-")
-            r = _evaluate(editor, cases, f"{data}-{slug}")
+            r = _evaluate(editor, cases, f"{data}-{slug}", spec=spec)
             print(f"| {label} | {_row(r)} |", flush=True)
 
 

@@ -2,17 +2,24 @@
 
     python -m benchmarks.bench_recipe speed     edit time per edit; inference per query with 0 / 1,000 / 10,000
                                                 stored edits against the unedited model
-    python -m benchmarks.bench_recipe sentinel  [--stored 1000]  decision accuracy: own knowledge for edit
-                                                prompts and rephrasings, nothing for locality prompts
-    python -m benchmarks.bench_recipe compare   [--n 100] [--methods recipe lte grace]  sequential
-                                                CounterFact edits (and ZsRE with portability), all protocols
+    python -m benchmarks.bench_recipe sentinel  decision accuracy with CounterFact's 1,000, ZsRE's held-out
+                                                part and the held-out teaching cases stored: own knowledge for
+                                                edit prompts and rephrasings, nothing for locality prompts
+    python -m benchmarks.bench_recipe options   [--steps 3000]  the sentinel's rates after retrieval-only
+                                                training with a memory bank, mined neighbours, more locality
+                                                prompts, all three, or none
+    python -m benchmarks.bench_recipe fluency   generations with every edit stored: fluency, repetition, the
+                                                new answer said, against the unedited model and ICE
+    python -m benchmarks.bench_recipe compare   [--n 100] [--methods recipe lte grace] [--data ... teach]
+                                                sequential CounterFact edits (and ZsRE's held-out part with
+                                                portability; the held-out teaching cases), all protocols
     python -m benchmarks.bench_recipe ablation  [--n 100]  Table 4's rows: without the sentinel, the
                                                 continuous prompt, or both
     python -m benchmarks.bench_recipe encoder   [--steps 300] [--widths 256] [--frozen-steps N ..]  frozen vs
                                                 fine-tuned MiniLM (the retrieval part alone, from scratch)
 
-The CounterFact and ZsRE edits come from ../shared; their subjects never occur in the modules'
-training data (`prompt_learning.held_out_cases`). JSON results go under artifacts/recipe/.
+The CounterFact and ZsRE edits come from ../shared (ZsRE: the held-out part of `data.ZSRE_SPLIT`);
+their subjects never occur in the modules' training data (`prompt_learning.held_out_cases`). JSON results go under artifacts/recipe/.
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_lte import COUNTERFACT, CF_TRAIN, HEADER, ZSRE, _evaluate, _row
+from benchmarks.bench_lte import COUNTERFACT, CF_TRAIN, HEADER, _evaluate, _row
 
 OUT = Path("artifacts/recipe")
 
@@ -92,25 +99,110 @@ def speed(args) -> None:
               f"({attached} of {5 * 64} queries got a prompt)", flush=True)
 
 
+# the sentinel's test sets: CounterFact's first 1,000 edits, ZsRE's held-out part, the held-out teaching cases
+SENTINEL_DATA = {"counterfact": (f"counterfact:{COUNTERFACT}", 1000), "zsre": ("zsre-held-out", None), "teach": ("teach", 64)}
+
+
+def _sentinel_rates(editor, data: list[str], stored: int | None = None) -> dict:
+    """The sentinel's three rates (own prompt for edit prompts and rephrasings, none for locality
+    prompts) with each data set's edits stored, one data set at a time; the editor is reset."""
+    from kedit_teach.data import load_cases
+    from kedit_teach.editors.recipe import gate_sweep, labelled_queries
+    out = {}
+    for name in data:
+        spec, n = SENTINEL_DATA[name]
+        cases = load_cases(spec, n=stored or n)
+        editor.reset()
+        editor.edit(cases)
+        out[name] = gate_sweep(editor, labelled_queries(cases))
+        editor.reset()
+    return out
+
+
 def sentinel(args) -> None:
-    from kedit_teach.data import load_counterfact
-    from kedit_teach.editors.recipe import gate_sweep
     from kedit_teach.models import load_model
     recipe = _recipe(*load_model(), modules=args.modules)
-    cases = load_counterfact(COUNTERFACT, n=args.stored)
-    recipe.edit(cases)
-    queries = ([("edit prompt", c.prompt, c.case_id) for c in cases]
-               + [("rephrasing", c.rephrase_prompts[0], c.case_id) for c in cases]
-               + [("locality", c.locality[0][0], None) for c in cases])
-    sweep = gate_sweep(recipe, queries)
-    best = sweep["best"]
-    print(f"decisions with {len(recipe.memory)} CounterFact edits stored ({len(queries)} queries):")
-    print("  sentinel:              " + "  ".join(f"{k} {v:.3f}" for k, v in sweep["sentinel"].items()))
-    print(f"  best fixed t = {best['threshold']:5.2f}:   " + "  ".join(f"{k} {best[k]:.3f}" for k in sweep["kinds"]))
-    print("  the sentinel's errors: " + "  ".join(
-        f"{k}: {e['other']} another's prompt, {e['none']} none" for k, e in sweep["errors"].items()))
+    sweeps = _sentinel_rates(recipe, args.data, args.stored)
+    for name, sweep in sweeps.items():
+        best = sweep["best"]
+        print(f"{name}, {sweep['stored']} edits stored: decisions (edit prompt / rephrasing / locality right)")
+        print("  sentinel:              " + "  ".join(f"{k} {v:.3f}" for k, v in sweep["sentinel"].items()))
+        print(f"  best fixed t = {best['threshold']:5.2f}:   " + "  ".join(f"{k} {best[k]:.3f}" for k in sweep["kinds"]))
+        print("  the sentinel's errors: " + "  ".join(
+            f"{k}: {e['other']} another's prompt, {e['none']} none" for k, e in sweep["errors"].items()))
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"sentinel-{args.stored}.json").write_text(json.dumps(sweep, indent=1))
+    (OUT / "sentinel.json").write_text(json.dumps(sweeps, indent=1))
+
+
+def options(args) -> None:
+    """The retrieval part alone (L_pl), trained from scratch under each option on the same data and
+    steps, judged by the sentinel's three rates on CounterFact (1,000 stored), ZsRE's held-out part
+    and the held-out teaching cases."""
+    import dataclasses
+
+    from kedit_teach import prompt_learning as pl
+    from kedit_teach.models import load_model
+    model, tok = load_model()
+    examples, record = pl.training_examples()
+    bare = [dataclasses.replace(e, more_locality=()) for e in examples]
+    rows = {"all three": ({"bank": args.bank, "neighbours": args.neighbours}, examples),
+            "in-batch negatives (256)": ({}, bare),
+            f"+ memory bank ({args.bank} keys)": ({"bank": args.bank}, bare),
+            f"+ mined neighbours ({args.neighbours} per seed)": ({"neighbours": args.neighbours}, bare),
+            "+ every locality prompt to the sentinel": ({}, examples)}
+    print(f"retrieval only, {args.steps} steps from scratch, {len(examples)} training examples "
+          f"({', '.join(record['sources'])}); sentinel's rates edit / rephrasing / locality:")
+    results, cache = {}, pl.stored_features(pl.RecipeModules(pl.ModuleConfig.for_model(model)))
+    for label, (kw, data) in rows.items():
+        if args.only and not any(o in label for o in args.only):
+            continue
+        modules = pl.RecipeModules(pl.ModuleConfig.for_model(model))
+        t = time.perf_counter()
+        cfg = pl.TrainConfig(steps=args.steps, edit_loss=False, **kw)
+        curves = pl.train_modules(modules, model, tok, data, cfg, cache=cache)
+        seconds = time.perf_counter() - t
+        pl.store_features(modules, cache)
+        if args.keep and label == "all three":  # a retrieval part to train prompts on (`train recipe --resume`)
+            pl.save_modules(modules, args.keep, pl.make_record(modules, "gemma-3-270m", cfg, record, curves, seconds))
+        sweeps = _sentinel_rates(_recipe(model, tok, modules=modules), args.data)
+        results[label] = {"seconds": seconds, **{k: v["sentinel"] for k, v in sweeps.items()}}
+        print(f"  {label:42s} " + "  ".join(f"{k}: " + " / ".join(f"{x:.3f}" for x in v["sentinel"].values())
+                                            for k, v in sweeps.items()) + f"  ({seconds / 60:.1f} min)", flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"sentinel-options-{args.steps}.json").write_text(json.dumps(results, indent=1))
+
+
+def fluency(args) -> None:
+    """Generations from the edit prompts with every edit of the set stored, so RECIPE attaches a
+    prompt wherever its sentinel fires: fluency (n-gram entropy), repetition, and how often the new
+    answer is said, beside the unedited model and ICE on the same prompts."""
+    from kedit_teach.data import load_cases
+    from kedit_teach.editors import ICE, NoEdit
+    from kedit_teach.evaluate import fluency_report
+    from kedit_teach.models import load_model
+    model, tok = load_model()
+    specs = {"teach": "teach", "counterfact": f"counterfact:{COUNTERFACT}", "zsre": "zsre-held-out"}
+    out = {}
+    for data in args.data:
+        cases = load_cases(specs[data], n=64 if data == "teach" else args.n, seed=None if data == "teach" else 0)
+        print(f"\n{data}: {len(cases)} edit prompts, {args.tokens} new tokens each, every edit stored")
+        print("| editor | fluency (x100) | vs unedited | repetition (3-grams) | begins with the new answer |")
+        print("|---|---|---|---|---|")
+        rows = {}
+        for label, make in (("unedited", lambda: NoEdit(model, tok)), ("ICE", lambda: ICE(model, tok)),
+                            ("RECIPE", lambda: _recipe(model, tok, modules=args.modules))):
+            editor = make()
+            editor.edit(cases)
+            rows[label] = r = fluency_report(editor, cases, args.tokens)
+            model = editor.detach()
+            r["ratio"] = r["fluency_x100"] / rows["unedited"]["fluency_x100"]
+            print(f"| {label} | {r['fluency_x100']:.1f} | {r['ratio']:.3f} | {r['repetition']:.3f} | {r['answer']:.2f} |",
+                  flush=True)
+        for label, r in rows.items():
+            print(f"  {label}: {cases[0].prompt} |{r['texts'][0][:120]!r}")
+        out[data] = rows
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "fluency.json").write_text(json.dumps(out, indent=1, ensure_ascii=False))
 
 
 def _editors(model, tok, methods: list[str]) -> dict:
@@ -124,17 +216,20 @@ def _editors(model, tok, methods: list[str]) -> dict:
 
 def compare(args) -> None:
     """One loaded model; each method edits, is scored, and leaves the model as it found it."""
+    from kedit_teach import prompt_learning as pl
     from kedit_teach.data import load_cases
     from kedit_teach.models import load_model
     model, tok = load_model()
-    for data, spec in (("counterfact", f"counterfact:{COUNTERFACT}"), ("zsre", f"knowedit:{ZSRE}")):
+    for data, spec in (("counterfact", f"counterfact:{COUNTERFACT}"), ("zsre", "zsre-held-out"), ("teach", "teach")):
         if data not in args.data:
             continue
-        cases = load_cases(spec, n=args.n, seed=0)
+        # the teaching set: its held-out cases only (the rest trained RECIPE), all of them at most
+        cases = load_cases(spec, n=args.n, seed=0) if data != "teach" else \
+            load_cases("teach", n=pl.TEACH_HELD_OUT)[:args.n]
         print(f"\n{data}, {len(cases)} sequential edits\n{HEADER}", flush=True)
         for method in args.methods:
             editor = _editors(model, tok, [method])[method]
-            r = _evaluate(editor, cases, f"{data}-{method}-n{len(cases)}", OUT)
+            r = _evaluate(editor, cases, f"{data}-{method}-n{len(cases)}", OUT, spec=spec)
             print(f"| {method} | {_row(r)} |", flush=True)
             model = editor.detach()
 
@@ -196,13 +291,28 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     sub.add_parser("speed").set_defaults(fn=speed)
     s = sub.add_parser("sentinel")
-    s.add_argument("--stored", type=int, default=1000)
+    s.add_argument("--stored", type=int, default=None, help="edits stored (default: CounterFact 1,000, ZsRE's held-out part, teach 64)")
+    s.add_argument("--data", nargs="+", default=list(SENTINEL_DATA), choices=list(SENTINEL_DATA))
     s.add_argument("--modules", default="default", help="a modules folder (default: the ones RECIPE loads)")
     s.set_defaults(fn=sentinel)
+    o = sub.add_parser("options")
+    o.add_argument("--steps", type=int, default=3000)
+    o.add_argument("--bank", type=int, default=4096)
+    o.add_argument("--neighbours", type=int, default=7)
+    o.add_argument("--data", nargs="+", default=list(SENTINEL_DATA), choices=list(SENTINEL_DATA))
+    o.add_argument("--only", nargs="*", default=[], help="run only the rows whose label contains one of these")
+    o.add_argument("--keep", default=None, help="save the 'all three' modules to this folder")
+    o.set_defaults(fn=options)
+    f = sub.add_parser("fluency")
+    f.add_argument("--data", nargs="+", default=["teach", "counterfact", "zsre"])
+    f.add_argument("--n", type=int, default=64, help="edits from CounterFact and ZsRE (teach: its 64 held-out cases)")
+    f.add_argument("--tokens", type=int, default=60)
+    f.add_argument("--modules", default="default")
+    f.set_defaults(fn=fluency)
     c = sub.add_parser("compare")
     c.add_argument("--n", type=int, default=100)
     c.add_argument("--methods", nargs="+", default=["recipe", "lte", "grace"])
-    c.add_argument("--data", nargs="+", default=["counterfact", "zsre"])
+    c.add_argument("--data", nargs="+", default=["counterfact", "zsre"], choices=["counterfact", "zsre", "teach"])
     c.set_defaults(fn=compare)
     a = sub.add_parser("ablation")
     a.add_argument("--n", type=int, default=100)

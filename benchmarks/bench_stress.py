@@ -30,7 +30,7 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.bench_lte import CF_TRAIN, COUNTERFACT, WIKIBIO, ZSRE
+from benchmarks.bench_lte import CF_TRAIN, COUNTERFACT, WIKIBIO
 
 OUT = Path("artifacts/stress")
 
@@ -111,7 +111,7 @@ def multi_hop(args) -> None:
     model, tok = load_model()
     for data in args.data:
         # cases no trained method saw in training (the held-out teaching cases; ZsRE's test split)
-        cases = load_teach()[:TEACH_HELD_OUT] if data == "teach" else load_cases(f"knowedit:{ZSRE}", n=args.n, seed=0)
+        cases = load_teach()[:TEACH_HELD_OUT] if data == "teach" else load_cases("zsre-held-out", n=args.n, seed=0)
         t = time.perf_counter()
         shares, answers, model = stress.multi_hop(model, tok, cases, args.methods, settings={}, shown=3)
         print(f"\n{data}: {len(cases)} edits, {sum(len(c.portability) for c in cases)} portability questions "

@@ -79,7 +79,7 @@ def _editor_options(args) -> dict:
 
 
 def cmd_eval(args) -> int:
-    from .data import load_cases
+    from .data import load_cases, split_record
     from .evaluate import evaluate
     from .models import load_model
 
@@ -89,6 +89,9 @@ def cmd_eval(args) -> int:
     editor = editor_class(*load_model(args.model, quantization=args.quant), **options)
     result = evaluate(editor, cases, mode=args.mode, batch_size=args.batch_size, fluency_n=args.fluency_n)
     result.update(data=args.data, seed=args.seed, quantization=args.quant)
+    split = split_record(args.data)
+    if split:
+        result["split"] = split
     if options.get("adapter") is None and args.method == "lte":
         result["method"] = "lte (unaligned)"
     print(summary_table(result))
@@ -109,7 +112,9 @@ def summary_table(result: dict) -> str:
     flu, t = result["fluency"], result["timing"]
     if flu["ngram_entropy"] is not None:
         lines.append(f"fluency: {flu['ngram_entropy']:.3f} bits (x100 = {flu['x100']:.1f}, n={flu['n']})")
-    lines.append(f"timing: edit {t['edit_s_mean']:.4f} s/edit, inference {t['infer_s_mean']:.4f} s/probe, "
+    rest = "" if t.get("edit_s_after_first") is None else \
+        f" (the first {t['edit_s_first']:.4f} s, the rest {t['edit_s_after_first']:.4f} s each)"
+    lines.append(f"timing: edit {t['edit_s_mean']:.4f} s/edit{rest}, inference {t['infer_s_mean']:.4f} s/probe, "
                  f"total {t['total_s']:.1f} s")
     return "\n".join(lines)
 
@@ -118,7 +123,9 @@ def cmd_train(args) -> int:
     only = {"lte": {f"--no-{f}": getattr(args, f"no_{f.replace('-', '_')}") for f in ("threefold", "in-scope", "out-of-scope", "free-text")},
             "recipe": {"--d-rep": args.d_rep is not None, "--finetune-encoder": args.finetune_encoder,
                        "--resume": args.resume is not None, "--prompts-only": args.prompts_only,
-                       "--prompt-lr": args.prompt_lr is not None, "--loc-weight": args.loc_weight is not None}}
+                       "--prompt-lr": args.prompt_lr is not None, "--loc-weight": args.loc_weight is not None,
+                       "--retrieval-only": args.retrieval_only, "--bank": args.bank is not None,
+                       "--neighbours": args.neighbours is not None, "--fluency-weight": args.fluency_weight is not None}}
     for what, flags in only.items():
         if args.what != what and any(flags.values()):
             raise UsageError(f"{', '.join(k for k, v in flags.items() if v)} only applies to `train {what}`")
@@ -149,6 +156,8 @@ def train_lte(args) -> int:
 
 
 def train_recipe(args) -> int:
+    """Train (or go on training) RECIPE's modules; every --checkpoint-every steps the modules so far are
+    saved to --out with a record marked partial, and the same command with --resume <out> goes on."""
     import time
 
     from . import prompt_learning as pl
@@ -156,26 +165,56 @@ def train_recipe(args) -> int:
 
     if args.resume and (args.d_rep is not None or args.finetune_encoder):
         raise UsageError("--d-rep and --finetune-encoder come from the modules --resume continues; drop them")
+    if args.prompts_only and args.retrieval_only:
+        raise UsageError("--prompts-only and --retrieval-only leave nothing to train together; pass one")
     if args.prompts_only and not args.resume:
         raise UsageError("--prompts-only trains MLP_P on top of a trained retrieval part: add --resume default "
                          "(or a modules folder)")
     examples, data = pl.training_examples(args.data, n=args.cases, seed=args.seed)
     model, tok = load_model(args.model, quantization=args.quant)
-    before = None
+    before, start, done, earlier = None, 0, {}, 0.0
     if args.resume:
         modules, before = pl.load_modules(pl.default_path(args.model) if args.resume == "default" else args.resume, model)
+        if "partial" in before:  # a stopped run: go on with its own settings, from its last checkpoint
+            start, done, earlier = before["steps"], before["loss"], before["seconds"]
+            cfg = pl.TrainConfig(**before["train"])
+            before = before.get("resumed_from")
+            print(f"going on from step {start} of {cfg.steps} ({args.resume})")
     else:
         modules = pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=args.d_rep or pl.ModuleConfig.d_rep,
                                                              finetune_encoder=args.finetune_encoder))
-    cfg = pl.TrainConfig(steps=args.steps or pl.TrainConfig.steps, batch_size=args.batch_size,
-                         lr=args.lr or pl.TrainConfig.lr, prompt_lr=args.prompt_lr or pl.TrainConfig.prompt_lr,
-                         prompt_learning=not args.prompts_only, seed=args.seed,
-                         loc_weight=pl.TrainConfig.loc_weight if args.loc_weight is None else args.loc_weight)
-    start = time.perf_counter()
-    curves = pl.train_modules(modules, model, tok, examples, cfg)
-    out = args.out or pl.trained_path(args.model)
-    pl.save_modules(modules, out, pl.make_record(modules, args.model, cfg, data, curves, time.perf_counter() - start,
-                                                 resumed_from=before))
+    if not start:
+        given = {k: v for k, v in (("lr", args.lr), ("prompt_lr", args.prompt_lr), ("loc_weight", args.loc_weight),
+                                   ("bank", args.bank), ("neighbours", args.neighbours),
+                                   ("fluency_weight", args.fluency_weight), ("steps", args.steps)) if v is not None}
+        cfg = pl.TrainConfig(batch_size=args.batch_size, prompt_learning=not args.prompts_only, seed=args.seed,
+                             edit_loss=not args.retrieval_only,
+                             **{**pl.SHIPPED_RECIPE, **given})
+    out = Path(args.out or pl.trained_path(args.model))
+    begun = time.perf_counter() - earlier  # the record counts the stopped part's time too
+
+    def record(curves: dict, partial: bool) -> dict:
+        joined = {k: done.get(k, []) + v for k, v in curves.items()}
+        r = pl.make_record(modules, args.model, cfg, data, joined, time.perf_counter() - begun, resumed_from=before)
+        return {**r, "partial": True} if partial else r
+
+    features = pl.stored_features(modules)  # f_rm's features of texts an earlier run encoded
+    known = [len(features)]
+
+    def keep_features() -> None:
+        if len(features) > known[0]:
+            pl.store_features(modules, features)
+            known[0] = len(features)
+
+    def checkpoint(step: int, curves: dict) -> None:
+        keep_features()
+        if step < cfg.steps:
+            pl.save_modules(modules, out, record(curves, partial=True))
+
+    curves = pl.train_modules(modules, model, tok, examples, cfg, callback=checkpoint, every=args.checkpoint_every,
+                              start=start, cache=features)
+    keep_features()
+    pl.save_modules(modules, out, record(curves, partial=False))
     n = min(20, len(curves["total"]))
     print(json.dumps(data, indent=1))
     print("losses, mean of the first and last", n, "steps:",
@@ -265,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     ev = command("eval", help="evaluate an editor; see kedit_teach/evaluate.py")
     ev.add_argument("--method", default="noedit", help=f"one of {', '.join(METHODS)}")
     ev.add_argument("--data", default="teach",
-                    help="teach | counterfact:PATH | zsre:PATH | knowedit:PATH | wikibio:PATH")
+                    help="teach | counterfact:PATH | zsre:PATH | knowedit:PATH | wikibio:PATH | zsre-held-out | zsre-train")
     ev.add_argument("--n", type=int, default=20)
     ev.add_argument("--mode", default="single", choices=MODES)
     ev.add_argument("--model", default=DEFAULT_MODEL)
@@ -330,6 +369,14 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--prompt-lr", type=float, default=None, help="recipe: MLP_P's learning rate (default 3e-3)")
     tr.add_argument("--loc-weight", type=float, default=None,
                     help="recipe: the weight of L_loc (Eq. 12) in L_edit (default 0.2; the paper: 1)")
+    tr.add_argument("--retrieval-only", action="store_true",
+                    help="recipe: train MLP_K, MLP_Q and the sentinel alone (L_pl; no LLM pass, minutes on a CPU)")
+    tr.add_argument("--bank", type=int, default=None, help="recipe: memory-bank keys per step, extra InfoNCE negatives")
+    tr.add_argument("--neighbours", type=int, default=None, help="recipe: mined look-alike edits per seed in a batch")
+    tr.add_argument("--fluency-weight", type=float, default=None,
+                    help="recipe: the weight of L_flu, the KL to the unedited model past the answer (0: off)")
+    tr.add_argument("--checkpoint-every", type=int, default=100,
+                    help="recipe: save the modules every this many steps (a stopped run goes on with --resume <out>)")
     tr.set_defaults(fn=cmd_train)
 
     dl = command("download", help="fetch a public benchmark file")

@@ -7,6 +7,8 @@ unrelated facts left alone?) and portability pairs (do consequences of the
 edit follow?). The loaders read CounterFact, ZsRE in MEND's format, KnowEdit
 (ZsRE, wiki_counterfact, wiki_recent) and WikiBio into that single shape,
 validate every record loudly, and fetch_benchmark downloads the public files.
+`split_by_subject` cuts KnowEdit's ZsRE file, the only question-form data here, into a training
+part and a held-out part with no subject in common ("zsre-train", "zsre-held-out").
 
 What this module does not do: tokenise, batch, run models or score anything.
 It hands out clean Python objects and never writes to the benchmark files.
@@ -15,6 +17,7 @@ flattened into plain locality/portability lists; keep the raw JSON if you need
 scores per kind.
 """
 
+import hashlib
 import http.client
 import json
 import os
@@ -369,6 +372,65 @@ def load_teach(n: int | None = None) -> list[EditCase]:
     return load_jsonl(TEACH_PATH)[:n]
 
 
+# -----------------------------------------------------------------------------
+# KnowEdit ZsRE, split once into a training part and a held-out part
+
+ZSRE_FILE = "knowedit/ZsRE-test-all.json"
+ZSRE_PARTS = ("zsre-train", "zsre-held-out")
+ZSRE_SPLIT = {"seed": 0, "train_share": 2 / 3}  # the split every course number uses
+
+
+def split_by_subject(cases: list[EditCase], seed: int, train_share: float) -> tuple[list[EditCase], list[EditCase]]:
+    """(train, held_out): whole subjects go to one part or the other, in a seeded order, until the
+    training part holds about `train_share` of the cases. Each part keeps the file's order."""
+    if not 0 < train_share < 1:
+        raise ValueError(f"train_share={train_share} must lie strictly between 0 and 1")
+    names = sorted(subjects(cases))
+    random.Random(seed).shuffle(names)
+    count: dict[str, int] = {}
+    for c in cases:
+        key = c.subject.strip().lower()
+        count[key] = count.get(key, 0) + 1
+    train, total = set(), 0
+    for name in names:
+        if total >= train_share * len(cases):
+            break
+        train.add(name)
+        total += count[name]
+    inside = [c.subject.strip().lower() in train for c in cases]
+    return [c for c, t in zip(cases, inside) if t], [c for c, t in zip(cases, inside) if not t]
+
+
+def zsre_file(path: str | Path | None = None) -> Path:
+    """KnowEdit's ZsRE file: `path`, else the local copy, else downloaded."""
+    if path and not Path(path).exists():
+        raise MissingData(f"{path} does not exist; run `python -m kedit_teach download knowedit-zsre`, or pass "
+                          "the path of a local copy of ZsRE-test-all.json")
+    return Path(path) if path else local_or_fetch(ZSRE_FILE, "knowedit-zsre")
+
+
+def load_zsre_part(part: str, path: str | Path | None = None) -> list[EditCase]:
+    """One part of KnowEdit ZsRE under ZSRE_SPLIT: "zsre-train" (RECIPE's question-form training
+    data) or "zsre-held-out" (every ZsRE number the course shows)."""
+    if part not in ZSRE_PARTS:
+        raise DataError(f"unknown ZsRE part {part!r}; use one of {', '.join(ZSRE_PARTS)}")
+    train, held_out = split_by_subject(load_knowedit(zsre_file(path)), **ZSRE_SPLIT)
+    return train if part == "zsre-train" else held_out
+
+
+def split_record(spec: str) -> dict | None:
+    """What a result made on `spec` must say about the split, or None for a spec that is no part:
+    the file, the rule, both parts' sizes and a hash of the held-out ids (two runs on different
+    splits can then never be compared by mistake)."""
+    part, _, path = spec.partition(":")
+    if part not in ZSRE_PARTS:
+        return None
+    train, held_out = split_by_subject(load_knowedit(zsre_file(path or None)), **ZSRE_SPLIT)
+    ids = hashlib.sha256("\n".join(c.case_id for c in held_out).encode()).hexdigest()[:12]
+    return {"part": part, "file": ZSRE_FILE, **ZSRE_SPLIT, "by": "subject", "train": len(train),
+            "held_out": len(held_out), "held_out_ids_sha256": ids}
+
+
 # scheme -> (loader, names `python -m kedit_teach download` knows for it)
 _SCHEMES: dict[str, tuple[Callable[..., list[EditCase]], tuple[str, ...]]] = {
     "counterfact": (load_counterfact, ("counterfact",)),
@@ -381,12 +443,16 @@ _SCHEMES: dict[str, tuple[Callable[..., list[EditCase]], tuple[str, ...]]] = {
 def load_cases(spec: str, n: int | None = None, seed: int | None = None) -> list[EditCase]:
     """
     Load cases from a command-line spec: "teach", "counterfact:PATH",
-    "zsre:PATH" (MEND format), "knowedit:PATH" or "wikibio:PATH". With a seed
-    the cases are shuffled before the first n are taken.
+    "zsre:PATH" (MEND format), "knowedit:PATH", "wikibio:PATH", or a part of
+    KnowEdit ZsRE, "zsre-train[:PATH]" or "zsre-held-out[:PATH]" (from the local
+    copy without a PATH). With a seed the cases are shuffled before the first n
+    are taken.
     """
     scheme, _, path = spec.partition(":")
     if spec == "teach":
         cases = load_teach()
+    elif scheme in ZSRE_PARTS:
+        cases = load_zsre_part(scheme, path or None)
     elif scheme in _SCHEMES and path:
         loader, names = _SCHEMES[scheme]
         if not Path(path).exists():
@@ -397,7 +463,7 @@ def load_cases(spec: str, n: int | None = None, seed: int | None = None) -> list
         cases = loader(path, n if seed is None else None)
     else:
         raise DataError(f"unknown data spec {spec!r}; use one of: teach, counterfact:PATH, "
-                         f"zsre:PATH (MEND format), knowedit:PATH, wikibio:PATH")
+                         f"zsre:PATH (MEND format), knowedit:PATH, wikibio:PATH, zsre-train, zsre-held-out")
     if seed is not None:
         random.Random(seed).shuffle(cases)
     return cases[:n]

@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .course import package_version
-from .data import ASSETS, SHARED_DIR, EditCase, load_cases, load_teach
+from .data import ASSETS, SHARED_DIR, EditCase, load_cases, load_teach, split_record
 from .editors import METHODS
 from .errors import UsageError
 from .evaluate import MODES, evaluate
@@ -48,7 +48,7 @@ from .prompt_learning import TEACH_HELD_OUT
 DATASETS = {  # names the CLI accepts beside full data specs
     "teach": "teach",
     "counterfact": f"counterfact:{SHARED_DIR / 'counterfact' / 'counterfact-edit.json'}",
-    "zsre": f"knowedit:{SHARED_DIR / 'knowedit' / 'ZsRE-test-all.json'}",
+    "zsre": "zsre-held-out",  # KnowEdit ZsRE's held-out part: RECIPE trains on the other part
 }
 REFERENCE_RUN = ASSETS / "bench" / "gemma-3-270m-cpu.json"  # the committed CPU run notebook 06 renders
 CPU_CELL_BUDGET_S = 300.0
@@ -179,6 +179,7 @@ def run_grid(model, tokenizer, cells: list[Cell], out: str | Path, settings: dic
     out, settings = Path(out), settings or {}
     (out / "cells").mkdir(parents=True, exist_ok=True)
     data = {d: load_data(d, seed) for d in dict.fromkeys(c.data for c in cells)}
+    splits = {d: split_record(DATASETS.get(d, d)) for d in data}
     edit_s: dict[tuple, tuple[float, str]] = {}  # (data, method, mode): (mean edit s, the cell it is from)
     references: dict = {}  # the unedited model's locality answers, asked once per probe list
     rows = []
@@ -189,6 +190,9 @@ def run_grid(model, tokenizer, cells: list[Cell], out: str | Path, settings: dic
         reason = None
         if path.exists():
             result = _read_cell(path, seed, cell.n_cases(single_n))
+            if result.get("split") != splits[cell.data]:
+                raise GridError(f"{path} was made on other cases of {cell.data} (split {result.get('split')}), this "
+                                f"run uses {splits[cell.data]}; pass another --out, or delete the cell to run it again")
         else:
             s, source = edit_s.get((cell.data, cell.method, cell.mode)) or \
                 edit_s.get((cell.data, cell.method, "single"), (None, ""))
@@ -197,7 +201,7 @@ def run_grid(model, tokenizer, cells: list[Cell], out: str | Path, settings: dic
                 cases = data[cell.data][:cell.n_cases(single_n)]
                 result, model = run_cell(model, tokenizer, cell, cases, settings.get(cell.method, {}), fluency_n,
                                          progress, references)
-                result.update(data=cell.data, seed=seed)
+                result.update(data=cell.data, seed=seed, **({"split": splits[cell.data]} if splits[cell.data] else {}))
                 part = path.with_suffix(".part")  # renamed when whole: an interrupted run leaves no half cell
                 part.write_text(json.dumps(result, indent=1, ensure_ascii=False))
                 part.replace(path)
@@ -236,11 +240,14 @@ def summary_row(cell: Cell, result: dict | None, reason: str | None = None) -> d
                infer_ms=1000 * result["timing"]["infer_s_mean"], perplexity=general.get("perplexity"),
                questions=(general.get("questions") or {}).get("generation"),
                seconds=result["grid"]["seconds"], peak_memory_mb=result["grid"]["peak_memory_mb"])
+    split = result.get("split")
+    if split:  # which part of a split file, so that cells on different splits are never compared by mistake
+        row["split"] = f"{split['part']} of {split['file']} (seed {split['seed']}, ids {split['held_out_ids_sha256']})"
     return row
 
 
 COLUMNS = ["data", "method", "mode", "n", "status", "cases"] + [f"{p}_{k}" for p in PROTOCOLS for k in KINDS] + \
-          ["fluency", "perplexity", "questions", "edit_s", "infer_ms", "seconds", "peak_memory_mb", "reason"]
+          ["fluency", "perplexity", "questions", "edit_s", "infer_ms", "seconds", "peak_memory_mb", "reason", "split"]
 
 
 def _fmt(v, digits: int = 2) -> str:

@@ -277,3 +277,11 @@ def ngram_entropy(text: str, ns=(2, 3), weights=(2 / 3, 4 / 3)) -> float:
         h = -sum(c / total * math.log2(c / total) for c in grams.values()) if total else 0.0
         values.append(w * h)
     return sum(values) / len(values)
+
+
+def repetition(text: str, n: int = 3) -> float:
+    """The share of word n-grams that repeat an earlier one in the text: 0 for text that never
+    repeats itself, near 1 for a loop ("Sydney Sydney is a city and a city and a city")."""
+    words = re.findall(r"\w+|[^\w\s]", text.lower())
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0

@@ -20,7 +20,10 @@ q_e, a generality query q_g and a locality query q_l:
                   Plain NLL as in the equations (the reference stops at p(label) > 1.2 x the runner-up).
     L_loc         Eq. 12: KL(f(q_l) || f^(p_ki + q_l)) over the locality answer's positions.
     L_pl          L_no + L_so with InfoNCE delta (the deck's prompt-learning loss).
-    L             L_edit + L_pl, with L_edit = L_rel + L_gen + lambda_loc L_loc (lambda_loc = 0.2; the paper: 1)
+    L_flu         not in the paper: KL(f(q_e a_e c) || f^(p_ki + q_e a_e c)) over the positions of c,
+                  the unedited model's own continuation of "q_e a_e" (see `edit_loss`).
+    L             L_edit + L_pl, with L_edit = L_rel + L_gen + lambda_loc L_loc + lambda_flu L_flu
+                  (lambda_loc = 0.2; the paper: 1)
 
 Choices, and why (each measured on CPU; the numbers are in the README's RECIPE paragraph):
 - Pooling [mean; max; min]: MiniLM was trained for mean pooling, and max/min keep single salient
@@ -44,6 +47,20 @@ Choices, and why (each measured on CPU; the numbers are in the README's RECIPE p
   answer kept 0.155 of the time); 100 more MLP_P steps at 0.2 gave 0.99 and 0.025, at 0 1.00 and
   0.00, and the shipped third run (400 steps at 0.2) 1.00 and 0.005. Locality is the sentinel's
   work: an unrelated query gets no prompt at all.
+- The training data holds every form a student writes (`default_sources`): cloze statements
+  (CounterFact, KnowEdit's train_cf and recent_train), questions (KnowEdit ZsRE's training part,
+  `data.ZSRE_SPLIT`) and the teaching set's training cases. Modules trained on statements alone
+  found the right knowledge for ZsRE questions but their prompts did not answer them.
+- More negatives for the sentinel, for almost nothing on a CPU (`bench_recipe options` measures
+  each): a memory bank of other edits' keys in every InfoNCE denominator (`TrainConfig.bank`; f_rm
+  is frozen and its features cached, so the bank's keys are recomputed by the current MLP_K, never
+  stale as in a MoCo queue); batches mined so that each edit sits beside its nearest look-alikes
+  by the encoder's cosine, same relation or similar subject (`neighbours`); and every locality
+  prompt of a case sent to the sentinel, not only the first (`TrainingExample.more_locality`):
+  KnowEdit's and the teaching set's ask about the edited subject's other relations.
+- L_flu: a prompt built on the answer's embeddings keeps pulling towards the answer after it has
+  been said ("Sydney, Australia. Sydney Sydney is a city"). Past the answer, the prompted model is
+  asked to predict what the unedited model predicts after the same words.
 - Further runs can train MLP_P alone (`TrainConfig.prompt_learning=False`, `train recipe --resume
   --prompts-only`): L_edit at every step, keys, queries and the sentinel untouched. The retrieval
   part has had many more steps than the prompts by then, and on held-out edits every reliability
@@ -54,7 +71,6 @@ What it does not do: store edits or run the LLM at inference (see editors/recipe
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import json
 import math
@@ -72,10 +88,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .alignment import read_trained_record, shuffled_batches
-from .data import ASSETS, SHARED_DIR, EditCase, disjoint_subjects, load_cases, load_teach
+from .data import ASSETS, SHARED_DIR, ZSRE_FILE, EditCase, disjoint_subjects, load_cases, load_teach, split_record
 from .errors import UsageError
-from .metrics import nll, pack_targets, target_logits
-from .models import DEFAULT_ENCODER, cache_dir, cpu_autocast, format_prompt, load_encoder, model_folder
+from .metrics import generate_greedy, nll, pack_targets, target_logits
+from .models import (DEFAULT_ENCODER, cache_dir, continuation, cpu_autocast, encode_pair, fast_bf16, format_prompt,
+                     load_encoder, model_folder)
 
 SHIPPED = ASSETS / "recipe"
 WEIGHTS_FILE, RECORD_FILE = "modules.safetensors", "record.json"
@@ -187,17 +204,6 @@ def answer_anchors(model, tokenizer, answers: list[str], n: int) -> torch.Tensor
         rows.append(ids + ids[-1:] * (n - len(ids)))
     with torch.no_grad():
         return embed(torch.tensor(rows, device=embed.weight.device)).float().cpu()
-
-
-@functools.cache
-def _cpu_bf16() -> bool:
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def fast_bf16(module: nn.Module) -> bool:
-    """Whether `module` sits on a CPU that multiplies bfloat16 natively (AVX512-BF16 or AMX), where
-    a bfloat16 pass is faster than fp32; elsewhere it would be emulated, and slower."""
-    return next(module.parameters()).device.type == "cpu" and _cpu_bf16()
 
 
 def trace_encoder(encoder: nn.Module, tokenizer, half: bool):
@@ -366,25 +372,39 @@ def info_nce(q: torch.Tensor, keys: torch.Tensor, positive: torch.Tensor, tau: f
              exclude: torch.Tensor | None = None) -> torch.Tensor:
     """delta(q, k+, K) = -log exp(q.k+ / tau) / sum_K exp(q.k / tau), per row (the deck's InfoNCE).
 
-    q [b, d], keys [n, d], positive [b] (index into keys); exclude [b] removes one key per row from
-    K (R minus k_i). Scores are scaled by 1/sqrt(d) as at retrieval, then by the temperature tau.
+    q [b, d], keys [n, d], positive [b] (index into keys); exclude [b, n], True where a key leaves
+    row b's K (R minus k_i). Scores are scaled by 1/sqrt(d) as at retrieval, then by tau.
     """
     logits = q @ keys.T / math.sqrt(q.shape[-1]) / tau
     if exclude is not None:
-        logits = logits.masked_fill(F.one_hot(exclude, keys.shape[0]).bool(), float("-inf"))
+        logits = logits.masked_fill(exclude, float("-inf"))
     return F.cross_entropy(logits, positive, reduction="none")
 
 
 def prompt_learning_loss(r_k: torch.Tensor, r_theta: torch.Tensor, r_e: torch.Tensor, r_g: torch.Tensor,
-                         r_l: torch.Tensor, tau: float = 1.0) -> dict[str, torch.Tensor]:
-    """L_no and L_so over R = {r_k1..r_kb} + {r_Theta} (the sentinel is R's last row)."""
+                         r_l: torch.Tensor, tau: float = 1.0, bank: torch.Tensor | None = None,
+                         clash: torch.Tensor | None = None, r_x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """L_no and L_so over R = {r_k1..r_kb} + bank + {r_Theta} (the sentinel is R's last row).
+
+    bank [m, d]: keys of other knowledge, negatives only (`TrainConfig.bank`); clash [b, m] marks
+    a bank key that is row i's own knowledge, kept out of row i's K. r_x [x, d]: more queries that
+    must reach the sentinel (the batch's other locality prompts).
+    """
     b = r_k.shape[0]
-    R = torch.cat([r_k, r_theta[None]])
-    own, sentinel = torch.arange(b), torch.full((b,), b)
-    l_no = info_nce(r_e, R, own, tau) + info_nce(r_g, R, own, tau)  # neighbour-oriented
-    l_so = (info_nce(r_l, R, sentinel, tau) + info_nce(r_e, R, sentinel, tau, exclude=own)
-            + info_nce(r_g, R, sentinel, tau, exclude=own))  # sentinel-oriented
-    return {"no": l_no.mean(), "so": l_so.mean()}
+    R = torch.cat([r_k] + ([] if bank is None else [bank]) + [r_theta[None]])
+    n = R.shape[0]
+    hide = torch.zeros(b, n, dtype=torch.bool)
+    if clash is not None:
+        hide[:, b:n - 1] = clash
+    own, sentinel = torch.arange(b), torch.full((b,), n - 1)
+    without_own = hide.clone()
+    without_own[own, own] = True
+    l_no = info_nce(r_e, R, own, tau, hide) + info_nce(r_g, R, own, tau, hide)  # neighbour-oriented
+    l_so = (info_nce(r_l, R, sentinel, tau) + info_nce(r_e, R, sentinel, tau, without_own)
+            + info_nce(r_g, R, sentinel, tau, without_own)).mean()  # sentinel-oriented
+    if r_x is not None and len(r_x):
+        l_so = l_so + info_nce(r_x, R, torch.full((len(r_x),), n - 1), tau).mean()
+    return {"no": l_no.mean(), "so": l_so}
 
 
 def locality_kl(model, tokenizer, queries: list[str], answers: list[str], prompts: torch.Tensor) -> torch.Tensor:
@@ -396,22 +416,54 @@ def locality_kl(model, tokenizer, queries: list[str], answers: list[str], prompt
     return F.kl_div(after, before, log_target=True, reduction="batchmean")
 
 
-def edit_loss(model, tokenizer, examples: list["TrainingExample"], prompts: torch.Tensor) -> dict[str, torch.Tensor]:
-    """L_rel (Eq. 10), L_gen (Eq. 11) and L_loc (Eq. 12) for prompts [b, n, hidden]."""
+def edit_loss(model, tokenizer, examples: list["TrainingExample"], prompts: torch.Tensor,
+              continuations: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """L_rel (Eq. 10), L_gen (Eq. 11) and L_loc (Eq. 12) for prompts [b, n, hidden].
+
+    continuations: per example, what the unedited model writes after "q_e a_e". Then L_rel's pass
+    runs on past the answer, and L_flu = KL(f(q_e a_e c) || f^(p + q_e a_e c)) over c's positions:
+    the prompt must give the answer and then let the model go on as it would have (a prompt built
+    on the answer's embeddings otherwise keeps saying it: "Sydney Sydney is a city").
+    """
     fmt = lambda q: format_prompt(tokenizer, q)  # noqa: E731
     out = {}
-    for name, query, answer in (("rel", "q_e", "a_e"), ("gen", "q_g", "a_g")):
-        batch = pack_targets(tokenizer, [fmt(getattr(e, query)) for e in examples], [getattr(e, answer) for e in examples])
-        out[name] = nll(target_logits(model, batch, prefixes=list(prompts)), batch.gold)
+    texts = [fmt(e.q_e) for e in examples]
+    if continuations is None:
+        batch = pack_targets(tokenizer, texts, [e.a_e for e in examples])
+        out["rel"] = nll(target_logits(model, batch, prefixes=list(prompts)), batch.gold)
+    else:
+        said = [len(encode_pair(tokenizer, x, e.a_e)[1]) for x, e in zip(texts, examples)]
+        batch = pack_targets(tokenizer, texts, [e.a_e + c for e, c in zip(examples, continuations)])
+        answer = torch.tensor([j < n for y, n in zip(batch.target_ids, said) for j in range(len(y))])
+        logits = target_logits(model, batch, prefixes=list(prompts))
+        out["rel"] = nll(logits[answer], batch.gold[answer])
+        if (~answer).any():
+            with torch.no_grad():
+                before = torch.log_softmax(target_logits(model, batch)[~answer], -1)
+            after = torch.log_softmax(logits[~answer].float(), -1)
+            out["flu"] = F.kl_div(after, before, log_target=True, reduction="batchmean")
+    batch = pack_targets(tokenizer, [fmt(e.q_g) for e in examples], [e.a_g for e in examples])
+    out["gen"] = nll(target_logits(model, batch, prefixes=list(prompts)), batch.gold)
     out["loc"] = locality_kl(model, tokenizer, [fmt(e.q_l) for e in examples], [e.a_l for e in examples], prompts)
     return out
+
+
+def unedited_continuations(model, tokenizer, examples: list["TrainingExample"], tokens: int,
+                           cache: dict[str, str]) -> list[str]:
+    """What the unedited model writes after each "q_e a_e" (greedy, `tokens` tokens), cached by text."""
+    texts = [format_prompt(tokenizer, e.q_e) + continuation(format_prompt(tokenizer, e.q_e), e.a_e) for e in examples]
+    todo = [t for t in dict.fromkeys(texts) if t not in cache]
+    if todo:
+        cache.update(zip(todo, generate_greedy(model, tokenizer, todo, tokens, batch_size=len(todo))))
+    return [cache[t] for t in texts]
 
 
 # ----------------------------------------------------------------------------- training data
 
 @dataclass
 class TrainingExample:
-    """One edit sample: the knowledge k, and (q_e, a_e), (q_g, a_g), (q_l, a_l)."""
+    """One edit sample: the knowledge k, and (q_e, a_e), (q_g, a_g), (q_l, a_l); more_locality holds
+    the case's other locality prompts, which L_pl also sends to the sentinel."""
     case_id: str
     knowledge: str
     q_e: str
@@ -420,6 +472,7 @@ class TrainingExample:
     a_g: str
     q_l: str
     a_l: str
+    more_locality: tuple[str, ...] = ()
 
 
 def training_example(case: EditCase) -> TrainingExample | None:
@@ -433,27 +486,36 @@ def training_example(case: EditCase) -> TrainingExample | None:
     if not general or not case.locality:
         return None
     (q_g, a_g), (q_l, a_l) = general[0], case.locality[0]
-    return TrainingExample(case.case_id, case.descriptor, case.prompt, case.target_new, q_g, a_g, q_l, a_l)
+    more = tuple(dict.fromkeys(q for q, _ in case.locality[1:] if q != q_l))
+    return TrainingExample(case.case_id, case.descriptor, case.prompt, case.target_new, q_g, a_g, q_l, a_l, more)
 
 
 def default_sources() -> list[str]:
-    """CounterFact-train, KnowEdit's train_cf and recent_train, where a local copy exists."""
+    """Every form a student writes: cloze statements (CounterFact-train, KnowEdit's train_cf and
+    recent_train) and questions (KnowEdit ZsRE's training part), where a local copy exists."""
     files = (("counterfact", "counterfact/counterfact-train.json"), ("knowedit", "knowedit/train_cf.json"),
              ("knowedit", "knowedit/recent_train.json"))
-    return [f"{scheme}:{SHARED_DIR / rel}" for scheme, rel in files if (SHARED_DIR / rel).exists()]
+    specs = [f"{scheme}:{SHARED_DIR / rel}" for scheme, rel in files if (SHARED_DIR / rel).exists()]
+    return specs + (["zsre-train"] if (SHARED_DIR / ZSRE_FILE).exists() else [])
 
 
 def held_out_cases() -> list[EditCase]:
-    """Every case the course evaluates RECIPE on: CounterFact-edit, ZsRE test, the first teach cases."""
+    """Every case the course evaluates RECIPE on: CounterFact-edit, ZsRE's held-out part, the first
+    teach cases."""
     from .alignment import default_held_out
     teach = {c.case_id for c in load_teach()[TEACH_HELD_OUT:]}
-    return [c for c in default_held_out() if not (c.source == "teach" and c.case_id in teach)]
+    zsre = (load_cases("zsre-held-out") if (SHARED_DIR / ZSRE_FILE).exists() else [])
+    return [c for c in default_held_out() if not (c.source == "teach" and c.case_id in teach)
+            and c.source != "knowedit-zsre"] + zsre
 
 
 def training_examples(specs: list[str] | None = None, held_out: list[EditCase] | None = None,
                       n: int | None = None, seed: int = 0) -> tuple[list[TrainingExample], dict]:
     """Training samples from data specs plus the bundled cases not held out; subjects disjoint from
-    every evaluation set. Returns (examples, a record of what was used)."""
+    every evaluation set. Returns (examples, a record of what was used, the ZsRE split included).
+
+    A locality prompt that is another sample's edit prompt or rephrasing is not sent to the
+    sentinel (`more_locality`): the two would pull one query both ways."""
     specs = default_sources() if specs is None else specs
     held_out = held_out_cases() if held_out is None else held_out
     teach = load_teach()[TEACH_HELD_OUT:]
@@ -462,11 +524,16 @@ def training_examples(specs: list[str] | None = None, held_out: list[EditCase] |
         c.case_id = f"train{i}-{c.case_id}"
     kept = disjoint_subjects(cases, held_out)
     examples = [e for e in map(training_example, kept) if e is not None]
+    asked = {q for e in examples for q in (e.q_e, e.q_g)}
+    for e in examples:
+        e.more_locality = tuple(q for q in e.more_locality if q not in asked)
     random.Random(seed).shuffle(examples)
     examples = examples[:n]
     shown = [s.replace(str(SHARED_DIR), "../shared/data") for s in specs]  # no machine's own paths in records
-    return examples, {"sources": shown + [f"teach[{TEACH_HELD_OUT}:]"], "cases": len(cases),
-                      "after_disjoint_subjects": len(kept), "examples": len(examples)}
+    record = {"sources": shown + [f"teach[{TEACH_HELD_OUT}:]"], "cases": len(cases),
+              "after_disjoint_subjects": len(kept), "examples": len(examples)}
+    splits = [r for r in map(split_record, specs) if r]
+    return examples, {**record, **({"zsre_split": splits[0]} if splits else {})}
 
 
 # ----------------------------------------------------------------------------- training
@@ -485,6 +552,14 @@ class TrainConfig:
     edit_every: int = 4           # L_edit on every k-th step, L_pl on every step (it needs more steps)
     prompt_learning: bool = True  # False: MLP_P alone on L_edit at every step, retrieval kept as it is
     seed: int = 0                 #   (more prompt training for trained modules: `train recipe --resume`)
+    bank: int = 0                 # memory bank: keys of this many other edits per step, negatives only
+    neighbours: int = 0           # hard negatives: each seed edit's h nearest (encoder cosine) in its batch
+    fluency_weight: float = 0.0   # L_flu past the answer (see edit_loss); 0: not computed
+    continuation_tokens: int = 8  # how far past the answer L_flu looks
+
+
+# What `train recipe` does unless told otherwise: the settings of the shipped modules' run.
+SHIPPED_RECIPE = {"steps": 2000}
 
 
 def _features(modules: RecipeModules, texts: list[str], cache: dict[str, torch.Tensor], batch: int = 256) -> torch.Tensor:
@@ -498,13 +573,72 @@ def _features(modules: RecipeModules, texts: list[str], cache: dict[str, torch.T
     return torch.stack([cache[t] for t in texts])
 
 
+def _feature_file(modules: RecipeModules) -> Path:
+    half = fast_bf16(modules.encoder)  # a bfloat16 trace gives (very slightly) other features
+    return cache_dir() / "recipe" / "features" / f"{modules.config.encoder}-{'bf16' if half else 'fp32'}.safetensors"
+
+
+def stored_features(modules: RecipeModules) -> dict[str, torch.Tensor]:
+    """f_rm features of texts encoded by earlier training runs on this machine (a frozen encoder
+    gives the same features every time): encoding 45k training texts takes minutes on 2 cores."""
+    path = _feature_file(modules)
+    if modules.config.finetune_encoder or not path.exists():
+        return {}
+    try:
+        texts = json.loads(path.with_suffix(".json").read_text())
+        return dict(zip(texts, load_file(str(path))["features"]))
+    except Exception:  # a damaged cache is only a slower start: encode again
+        return {}
+
+
+def store_features(modules: RecipeModules, cache: dict[str, torch.Tensor]) -> None:
+    if modules.config.finetune_encoder or not cache:
+        return
+    path = _feature_file(modules)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"features": torch.stack(list(cache.values())).contiguous()}, str(path))
+    path.with_suffix(".json").write_text(json.dumps(list(cache)))
+
+
+def nearest(features: torch.Tensor, h: int, chunk: int = 2048) -> torch.Tensor:
+    """[n, h] indices of each row's h nearest other rows by cosine (the hard-negative pool)."""
+    x = F.normalize(features, dim=-1)
+    out = []
+    for i in range(0, len(x), chunk):
+        sim = x[i:i + chunk] @ x.T
+        sim[torch.arange(len(sim)), torch.arange(i, i + len(sim))] = -2  # not itself
+        out.append(sim.topk(h, dim=-1).indices)
+    return torch.cat(out)
+
+
+def neighbour_batches(pool: torch.Tensor, size: int, rng: random.Random):
+    """Endless batches of `size` indices: seeds in a shuffled order, each with its nearest
+    (`pool`, from `nearest`) beside it, so the in-batch negatives are look-alikes (same relation,
+    similar subjects); topped up at random where neighbours repeat."""
+    n, h = pool.shape
+    seeds = shuffled_batches(n, max(1, size // (h + 1)), rng)
+    while True:
+        batch = list(dict.fromkeys(i for s in next(seeds) for i in (s, *pool[s].tolist())))[:size]
+        chosen = set(batch)
+        while len(batch) < size:
+            i = rng.randrange(n)
+            if i not in chosen:
+                chosen.add(i)
+                batch.append(i)
+        yield batch
+
+
 def train_modules(modules: RecipeModules, model, tokenizer, examples: list[TrainingExample],
                   cfg: TrainConfig | None = None, progress: bool = True,
-                  callback: Callable[[int], None] | None = None, every: int = 100) -> dict[str, list[float]]:
+                  callback: Callable[[int, dict], None] | None = None, every: int = 100,
+                  start: int = 0, cache: dict[str, torch.Tensor] | None = None) -> dict[str, list[float]]:
     """Train the modules on the examples with L = L_edit + L_pl; the LLM stays frozen.
 
-    Returns the loss curves per step: total, rel, gen, loc, no, so. callback(step) runs every
-    `every` steps with the modules in eval mode (e.g. to measure held-out scores as training goes).
+    Returns the loss curves per step: total, rel, gen, loc, flu, no, so. callback(step, curves) runs
+    every `every` steps with the modules in eval mode (to measure held-out scores, or to save a
+    checkpoint). start: steps already done by a stopped run of the same config; training goes on
+    from there to cfg.steps on the same learning-rate schedule (Adam's moments start afresh).
+    cache: f_rm features by text, shared between runs on the same frozen encoder.
     """
     cfg = cfg or TrainConfig()
     if not (cfg.edit_loss or cfg.prompt_learning):
@@ -525,35 +659,60 @@ def train_modules(modules: RecipeModules, model, tokenizer, examples: list[Train
         groups.append({"params": list(modules.encoder.parameters()), "lr": cfg.encoder_lr})
     opt = torch.optim.Adam(groups)
     # linear decay to zero: at a constant rate, held-out reliability swung between 0.77 and 0.91
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(cfg.steps - s, 0) / cfg.steps)
-    cache: dict[str, torch.Tensor] = {}
-    if not modules.config.finetune_encoder:
-        _features(modules, [t for e in examples for t in (e.knowledge, e.q_e, e.q_g, e.q_l)], cache)
-    curves: dict[str, list[float]] = {k: [] for k in ("total", "rel", "gen", "loc", "no", "so")}
-    batches = shuffled_batches(len(examples), size, random.Random(cfg.seed))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(cfg.steps - start - s, 0) / cfg.steps)
+    cache = {} if cache is None else cache
+    said: dict[str, str] = {}  # the unedited model's continuations, for L_flu
+    if not modules.config.finetune_encoder:  # MLP_P alone needs only the knowledge's features
+        _features(modules, [t for e in examples for t in ((e.knowledge, e.q_e, e.q_g, e.q_l, *e.more_locality)
+                                                          if cfg.prompt_learning else (e.knowledge,))], cache)
+    rng = random.Random(cfg.seed + start)
+    if start >= cfg.steps:
+        raise ValueError(f"start={start} leaves nothing to do: the run has {cfg.steps} steps")
+    if cfg.neighbours and cfg.prompt_learning:
+        with torch.no_grad():  # the mean-pooled part of f_rm: the encoder's own sentence embedding
+            knowledge = _features(modules, [e.knowledge for e in examples], cache)
+        batches = neighbour_batches(nearest(knowledge[:, :modules.encoder.config.hidden_size], cfg.neighbours),
+                                    size, rng)
+    else:
+        batches = shuffled_batches(len(examples), size, rng)
+    curves: dict[str, list[float]] = {k: [] for k in ("total", "rel", "gen", "loc", "flu", "no", "so")}
     modules.train()
-    bar = tqdm(range(cfg.steps), desc="RECIPE training" + ("" if cfg.prompt_learning else " (MLP_P alone)"),
-               disable=not progress)
+    bar = tqdm(range(start, cfg.steps), desc="RECIPE training" + ("" if cfg.prompt_learning else " (MLP_P alone)"),
+               disable=not progress, initial=start, total=cfg.steps)
     try:
         for _ in bar:
-            batch = [examples[i] for i in next(batches)]
-            f = _features(modules, [t for e in batch for t in (e.knowledge, e.q_e, e.q_g, e.q_l)], cache)
-            f_k, f_e, f_g, f_l = f.view(len(batch), 4, -1).unbind(1)
+            index = next(batches)
+            batch = [examples[i] for i in index]
+            f_k = _features(modules, [e.knowledge for e in batch], cache)
             losses = {}
             if cfg.prompt_learning:
+                f = _features(modules, [t for e in batch for t in (e.q_e, e.q_g, e.q_l)], cache)
+                f_e, f_g, f_l = f.view(len(batch), 3, -1).unbind(1)
                 r_k = modules.mlp_k(f_k)
+                bank = clash = r_x = None
+                if cfg.bank:  # f_rm is frozen and cached, so the bank's keys are fresh, not a stale queue
+                    others = [rng.randrange(len(examples)) for _ in range(cfg.bank)]
+                    bank = modules.mlp_k(_features(modules, [examples[j].knowledge for j in others], cache))
+                    clash = torch.tensor(index)[:, None] == torch.tensor(others)[None]
+                more = [q for e in batch for q in e.more_locality]
+                if more:
+                    r_x = modules.query(_features(modules, more, cache))
                 losses.update(prompt_learning_loss(r_k, modules.r_sentinel(), modules.query(f_e),
-                                                   modules.query(f_g), modules.query(f_l), cfg.tau))
+                                                   modules.query(f_g), modules.query(f_l), cfg.tau, bank, clash, r_x))
             else:  # the keys stay as they are; only the prompts built from them learn
                 with torch.no_grad():
                     r_k = modules.mlp_k(f_k)
-            if cfg.edit_loss and len(curves["total"]) % edit_every == 0:
+            if cfg.edit_loss and (start + len(curves["total"])) % edit_every == 0:
                 edits = batch[:cfg.batch_size]
                 anchors = answer_anchors(model, tokenizer, [e.a_e for e in edits], modules.config.n_prompt_tokens)
+                # decoding outside autocast: it would cast the fp32 output layer anew at every token
+                conts = unedited_continuations(model, tokenizer, edits, cfg.continuation_tokens, said) \
+                    if cfg.fluency_weight else None
                 with cpu_autocast(model):
-                    losses.update(edit_loss(model, tokenizer, edits, modules.prompts(r_k[:len(edits)], anchors)))
-            # L = L_edit + L_pl, with L_loc weighted; the curves keep the unweighted KL
-            total = sum(cfg.loc_weight * v if k == "loc" else v for k, v in losses.items())
+                    losses.update(edit_loss(model, tokenizer, edits, modules.prompts(r_k[:len(edits)], anchors), conts))
+            # L = L_edit + L_pl, with L_loc and L_flu weighted; the curves keep the unweighted KLs
+            weight = {"loc": cfg.loc_weight, "flu": cfg.fluency_weight}
+            total = sum(weight.get(k, 1.0) * v for k, v in losses.items())
             opt.zero_grad()
             total.backward()
             opt.step()
@@ -562,10 +721,10 @@ def train_modules(modules: RecipeModules, model, tokenizer, examples: list[Train
             for k, v in losses.items():
                 curves[k].append(v.item())
             bar.set_postfix({k: f"{sum(v[-20:]) / len(v[-20:]):.3f}" for k, v in curves.items() if v})
-            step = len(curves["total"])
+            step = start + len(curves["total"])
             if callback is not None and step % every == 0:
                 modules.eval()
-                callback(step)
+                callback(step, curves)
                 modules.train()
     finally:
         modules.eval()
@@ -611,13 +770,20 @@ def training_summary(record: dict) -> str:
     lines = []
     for i, r in enumerate(training_stages(record), 1):
         t = r["train"]
-        if t.get("prompt_learning", True):
-            what = (f"all modules, {t['contrastive_batch']} edits in the contrastive loss, L_edit on 1 step in "
+        negatives = "".join([f", a bank of {t['bank']} more keys" if t.get("bank") else "",
+                             f", {t['neighbours']} mined look-alikes per seed" if t.get("neighbours") else ""])
+        if not t.get("edit_loss", True):
+            what = f"MLP_K, MLP_Q and the sentinel alone (L_pl), {t['contrastive_batch']} edits a batch{negatives}, lr {t['lr']}"
+        elif t.get("prompt_learning", True):
+            what = (f"all modules, {t['contrastive_batch']} edits in the contrastive loss{negatives}, L_edit on 1 step in "
                     f"{t['edit_every']}, lr {t['lr']} (MLP_P {t['prompt_lr']})")
         else:
             what = f"MLP_P alone, L_edit on every step, lr {t['prompt_lr']}"
-        what += f", L_loc weighted {t.get('loc_weight', 1.0):g}"  # runs before the setting existed used 1
-        lines.append(f"run {i}: {r['steps']} steps ({what}), {t['batch_size']} edits through the LLM per step, "
+        if t.get("edit_loss", True):
+            what += f", L_loc weighted {t.get('loc_weight', 1.0):g}"  # runs before the setting existed used 1
+            what += f", L_flu weighted {t['fluency_weight']:g}" if t.get("fluency_weight") else ""
+        through = f", {t['batch_size']} edits through the LLM per step" if t.get("edit_loss", True) else ""
+        lines.append(f"run {i}: {r['steps']} steps ({what}){through}, "
                      f"{r['seconds'] / 60:.0f} min, {r['data']['examples']} training examples, seed {t['seed']}")
     return "\n".join(lines)
 

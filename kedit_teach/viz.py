@@ -144,6 +144,18 @@ def cost_table(results: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(costs, orient="index")
 
 
+def fluency_tables(reports: dict[str, dict], prompts: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """For `evaluate.fluency_report` results per editor: (one row per editor: fluency, its ratio to
+    the first editor's, repetition, the share that begins with the new answer; one row per prompt:
+    what each editor wrote)."""
+    first = next(iter(reports.values()))["fluency_x100"]
+    summary = pd.DataFrame({name: {"fluency_x100": r["fluency_x100"], "vs_" + next(iter(reports)): r["fluency_x100"] / first,
+                                   "repetition": r["repetition"], "says_new_answer": r["answer"]}
+                            for name, r in reports.items()}).T
+    texts = pd.DataFrame({name: r["texts"] for name, r in reports.items()}, index=prompts)
+    return summary, texts
+
+
 def probes_table(result: dict) -> pd.DataFrame:
     """Every scored probe of one evaluate() result, with what the model generated."""
     columns = ["case_id", "kind", "prompt", "target", "generated", *PROTOCOLS]

@@ -9,6 +9,9 @@ merged this way must come from the same kind of machine, model and packages.
 What it does not do: run cells (`python -m kedit_teach bench --out FOLDER` does).
 
     python scripts/merge_reference_run.py FOLDER [FOLDER ...] --why "..." [--only data:method:mode:n ...]
+        [--rename OLD=NEW]   (the committed rows of data set OLD are kept under the label NEW first,
+                              e.g. when OLD now names other cases)
+        [--cells]            (rows from each folder's cells/*.json, for a run that is still going)
 """
 from __future__ import annotations
 
@@ -34,14 +37,32 @@ def describe(rows: list[dict]) -> str:
     return "; ".join(parts)
 
 
+def rows_of(folder: Path, from_cells: bool) -> list[dict]:
+    if not from_cells:
+        return grid.load_summary(folder)["rows"]
+    rows = []
+    for path in sorted((folder / "cells").glob("*.json")):
+        result = json.loads(path.read_text())
+        rows.append(grid.summary_row(grid.Cell(*(result["grid"][k] for k in ("data", "method", "mode", "n"))), result))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--why", required=True, help="which rows, and why they were run (kept in the file)")
     parser.add_argument("--only", nargs="*", default=None, help="cells to take, as data:method:mode:n")
+    parser.add_argument("--cells", action="store_true", help="read the done cells, not summary.json")
+    parser.add_argument("--rename", default=None, metavar="OLD=NEW", help="relabel the committed rows of a data set first")
     args = parser.parse_args()
     reference = json.loads(grid.REFERENCE_RUN.read_text())
-    new = [r for f in args.folders for r in grid.load_summary(f)["rows"]]
+    if args.rename:
+        old, _, label = args.rename.partition("=")
+        if not label or not any(r["data"] == old for r in reference["rows"]):
+            sys.exit(f"--rename {args.rename}: give OLD=NEW with OLD a data set of the reference run")
+        for r in reference["rows"]:
+            r["data"] = label if r["data"] == old else r["data"]
+    new = [r for f in args.folders for r in rows_of(f, args.cells)]
     if args.only is not None:
         keep = set(args.only)
         new = [r for r in new if f"{r['data']}:{r['method']}:{r['mode']}:{r['n']}" in keep]
@@ -49,7 +70,8 @@ def main() -> None:
         sys.exit("no rows to merge: check the folders and --only")
     reference["rows"] = grid.merge_rows(reference["rows"], new)
     reruns = reference["machine"].setdefault("reruns", [])
-    reruns.append({"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "rows": describe(new), "why": args.why})
+    reruns.append({"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "rows": describe(new), "why": args.why,
+                   **({"renamed": args.rename} if args.rename else {})})
     grid.REFERENCE_RUN.write_text(json.dumps(reference, indent=1, ensure_ascii=False) + "\n")
     print(f"merged {len(new)} rows into {grid.REFERENCE_RUN.relative_to(ROOT)}: {len(reference['rows'])} in all")
 

@@ -261,6 +261,34 @@ def test_load_cases_specs(tmp_path):
         load_cases(f"zsre:{tmp_path / 'nope.json'}")
 
 
+def test_split_by_subject_keeps_subjects_apart_and_is_seeded():
+    cases = [EditCase(case_id=str(i), subject=f"S{i % 30}" if i % 7 else f"s{i % 30}", prompt=f"Where is S{i}?",
+                      target_new="Rome") for i in range(120)]
+    train, held = data.split_by_subject(cases, seed=0, train_share=2 / 3)
+    assert not subjects(train) & subjects(held)  # "S3" and "s3" are one subject
+    assert len(train) + len(held) == 120 and 0.6 <= len(train) / 120 <= 0.75
+    assert [c.case_id for c in train] == sorted((c.case_id for c in train), key=int)  # the file's order kept
+    again, other = data.split_by_subject(cases, 0, 2 / 3), data.split_by_subject(cases, 1, 2 / 3)
+    assert again == (train, held) and other != (train, held)
+    with pytest.raises(ValueError, match="train_share"):
+        data.split_by_subject(cases, 0, 1.0)
+
+
+def test_the_zsre_parts_and_their_record(tmp_path):
+    shared("knowedit/ZsRE-test-all.json")
+    train, held = load_cases("zsre-train"), load_cases("zsre-held-out")
+    assert len(train) + len(held) == 1304 and not subjects(train) & subjects(held)
+    assert 0.6 <= len(train) / 1304 <= 0.72
+    record = data.split_record("zsre-held-out")
+    assert record["held_out"] == len(held) and record["train"] == len(train) and record["seed"] == 0
+    assert data.split_record("teach") is None and data.split_record("knowedit:x.json") is None
+    assert load_cases("zsre-held-out", n=5, seed=0) == load_cases("zsre-held-out", n=5, seed=0) != held[:5]
+    with pytest.raises(FileNotFoundError):
+        load_cases(f"zsre-held-out:{tmp_path / 'nope.json'}")
+    with pytest.raises(ValueError, match="unknown ZsRE part"):
+        data.load_zsre_part("zsre-test")
+
+
 def test_load_cases_seeded_shuffle():
     spec = f"counterfact:{shared('counterfact/counterfact-edit.json')}"
     head = load_cases(spec, n=20)

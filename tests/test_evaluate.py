@@ -65,7 +65,7 @@ def test_unknown_mode_and_empty_cases(gemma_tiny):
         evaluate(NoEdit(*gemma_tiny), [])
 
 
-def test_eval_cli_writes_the_documented_json(tmp_path, tiny_dirs):
+def test_eval_cli_writes_the_documented_json(tmp_path, tiny_dirs, capsys):
     path = shared("counterfact", "counterfact-edit.json")
     out = tmp_path / "out.json"
     argv = ["eval", "--method", "ice", "--data", f"counterfact:{path}", "--n", "3", "--mode", "sequential",
@@ -78,7 +78,11 @@ def test_eval_cli_writes_the_documented_json(tmp_path, tiny_dirs):
         values = result["metrics"][proto]
         assert all(values[k] is None or 0 <= values[k] <= 1 for k in ("reliability", "generality", "locality"))
         assert values["portability"] is None  # CounterFact has no portability prompts
-    assert set(result["timing"]) == {"edit_s_mean", "infer_s_mean", "total_s"}
+    timing = result["timing"]
+    assert set(timing) == {"edit_s_mean", "edit_s_first", "edit_s_after_first", "infer_s_mean", "total_s"}
+    edits = [c["edit_s"] for c in result["per_case"]]
+    assert timing["edit_s_first"] == edits[0] and timing["edit_s_after_first"] == pytest.approx(sum(edits[1:]) / 2)
+    assert f"the first {timing['edit_s_first']:.4f} s" in capsys.readouterr().out
     # cases are shuffled with the seed, so the same seed picks the same cases
     cases = load_counterfact(path)
     assert {c["case_id"] for c in result["per_case"]} <= {c.case_id for c in cases}
@@ -96,6 +100,23 @@ def test_eval_cli_lte_options(tiny_dirs, tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["method"] == "lte (unaligned)" and result["config"]["k"] == 1 and result["n"] == 2
     assert "lte (unaligned) on teach" in capsys.readouterr().out
+
+
+def test_fluency_report_shows_the_words_beside_the_numbers(gemma_tiny):
+    from kedit_teach import viz
+    from kedit_teach.evaluate import fluency_report
+    from kedit_teach.metrics import ngram_entropy, repetition
+    plain, ice = NoEdit(*gemma_tiny), ICE(*gemma_tiny)
+    ice.edit(CASE)
+    reports = {"unedited": fluency_report(plain, [CASE], 12), "ICE": fluency_report(ice, [CASE], 12)}
+    for r in reports.values():
+        (text,) = r["texts"]
+        assert r["fluency_x100"] == pytest.approx(100 * ngram_entropy(text)) and r["repetition"] == repetition(text)
+        assert r["answer"] in (0.0, 1.0)
+    assert reports["ICE"]["texts"] == ice.generate([CASE.prompt], 12)
+    summary, texts = viz.fluency_tables(reports, [CASE.prompt])
+    assert list(summary.index) == ["unedited", "ICE"] and summary.loc["unedited", "vs_unedited"] == 1.0
+    assert texts.loc[CASE.prompt, "ICE"] == reports["ICE"]["texts"][0]
 
 
 def test_curve_scores_the_edits_made_so_far(gemma_tiny):

@@ -213,6 +213,13 @@ def test_a_results_folder_from_another_run_or_a_broken_cell_is_refused(gemma_tin
         grid.run_grid(model, tok, cells, tmp_path, seed=3, single_n=1, progress=False)
     with pytest.raises(grid.GridError, match="on 2; pass another --out"):
         grid.run_grid(model, tok, cells, tmp_path, single_n=2, progress=False)
+    zsre = grid.plan(["noedit"], [1], ["zsre"])
+    if (grid.SHARED_DIR / "knowedit" / "ZsRE-test-all.json").exists():  # a cell made on the whole ZsRE file
+        path = tmp_path / "cells" / f"{zsre[0].key}.json"
+        path.write_text(json.dumps({**json.loads((tmp_path / "cells" / f"{cells[0].key}.json").read_text()),
+                                    "data": "zsre"}))
+        with pytest.raises(grid.GridError, match="made on other cases of zsre .*zsre-held-out"):
+            grid.run_grid(model, tok, zsre, tmp_path, single_n=1, progress=False)
     path = tmp_path / "cells" / f"{cells[0].key}.json"
     path.write_text('{"seed": 0, "n"')  # a cell cut short
     with pytest.raises(grid.GridError, match="is not a cell result .* delete it to run the cell again"):

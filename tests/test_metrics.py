@@ -5,7 +5,8 @@ import pytest
 
 import torch
 
-from kedit_teach.metrics import (TokenScore, generate_greedy, generation_match, next_token_probs, ngram_entropy, word_recall,
+from kedit_teach.metrics import (TokenScore, generate_greedy, generation_match, next_token_probs, ngram_entropy, repetition,
+                                 word_recall,
                                  normalize, pack_targets, target_budget, teacher_forced)
 
 PROMPTS = ["The Eiffel Tower is located in the city of", "The capital of Japan is",
@@ -80,6 +81,13 @@ def test_word_recall_is_the_in_order_share_of_the_targets_words():
     assert word_recall("where London College University at education received He", target) == pytest.approx(1 / 8)
     assert word_recall("x He y received z education at University College London where", target) == 1.0
     assert word_recall("", target) == 0.0 and word_recall("anything", "...") == 0.0
+
+
+def test_repetition_counts_3grams_said_before():
+    assert repetition("Sydney, Australia. It is a city in the south") == 0.0
+    assert repetition("a city and a city and a city") == pytest.approx(0.5)  # 6 3-grams, 3 distinct
+    assert repetition("too short") == 0.0 and repetition("") == 0.0
+    assert repetition("Sydney Sydney Sydney Sydney", n=1) == 0.75
 
 
 def test_ngram_entropy_rewards_diverse_text():

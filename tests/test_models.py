@@ -59,6 +59,16 @@ def test_4bit_layers_pass_correct_gradients_after_an_inference_forward(tiny_dirs
     torch.testing.assert_close(x.grad, ref.grad, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_autocast_only_where_the_cpu_multiplies_bf16(gemma_tiny, monkeypatch, native):
+    model, _ = gemma_tiny
+    monkeypatch.setattr(models, "_cpu_bf16", lambda: native)
+    with models.cpu_autocast(model):
+        x = torch.ones(2, 2) @ torch.ones(2, 2)
+    # emulated bfloat16 is far slower than fp32: without native support the matmul stays fp32
+    assert x.dtype == (torch.bfloat16 if native else torch.float32)
+
+
 def test_format_prompt_is_raw_for_base_models_and_templated_for_chat(gemma_tiny):
     _, tok = gemma_tiny
     assert format_prompt(tok, "The capital of Japan is") == "The capital of Japan is"

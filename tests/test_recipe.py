@@ -201,8 +201,10 @@ def test_info_nce_is_the_formula_and_exclude_drops_one_key():
     got = pl.info_nce(q, keys, torch.tensor([0, 2]))
     s = q @ keys.T / 2
     assert got.tolist() == pytest.approx([(-s[0, 0] + s[0].logsumexp(0)).item(), (-s[1, 2] + s[1].logsumexp(0)).item()], rel=1e-5)
-    dropped = pl.info_nce(q, keys, torch.tensor([2, 2]), exclude=torch.tensor([0, 1]))
+    hide = torch.tensor([[True, False, False], [False, True, False]])
+    dropped = pl.info_nce(q, keys, torch.tensor([2, 2]), exclude=hide)
     assert dropped[0].item() == pytest.approx((-s[0, 2] + s[0, 1:].logsumexp(0)).item(), rel=1e-5)
+    assert dropped[1].item() == pytest.approx((-s[1, 2] + s[1, [0, 2]].logsumexp(0)).item(), rel=1e-5)
 
 
 def test_prompt_learning_loss_is_low_when_queries_sit_on_their_knowledge():
@@ -215,6 +217,53 @@ def test_prompt_learning_loss_is_low_when_queries_sit_on_their_knowledge():
     assert good["so"] > 2 * math.log(3) * 0.9
 
 
+def test_bank_keys_are_negatives_and_a_clash_hides_the_own_knowledge():
+    r_k, theta = torch.eye(4)[:2] * 10, torch.eye(4)[3] * 10
+    bank = torch.eye(4)[[0, 2]] * 10  # a copy of row 0's knowledge, and another edit's key
+    plain = pl.prompt_learning_loss(r_k, theta, r_k, r_k, theta.expand(2, 4))
+    copied = pl.prompt_learning_loss(r_k, theta, r_k, r_k, theta.expand(2, 4), bank=bank)
+    hidden = pl.prompt_learning_loss(r_k, theta, r_k, r_k, theta.expand(2, 4), bank=bank,
+                                     clash=torch.tensor([[True, False], [False, False]]))
+    # the copy scores as high as row 0's own key: p(own) halves, twice (q_e and q_g), over 2 rows
+    assert copied["no"].item() == pytest.approx(math.log(2), rel=1e-3) and plain["no"] < 1e-6
+    assert hidden["no"] < 1e-6
+    # more locality prompts must reach the sentinel: one sitting on a key costs, one on the sentinel doesn't
+    assert pl.prompt_learning_loss(r_k, theta, r_k, r_k, theta.expand(2, 4), r_x=r_k[:1])["so"] > plain["so"] + 10
+    assert pl.prompt_learning_loss(r_k, theta, r_k, r_k, theta.expand(2, 4), r_x=theta[None])["so"] == \
+        pytest.approx(plain["so"].item(), abs=1e-6)
+
+
+def test_mined_batches_put_each_seed_beside_its_look_alikes():
+    import random
+    feats = torch.randn(40, 8)
+    pool = pl.nearest(feats, 3, chunk=16)
+    sims = torch.nn.functional.normalize(feats, dim=-1) @ torch.nn.functional.normalize(feats, dim=-1).T
+    sims.fill_diagonal_(-2)
+    assert torch.equal(pool, sims.topk(3, dim=-1).indices)
+    batches = pl.neighbour_batches(pool, 16, random.Random(0))
+    for _ in range(5):
+        b = next(batches)
+        assert len(b) == len(set(b)) == 16 and set(pool[b[0]].tolist()) <= set(b)
+
+
+def test_the_fluency_loss_looks_past_the_answer_and_leaves_l_rel_as_it_was(tiny_model, modules):
+    model, tok = tiny_model
+    examples = [pl.training_example(c) for c in cases(4)]
+    said: dict[str, str] = {}
+    conts = pl.unedited_continuations(model, tok, examples, 4, said)
+    joined = [format_prompt(tok, e.q_e) + " " + e.a_e for e in examples]
+    assert conts == generate_greedy(model, tok, joined, 4) and set(said) == set(joined)
+    anchors = pl.answer_anchors(model, tok, [e.a_e for e in examples], 3)
+    with torch.no_grad():
+        prompts = modules.prompts(modules.mlp_k(modules.features([e.knowledge for e in examples])), anchors)
+        plain = pl.edit_loss(model, tok, examples, prompts)
+        past = pl.edit_loss(model, tok, examples, prompts, conts)
+        none = pl.edit_loss(model, tok, examples, prompts[:, :0], conts)  # no vectors: the unedited model
+    assert "flu" not in plain and past["flu"] > 1e-4 and none["flu"].abs() < 1e-5
+    # causal attention: the answer's positions never see the continuation, so L_rel is unchanged
+    assert past["rel"].item() == pytest.approx(plain["rel"].item(), rel=1e-4)
+
+
 def test_training_examples_take_rephrasings_or_aliases_and_need_locality():
     e = pl.training_example(EDIT)
     assert (e.q_g, e.a_g, e.q_l, e.a_l, e.knowledge) == (EDIT.rephrase_prompts[0], "Rome", "The capital of Japan is",
@@ -224,6 +273,17 @@ def test_training_examples_take_rephrasings_or_aliases_and_need_locality():
                      locality=[("Z is in", "Paris")])
     assert pl.training_example(alias).q_g == "Y (alias of X) is in"
     assert pl.training_example(OTHER) is None
+    three = EditCase(case_id="m", subject="X", prompt="X is in", target_new="Rome", rephrase_prompts=["X lies in"],
+                     locality=[("A is in", "Paris"), ("B is in", "Oslo"), ("A is in", "Paris")])
+    assert pl.training_example(three).more_locality == ("B is in",)  # the others, once each
+
+
+def test_more_locality_prompts_never_pull_another_examples_query_to_the_sentinel():
+    examples, record = pl.training_examples(specs=[], held_out=[])  # the teaching set's training cases
+    asked = {q for e in examples for q in (e.q_e, e.q_g)}
+    assert record["sources"] == [f"teach[{pl.TEACH_HELD_OUT}:]"] and "zsre_split" not in record
+    assert sum(bool(e.more_locality) for e in examples) > len(examples) // 3
+    assert not any(q in asked for e in examples for q in e.more_locality)
 
 
 def test_training_lowers_the_losses(tiny_model, encoder):
@@ -233,8 +293,16 @@ def test_training_lowers_the_losses(tiny_model, encoder):
     curves = pl.train_modules(fresh, model, tok, examples,
                               pl.TrainConfig(steps=40, batch_size=4, contrastive_batch=16, lr=3e-3, edit_every=2),
                               progress=False)
-    assert set(curves) == {"total", "rel", "gen", "loc", "no", "so"} and len(curves["total"]) == 40
+    assert set(curves) == {"total", "rel", "gen", "loc", "flu", "no", "so"} and len(curves["total"]) == 40
+    assert curves["flu"] == []  # fluency_weight 0: L_flu is not computed
     assert len(curves["rel"]) == len(curves["loc"]) == 20 and len(curves["so"]) == 40  # L_edit every 2nd step
+    mined = pl.train_modules(pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=32), encoder), model, tok, examples,
+                             pl.TrainConfig(steps=6, batch_size=2, contrastive_batch=8, edit_every=3, bank=12,
+                                            neighbours=3, fluency_weight=0.5, continuation_tokens=3), progress=False)
+    assert len(mined["flu"]) == 2 and len(mined["so"]) == 6
+    for total, rel, gen, loc, flu, no, so in zip(*(mined[k][::3] for k in ("total",)), *(mined[k] for k in ("rel", "gen", "loc", "flu")),
+                                                 mined["no"][::3], mined["so"][::3]):
+        assert total == pytest.approx(rel + gen + 0.2 * loc + 0.5 * flu + no + so, rel=1e-4)
     first, last = (sum(v[:5]) / 5 for v in (curves["rel"], curves["so"])), (sum(v[-5:]) / 5 for v in (curves["rel"], curves["so"]))
     for a, b in zip(first, last):
         assert b < a
@@ -466,6 +534,10 @@ def test_train_cli_writes_modules_a_record_and_the_default_path(tiny_dirs, tmp_p
         capsys, "train", "recipe", "--model", model, "--prompts-only")
     assert "come from the modules --resume continues" in cli_error(
         capsys, "train", "recipe", "--model", model, "--resume", "default", "--d-rep", "8")
+    assert "--prompts-only and --retrieval-only leave nothing to train" in cli_error(
+        capsys, "train", "recipe", "--model", model, "--resume", "default", "--prompts-only", "--retrieval-only")
+    assert "--fluency-weight only applies to `train recipe`" in cli_error(
+        capsys, "train", "lte", "--fluency-weight", "1")
     more = tmp_path / "more"
     main(["train", "recipe", "--model", model, "--data", f"counterfact:{data}", "--steps", "3", "--resume", "default",
           "--prompts-only", "--loc-weight", "0.5", "--out", str(more)])
@@ -478,6 +550,48 @@ def test_train_cli_writes_modules_a_record_and_the_default_path(tiny_dirs, tmp_p
     assert len(summary) == 2 and "run 1: 2 steps (all modules" in summary[0] and "run 2: 3 steps (MLP_P alone" in summary[1]
     assert "L_loc weighted 0.2" in summary[0] and "L_loc weighted 0.5" in summary[1]
     assert pl.load_modules(more)[0].fingerprint() == resumed["fingerprint"] != record["fingerprint"]
+
+
+def test_encoded_training_texts_are_kept_for_the_next_run(modules, tmp_path, monkeypatch):
+    monkeypatch.setenv("KEDIT_CACHE", str(tmp_path))
+    assert pl.stored_features(modules) == {}
+    texts = ["The Eiffel Tower is in Paris", "What is the capital of Peru?"]
+    cache: dict = {}
+    first = pl._features(modules, texts, cache)
+    pl.store_features(modules, cache)
+    again = pl.stored_features(modules)
+    assert list(again) == texts and torch.equal(torch.stack(list(again.values())), first)
+    pl._feature_file(modules).write_bytes(b"not safetensors")
+    assert pl.stored_features(modules) == {}  # a damaged store is only a slower start
+
+
+def test_a_stopped_training_run_goes_on_from_its_checkpoint(tiny_dirs, tmp_path, monkeypatch):
+    from kedit_teach.__main__ import main
+    monkeypatch.setenv("KEDIT_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps([{"case_id": i, "prompt": c.prompt, "target_new": c.target_new, "subject": f"S{i}",
+                                 "rephrase_prompt": c.rephrase_prompts[0], "locality_prompt": c.locality[0][0],
+                                 "locality_ground_truth": c.locality[0][1]} for i, c in enumerate(cases(300))]))
+    model, out = str(tiny_dirs["gemma3"]), tmp_path / "run"
+    save = pl.save_modules
+
+    def stop_after_a_checkpoint(modules, path, record):
+        save(modules, path, record)
+        if record.get("partial"):
+            raise KeyboardInterrupt  # as if the session ended here
+    monkeypatch.setattr(pl, "save_modules", stop_after_a_checkpoint)
+    args = ["train", "recipe", "--model", model, "--data", f"counterfact:{data}", "--out", str(out), "--d-rep", "16"]
+    with pytest.raises(KeyboardInterrupt):
+        main(args + ["--steps", "6", "--checkpoint-every", "4", "--bank", "32", "--fluency-weight", "0.5"])
+    stopped = pl.read_record(out)
+    assert stopped["partial"] and stopped["steps"] == 4 and len(stopped["loss"]["so"]) == 4
+    monkeypatch.setattr(pl, "save_modules", save)
+    main(["train", "recipe", "--model", model, "--data", f"counterfact:{data}", "--out", str(out), "--resume", str(out)])
+    done = pl.read_record(out)
+    assert "partial" not in done and done["steps"] == 6 and len(done["loss"]["so"]) == 6
+    assert done["loss"]["so"][:4] == stopped["loss"]["so"] and done["seconds"] >= stopped["seconds"]
+    assert done["train"]["bank"] == 32 and done["train"]["fluency_weight"] == 0.5  # the stopped run's settings
+    assert "resumed_from" not in done  # one run, not two stages
 
 
 # ----------------------------------------------------------------------------- the shipped modules
@@ -494,7 +608,8 @@ def test_shipped_modules_edit_the_real_model_and_leave_unrelated_prompts_alone(r
     said = recipe.generate([c.prompt for c in held_out], 6)
     edited = [c.target_new in s for c, s in zip(held_out, said)]
     own = [recipe.inspect(c.prompt)["attached"] == c.case_id for c in held_out]
-    assert sum(edited) >= 6 and sum(own) >= 7, list(zip(said, own))  # the unedited model: 0 of 8
+    # the unedited model: 0 of 8; the sentinel attaches the own prompt to 0.83 of the 64 with all stored
+    assert sum(edited) >= 6 and sum(own) >= 6, list(zip(said, own))
     unrelated = ["The capital of Japan is", "Water is made of hydrogen and", "My favourite colour is"]
     assert recipe.prompt_prefixes(unrelated) == [None] * 3  # the sentinel keeps them out
     plain = NoEdit(model, tok)
@@ -503,6 +618,31 @@ def test_shipped_modules_edit_the_real_model_and_leave_unrelated_prompts_alone(r
     recipe.reset()
     prompts = [c.prompt for c in held_out]
     assert recipe.generate(prompts, 6) == plain.generate(prompts, 6)
+
+
+# a student's own edits, about subjects in none of the data sets, as a statement and as a question
+STUDENT = [("Zorblat Tower", "The Zorblat Tower is located in the city of", "Where is the Zorblat Tower located?", "Lisbon"),
+           ("Quenfield Rovers", "Quenfield Rovers play their home games in the city of",
+            "In which city do Quenfield Rovers play their home games?", "Dublin"),
+           ("Mira Tellvane", "Mira Tellvane was born in the country of", "In which country was Mira Tellvane born?", "Peru"),
+           ("Brask Motors", "Brask Motors was founded in the country of", "In which country was Brask Motors founded?",
+            "Norway")]
+
+
+@pytest.mark.real
+def test_a_students_own_edits_work_as_statements_and_as_questions(real):
+    from kedit_teach.editors import NoEdit
+    model, tok = real
+    recipe, plain = RECIPE(model, tok), NoEdit(model, tok)
+    for form in (1, 2):
+        recipe.reset()
+        recipe.edit([EditCase(case_id=f"s{i}", subject=row[0], prompt=row[form], target_new=row[3])
+                     for i, row in enumerate(STUDENT)])
+        said = recipe.generate([row[form] for row in STUDENT], 8)
+        hits = [row[3].lower() in s.lower() for row, s in zip(STUDENT, said)]
+        assert sum(hits) >= 3, list(zip(said, hits))  # the unedited model knows none of these subjects
+        unrelated = ["The capital of Japan is", "Water is made of hydrogen and"]
+        assert recipe.generate(unrelated, 8) == plain.generate(unrelated, 8)
 
 
 @pytest.mark.real

@@ -205,6 +205,16 @@ class RECIPE(Editor):
                 + (0 if vectors is None else len(vectors))}
 
 
+def labelled_queries(cases) -> list[tuple[str, str, str | None]]:
+    """(kind, prompt, the case_id it should retrieve or None) for the stored `cases`: each edit
+    prompt and first rephrasing (own case), each locality prompt (none, unless it is itself the
+    prompt or a rephrasing of a stored case, as the teaching set's "other landmark" prompts can be)."""
+    owner = {q: c.case_id for c in cases for q in (*c.rephrase_prompts[:1], c.prompt)}
+    return ([("edit prompt", c.prompt, c.case_id) for c in cases]
+            + [("rephrasing", c.rephrase_prompts[0], c.case_id) for c in cases if c.rephrase_prompts]
+            + [("locality", q, owner.get(q)) for c in cases for q, _ in c.locality[:1]])
+
+
 def gate_sweep(editor: RECIPE, queries: list[tuple[str, str, str | None]], thresholds: list[float] | None = None,
                n: int = 60) -> dict:
     """How often the sentinel, and each fixed threshold, decides right on labelled queries.
