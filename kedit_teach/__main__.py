@@ -188,8 +188,7 @@ def train_recipe(args) -> int:
                                    ("bank", args.bank), ("neighbours", args.neighbours),
                                    ("fluency_weight", args.fluency_weight), ("steps", args.steps)) if v is not None}
         cfg = pl.TrainConfig(batch_size=args.batch_size, prompt_learning=not args.prompts_only, seed=args.seed,
-                             edit_loss=not args.retrieval_only,
-                             **{**pl.SHIPPED_RECIPE, **given})
+                             edit_loss=not args.retrieval_only, **given)
     out = Path(args.out or pl.trained_path(args.model))
     begun = time.perf_counter() - earlier  # the record counts the stopped part's time too
 
@@ -199,12 +198,13 @@ def train_recipe(args) -> int:
         return {**r, "partial": True} if partial else r
 
     features = pl.stored_features(modules)  # f_rm's features of texts an earlier run encoded
-    known = [len(features)]
+    known = len(features)
 
     def keep_features() -> None:
-        if len(features) > known[0]:
+        nonlocal known
+        if len(features) > known:
             pl.store_features(modules, features)
-            known[0] = len(features)
+            known = len(features)
 
     def checkpoint(step: int, curves: dict) -> None:
         keep_features()

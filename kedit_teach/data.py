@@ -27,6 +27,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import warnings
+from collections import Counter
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -387,17 +388,14 @@ def split_by_subject(cases: list[EditCase], seed: int, train_share: float) -> tu
         raise ValueError(f"train_share={train_share} must lie strictly between 0 and 1")
     names = sorted(subjects(cases))
     random.Random(seed).shuffle(names)
-    count: dict[str, int] = {}
-    for c in cases:
-        key = c.subject.strip().lower()
-        count[key] = count.get(key, 0) + 1
+    count = Counter(subject_key(c) for c in cases)
     train, total = set(), 0
     for name in names:
         if total >= train_share * len(cases):
             break
         train.add(name)
         total += count[name]
-    inside = [c.subject.strip().lower() in train for c in cases]
+    inside = [subject_key(c) in train for c in cases]
     return [c for c, t in zip(cases, inside) if t], [c for c, t in zip(cases, inside) if not t]
 
 
@@ -409,12 +407,16 @@ def zsre_file(path: str | Path | None = None) -> Path:
     return Path(path) if path else local_or_fetch(ZSRE_FILE, "knowedit-zsre")
 
 
+def _zsre_parts(path: str | Path | None) -> tuple[list[EditCase], list[EditCase]]:
+    return split_by_subject(load_knowedit(zsre_file(path)), **ZSRE_SPLIT)
+
+
 def load_zsre_part(part: str, path: str | Path | None = None) -> list[EditCase]:
     """One part of KnowEdit ZsRE under ZSRE_SPLIT: "zsre-train" (RECIPE's question-form training
     data) or "zsre-held-out" (every ZsRE number the course shows)."""
     if part not in ZSRE_PARTS:
         raise DataError(f"unknown ZsRE part {part!r}; use one of {', '.join(ZSRE_PARTS)}")
-    train, held_out = split_by_subject(load_knowedit(zsre_file(path)), **ZSRE_SPLIT)
+    train, held_out = _zsre_parts(path)
     return train if part == "zsre-train" else held_out
 
 
@@ -425,7 +427,7 @@ def split_record(spec: str) -> dict | None:
     part, _, path = spec.partition(":")
     if part not in ZSRE_PARTS:
         return None
-    train, held_out = split_by_subject(load_knowedit(zsre_file(path or None)), **ZSRE_SPLIT)
+    train, held_out = _zsre_parts(path or None)
     ids = hashlib.sha256("\n".join(c.case_id for c in held_out).encode()).hexdigest()[:12]
     return {"part": part, "file": ZSRE_FILE, **ZSRE_SPLIT, "by": "subject", "train": len(train),
             "held_out": len(held_out), "held_out_ids_sha256": ids}
@@ -473,9 +475,14 @@ def load_cases(spec: str, n: int | None = None, seed: int | None = None) -> list
 # keeping train and evaluation subjects apart
 
 
+def subject_key(case: EditCase) -> str:
+    """The subject as compared across data sets: case and surrounding spaces folded."""
+    return case.subject.strip().lower()
+
+
 def subjects(cases: Iterable[EditCase]) -> set[str]:
     """Normalised subjects; empty ones are left out because they name nothing."""
-    return {c.subject.strip().lower() for c in cases if c.subject.strip()}
+    return {subject_key(c) for c in cases if c.subject.strip()}
 
 
 def disjoint_subjects(train: Iterable[EditCase], held_out: Iterable[EditCase]) -> list[EditCase]:
@@ -485,7 +492,7 @@ def disjoint_subjects(train: Iterable[EditCase], held_out: Iterable[EditCase]) -
     an empty subject cannot be matched and are kept.
     """
     seen = subjects(held_out)
-    return [c for c in train if c.subject.strip().lower() not in seen]
+    return [c for c in train if subject_key(c) not in seen]
 
 # -----------------------------------------------------------------------------
 # downloading

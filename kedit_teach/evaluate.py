@@ -143,7 +143,7 @@ def fluency_report(editor, cases: list[EditCase], max_new_tokens: int = 60) -> d
     and the texts themselves, so a table can show the words beside the numbers."""
     texts = fluency_texts(editor, cases, max_new_tokens)
     n = max(len(texts), 1)
-    return {"fluency_x100": 100 * sum(map(ngram_entropy, texts)) / n, "repetition": sum(map(repetition, texts)) / n,
+    return {"fluency_x100": fluency(texts)["x100"], "repetition": sum(map(repetition, texts)) / n,
             "answer": sum(generation_match(t, c.target_new) for t, c in zip(texts, cases)) / n, "texts": texts}
 
 

@@ -558,10 +558,6 @@ class TrainConfig:
     continuation_tokens: int = 8  # how far past the answer L_flu looks
 
 
-# What `train recipe` does unless told otherwise: the settings of the shipped modules' run.
-SHIPPED_RECIPE = {"steps": 2000}
-
-
 def _features(modules: RecipeModules, texts: list[str], cache: dict[str, torch.Tensor], batch: int = 256) -> torch.Tensor:
     """f_rm features, cached per text when the encoder is frozen (computed once, with a progress bar)."""
     if modules.config.finetune_encoder:
