@@ -5,12 +5,13 @@
     python -m benchmarks.bench_recipe sentinel  decision accuracy with CounterFact's 1,000, ZsRE's held-out
                                                 part and the held-out teaching cases stored: own knowledge for
                                                 edit prompts and rephrasings, nothing for locality prompts
+                                                ([--methods recipe serac]: SERAC's scope classifier beside it)
     python -m benchmarks.bench_recipe options   [--steps 3000]  the sentinel's rates after retrieval-only
                                                 training with a memory bank, mined neighbours, more locality
                                                 prompts, all three, or none
     python -m benchmarks.bench_recipe fluency   generations with every edit stored: fluency, repetition, the
                                                 new answer said, against the unedited model and ICE
-    python -m benchmarks.bench_recipe compare   [--n 100] [--methods recipe lte grace] [--data ... teach]
+    python -m benchmarks.bench_recipe compare   [--n 100] [--methods recipe lte grace serac] [--data ... teach]
                                                 sequential CounterFact edits (and ZsRE's held-out part with
                                                 portability; the held-out teaching cases), all protocols
     python -m benchmarks.bench_recipe ablation  [--n 100]  Table 4's rows: without the sentinel, the
@@ -120,18 +121,32 @@ def _sentinel_rates(editor, data: list[str], stored: int | None = None) -> dict:
 
 
 def sentinel(args) -> None:
+    """RECIPE's sentinel, and SERAC's scope classifier beside it (--methods recipe serac), decide on
+    the same queries with the same edits stored."""
+    from kedit_teach.editors.serac import SERAC
     from kedit_teach.models import load_model
-    recipe = _recipe(*load_model(), modules=args.modules)
-    sweeps = _sentinel_rates(recipe, args.data, args.stored)
+    model, tok = load_model()
+    make = {"recipe": lambda: _recipe(model, tok, modules=args.modules),
+            "serac": lambda: SERAC(model, tok, classifier=args.classifier)}
+    results = {}
+    for method in args.methods:
+        results[method] = _sentinel_rates(make[method](), args.data, args.stored)
+        _print_decisions(results[method], "sentinel" if method == "recipe" else "SERAC's classifier (p > 0.5)")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "sentinel.json").write_text(json.dumps(results["recipe"] if args.methods == ["recipe"] else results, indent=1))
+
+
+def _print_decisions(sweeps: dict, rule: str) -> None:
     for name, sweep in sweeps.items():
         best = sweep["best"]
         print(f"{name}, {sweep['stored']} edits stored: decisions (edit prompt / rephrasing / locality right)")
-        print("  sentinel:              " + "  ".join(f"{k} {v:.3f}" for k, v in sweep["sentinel"].items()))
+        print(f"  {rule + ':':22s} " + "  ".join(f"{k} {v:.3f}" for k, v in sweep["sentinel"].items()))
         print(f"  best fixed t = {best['threshold']:5.2f}:   " + "  ".join(f"{k} {best[k]:.3f}" for k in sweep["kinds"]))
         print("  the sentinel's errors: " + "  ".join(
-            f"{k}: {e['other']} another's prompt, {e['none']} none" for k, e in sweep["errors"].items()))
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "sentinel.json").write_text(json.dumps(sweeps, indent=1))
+            f"{k}: {e['other']} another's prompt ({e['same answer']} with the same answer), {e['none']} none"
+            for k, e in sweep["errors"].items()))
+        print("  the right answer's prompt (own, or another edit with the same answer): "
+              + "  ".join(f"{k} {v:.3f}" for k, v in sweep["answer"].items()))
 
 
 def options(args) -> None:
@@ -209,8 +224,10 @@ def _editors(model, tok, methods: list[str]) -> dict:
     from kedit_teach.editors import GRACE, LTE
     from kedit_teach.memory import VectorMemory
     from kedit_teach.models import load_encoder
+    from kedit_teach.editors.serac import SERAC
     make = {"recipe": lambda: _recipe(model, tok), "lte": lambda: LTE(model, tok, VectorMemory(load_encoder())),
-            "grace": lambda: GRACE(model, tok)}
+            "grace": lambda: GRACE(model, tok), "serac": lambda: SERAC(model, tok),  # LTE's adapter reads the edit
+            "serac-prompt": lambda: SERAC(model, tok, counterfactual="prompt")}
     return {m: make[m]() for m in methods}
 
 
@@ -259,14 +276,12 @@ def encoder(args) -> None:
     sentinel's decisions with 1,000 CounterFact edits stored."""
     from kedit_teach import prompt_learning as pl
     from kedit_teach.data import load_counterfact
-    from kedit_teach.editors.recipe import gate_sweep
+    from kedit_teach.editors.recipe import gate_sweep, labelled_queries
     from kedit_teach.models import load_model
     model, tok = load_model()
     examples, _ = pl.training_examples(n=args.examples)
     cases = load_counterfact(COUNTERFACT, n=1000)
-    queries = ([("edit prompt", c.prompt, c.case_id) for c in cases]
-               + [("rephrasing", c.rephrase_prompts[0], c.case_id) for c in cases]
-               + [("locality", c.locality[0][0], None) for c in cases])
+    queries = labelled_queries(cases)
     print(f"retrieval only, contrastive batch {args.batch}, {len(examples)} training examples; "
           "decisions with 1000 stored edits")
     rows = [(f, d, s) for d in args.widths for f in (False, True)
@@ -294,6 +309,8 @@ def main() -> None:
     s.add_argument("--stored", type=int, default=None, help="edits stored (default: CounterFact 1,000, ZsRE's held-out part, teach 64)")
     s.add_argument("--data", nargs="+", default=list(SENTINEL_DATA), choices=list(SENTINEL_DATA))
     s.add_argument("--modules", default="default", help="a modules folder (default: the ones RECIPE loads)")
+    s.add_argument("--methods", nargs="+", default=["recipe"], choices=["recipe", "serac"])
+    s.add_argument("--classifier", default="default", help="serac: a classifier folder (default: the one SERAC loads)")
     s.set_defaults(fn=sentinel)
     o = sub.add_parser("options")
     o.add_argument("--steps", type=int, default=3000)
@@ -311,7 +328,8 @@ def main() -> None:
     f.set_defaults(fn=fluency)
     c = sub.add_parser("compare")
     c.add_argument("--n", type=int, default=100)
-    c.add_argument("--methods", nargs="+", default=["recipe", "lte", "grace"])
+    c.add_argument("--methods", nargs="+", default=["recipe", "lte", "grace"],
+                   choices=["recipe", "lte", "grace", "serac", "serac-prompt"])
     c.add_argument("--data", nargs="+", default=["counterfact", "zsre"], choices=["counterfact", "zsre", "teach"])
     c.set_defaults(fn=compare)
     a = sub.add_parser("ablation")

@@ -120,16 +120,18 @@ def summary_table(result: dict) -> str:
 
 
 def cmd_train(args) -> int:
-    only = {"lte": {f"--no-{f}": getattr(args, f"no_{f.replace('-', '_')}") for f in ("threefold", "in-scope", "out-of-scope", "free-text")},
-            "recipe": {"--d-rep": args.d_rep is not None, "--finetune-encoder": args.finetune_encoder,
-                       "--resume": args.resume is not None, "--prompts-only": args.prompts_only,
-                       "--prompt-lr": args.prompt_lr is not None, "--loc-weight": args.loc_weight is not None,
-                       "--retrieval-only": args.retrieval_only, "--bank": args.bank is not None,
-                       "--neighbours": args.neighbours is not None, "--fluency-weight": args.fluency_weight is not None}}
-    for what, flags in only.items():
-        if args.what != what and any(flags.values()):
-            raise UsageError(f"{', '.join(k for k, v in flags.items() if v)} only applies to `train {what}`")
-    return {"lte": train_lte, "recipe": train_recipe}[args.what](args)
+    lte_flags = ("threefold", "in-scope", "out-of-scope", "free-text")
+    given = {**{f"--no-{f}": (getattr(args, f"no_{f.replace('-', '_')}"), ("lte",)) for f in lte_flags},
+             **{f"--{f.replace('_', '-')}": (getattr(args, f) not in (None, False), ("recipe",))
+                for f in ("d_rep", "finetune_encoder", "prompts_only", "prompt_lr", "loc_weight", "retrieval_only", "bank",
+                          "neighbours", "fluency_weight", "query_layers", "queries_only")},
+             "--resume": (args.resume is not None, ("recipe", "serac")),
+             "--encoder-lr": (args.encoder_lr is not None, ("recipe", "serac"))}
+    wrong = {flag: whats for flag, (on, whats) in given.items() if on and args.what not in whats}
+    if wrong:
+        whats = next(iter(wrong.values()))
+        raise UsageError(f"{', '.join(wrong)} only applies to " + " and ".join(f"`train {w}`" for w in whats))
+    return {"lte": train_lte, "recipe": train_recipe, "serac": train_serac}[args.what](args)
 
 
 def train_lte(args) -> int:
@@ -143,7 +145,7 @@ def train_lte(args) -> int:
     data = alignment.AlignmentConfig(threefold=not args.no_threefold, in_scope=not args.no_in_scope,
                                      out_of_scope=not args.no_out_of_scope, free_text=not args.no_free_text,
                                      seed=args.seed)
-    train = alignment.TrainConfig(steps=args.steps or alignment.TrainConfig.steps, batch_size=args.batch_size,
+    train = alignment.TrainConfig(steps=args.steps or alignment.TrainConfig.steps, batch_size=args.batch_size or 8,
                                   lr=args.lr or alignment.TrainConfig.lr, seed=args.seed)
     out = args.out or alignment.trained_adapter(args.model)
     record = LTE(model, tok, adapter=None).train_alignment(
@@ -165,8 +167,11 @@ def train_recipe(args) -> int:
 
     if args.resume and (args.d_rep is not None or args.finetune_encoder):
         raise UsageError("--d-rep and --finetune-encoder come from the modules --resume continues; drop them")
-    if args.prompts_only and args.retrieval_only:
-        raise UsageError("--prompts-only and --retrieval-only leave nothing to train together; pass one")
+    if args.prompts_only and (args.retrieval_only or args.queries_only):
+        raise UsageError(f"--prompts-only and --{'queries' if args.queries_only else 'retrieval'}-only leave nothing "
+                         "to train together; pass one")
+    if args.query_layers is not None and args.finetune_encoder:
+        raise UsageError("--finetune-encoder trains all of MiniLM, --query-layers its top layers for queries: pass one")
     if args.prompts_only and not args.resume:
         raise UsageError("--prompts-only trains MLP_P on top of a trained retrieval part: add --resume default "
                          "(or a modules folder)")
@@ -180,15 +185,23 @@ def train_recipe(args) -> int:
             cfg = pl.TrainConfig(**before["train"])
             before = before.get("resumed_from")
             print(f"going on from step {start} of {cfg.steps} ({args.resume})")
+        if args.query_layers is not None and args.query_layers != modules.config.query_layers:
+            if modules.config.query_layers:
+                raise UsageError(f"these modules already have {modules.config.query_layers} query layer(s); "
+                                 "drop --query-layers or train new modules")
+            modules.add_query_layers(args.query_layers)
     else:
         modules = pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=args.d_rep or pl.ModuleConfig.d_rep,
-                                                             finetune_encoder=args.finetune_encoder))
+                                                             finetune_encoder=args.finetune_encoder,
+                                                             query_layers=args.query_layers or 0))
     if not start:
         given = {k: v for k, v in (("lr", args.lr), ("prompt_lr", args.prompt_lr), ("loc_weight", args.loc_weight),
                                    ("bank", args.bank), ("neighbours", args.neighbours),
-                                   ("fluency_weight", args.fluency_weight), ("steps", args.steps)) if v is not None}
-        cfg = pl.TrainConfig(batch_size=args.batch_size, prompt_learning=not args.prompts_only, seed=args.seed,
-                             edit_loss=not args.retrieval_only, **given)
+                                   ("fluency_weight", args.fluency_weight), ("steps", args.steps),
+                                   ("encoder_lr", args.encoder_lr)) if v is not None}
+        cfg = pl.TrainConfig(batch_size=args.batch_size or 8, prompt_learning=not args.prompts_only, seed=args.seed,
+                             edit_loss=not (args.retrieval_only or args.queries_only),
+                             queries_only=args.queries_only, **given)
     out = Path(args.out or pl.trained_path(args.model))
     begun = time.perf_counter() - earlier  # the record counts the stopped part's time too
 
@@ -219,6 +232,47 @@ def train_recipe(args) -> int:
     print(json.dumps(data, indent=1))
     print("losses, mean of the first and last", n, "steps:",
           ", ".join(f"{k} {sum(v[:n]) / n:.3f} -> {sum(v[-n:]) / n:.3f}" for k, v in curves.items() if v))
+    print(f"wrote {out}")
+    return 0
+
+
+def train_serac(args) -> int:
+    """Train (or go on training) SERAC's scope classifier, on RECIPE's training data and split; every
+    --checkpoint-every steps it is saved to --out marked partial, and --resume <out> goes on."""
+    import time
+
+    from . import prompt_learning as pl
+    from . import scope
+
+    examples, data = pl.training_examples(args.data, n=args.cases, seed=args.seed)
+    start, done, earlier = 0, {}, 0.0
+    if args.resume:
+        clf, before = scope.load_classifier(scope.default_path() if args.resume == "default" else args.resume)
+        if "partial" not in before:
+            raise UsageError(f"{args.resume} holds a finished classifier; --resume goes on with a stopped run "
+                             "(its --out folder), or drop --resume to train a new one")
+        start, done, earlier = before["steps"], before["loss"], before["seconds"]
+        cfg = scope.ScopeTrainConfig(**before["train"])
+        print(f"going on from step {start} of {cfg.steps} ({args.resume})")
+    else:
+        clf = scope.ScopeClassifier()
+        given = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                                   ("encoder_lr", args.encoder_lr)) if v is not None}
+        cfg = scope.ScopeTrainConfig(seed=args.seed, **given)
+    out = Path(args.out or scope.trained_path())
+    begun = time.perf_counter() - earlier
+
+    def save(curves: dict, partial: bool) -> None:
+        joined = {k: done.get(k, []) + v for k, v in curves.items()}
+        r = scope.make_record(clf, cfg, data, joined, time.perf_counter() - begun)
+        scope.save_classifier(clf, out, {**r, "partial": True} if partial else r)
+
+    curves = scope.train_classifier(clf, examples, cfg, start=start, every=args.checkpoint_every,
+                                    callback=lambda step, c: step < cfg.steps and save(c, partial=True))
+    save(curves, partial=False)
+    n = min(20, len(curves["loss"]))
+    print("losses, mean of the first and last", n, "steps:",
+          ", ".join(f"{k} {sum(v[:n]) / n:.3f} -> {sum(v[-n:]) / n:.3f}" for k, v in curves.items()))
     print(f"wrote {out}")
     return 0
 
@@ -345,19 +399,22 @@ def main(argv: list[str] | None = None) -> int:
                     help="store sizes for --timing (filled from CounterFact's 10,000 train records)")
     be.set_defaults(fn=cmd_bench)
 
-    tr = command("train", help="train LTE's adapter (alignment.py) or RECIPE's modules (prompt_learning.py)")
-    tr.add_argument("what", choices=["lte", "recipe"])
+    tr = command("train", help="train LTE's adapter (alignment.py), RECIPE's modules (prompt_learning.py) or "
+                               "SERAC's scope classifier (scope.py)")
+    tr.add_argument("what", choices=["lte", "recipe", "serac"])
     tr.add_argument("--model", default=DEFAULT_MODEL)
     tr.add_argument("--quant", default=None, choices=["4bit", "8bit"])
     tr.add_argument("--data", action="append", default=None,
                     help="training data spec (repeatable); default: lte: CounterFact-train + KnowEdit train_cf, "
                          "recipe: those and KnowEdit recent_train (plus the bundled cases not evaluated on)")
     tr.add_argument("--cases", type=int, default=None, help="training cases sampled from the data (lte: 1500, recipe: all)")
-    tr.add_argument("--steps", type=int, default=None, help="lte: 400, recipe: 2000")
-    tr.add_argument("--batch-size", type=int, default=8)
-    tr.add_argument("--lr", type=float, default=None, help="lte: 4e-4, recipe: 1e-3")
+    tr.add_argument("--steps", type=int, default=None, help="lte: 400, recipe: 2000, serac: 1000")
+    tr.add_argument("--batch-size", type=int, default=None,
+                    help="lte, recipe: edits through the LLM per step (8); serac: edits per step (128)")
+    tr.add_argument("--lr", type=float, default=None, help="lte: 4e-4, recipe: 1e-3, serac (scale and bias): 1e-2")
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--out", default=None, help="output folder (default: <cache>/<lte|recipe>/<model>, loaded by default from then on)")
+    tr.add_argument("--out", default=None,
+                    help="output folder (default: <cache>/<lte|recipe>/<model> or <cache>/serac/classifier, loaded by default from then on)")
     for flag in ("threefold", "in-scope", "out-of-scope", "free-text"):
         tr.add_argument(f"--no-{flag}", action="store_true", help=f"lte ablation: without {flag}")
     tr.add_argument("--d-rep", type=int, default=None, help="recipe: width of the learned representations (default 256)")
@@ -375,8 +432,14 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--neighbours", type=int, default=None, help="recipe: mined look-alike edits per seed in a batch")
     tr.add_argument("--fluency-weight", type=float, default=None,
                     help="recipe: the weight of L_flu, the KL to the unedited model past the answer (0: off)")
+    tr.add_argument("--query-layers", type=int, default=None,
+                    help="recipe: fine-tune MiniLM's top N layers for queries alone (keys and prompts keep the frozen one)")
+    tr.add_argument("--queries-only", action="store_true",
+                    help="recipe: train the query side alone (MLP_Q, the sentinel, the query layers); keys and prompts stay")
+    tr.add_argument("--encoder-lr", type=float, default=None,
+                    help="recipe: learning rate of MiniLM's trained layers (default 1e-5)")
     tr.add_argument("--checkpoint-every", type=int, default=100,
-                    help="recipe: save the modules every this many steps (a stopped run goes on with --resume <out>)")
+                    help="recipe, serac: save every this many steps (a stopped run goes on with --resume <out>)")
     tr.set_defaults(fn=cmd_train)
 
     dl = command("download", help="fetch a public benchmark file")

@@ -316,6 +316,45 @@ def save_adapter(peft_model, path: str | Path, record: dict) -> Path:
     return path
 
 
+def fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """A hash of trained weights: stored edits made with other weights are refused."""
+    import hashlib
+    h = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        h.update(name.encode())
+        h.update(tensor.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_trained(trained, path: str | Path, weights: str, record: dict) -> Path:
+    """`trained.trained_state()` as safetensors and the record as JSON (RECIPE's modules, SERAC's
+    classifier). The fingerprint is taken here, from the weights written, whatever record is passed."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = trained.trained_state()
+    save_file(state, str(path / weights))
+    (path / RECORD_FILE).write_text(json.dumps({**record, "fingerprint": fingerprint(state)}, indent=1))
+    return path
+
+
+def load_trained_state(trained, path: str | Path, weights: str, field: str, error: type[Exception], again: str) -> None:
+    """Load saved weights into `trained` (strict about names and shapes); a corrupt file or one
+    from another run than its record raises `error`, naming the file and the fix."""
+    from safetensors.torch import load_file
+    file = Path(path) / weights
+    try:
+        state = load_file(str(file))
+    except Exception as e:  # safetensors raises its own types for a corrupt header
+        raise error(f"{file} is corrupt ({e}); train {again} again") from e
+    expected = trained.trained_state()
+    bad = sorted(set(expected) ^ set(state)) or [k for k in expected if state[k].shape != expected[k].shape]
+    if bad:
+        raise error(f"{file} does not match field '{field}' of {RECORD_FILE} (first mismatch: {bad[0]}); "
+                    "the two files come from different runs, train again")
+    trained.load_state_dict(state, strict=False)
+
+
 def read_trained_record(path: str | Path, weights: str, field: str, schema: type, error: type[Exception],
                         missing_fix: str, needs: str, again: str) -> dict:
     """The JSON record beside saved trained weights (LTE's adapter, RECIPE's modules), refused with

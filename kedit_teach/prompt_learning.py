@@ -61,6 +61,10 @@ Choices, and why (each measured on CPU; the numbers are in the README's RECIPE p
 - L_flu: a prompt built on the answer's embeddings keeps pulling towards the answer after it has
   been said ("Sydney, Australia. Sydney Sydney is a city"). Past the answer, the prompted model is
   asked to predict what the unedited model predicts after the same words.
+- f_rm's top layer can be fine-tuned for the queries alone (`ModuleConfig.query_layers`,
+  `TrainConfig.queries_only`, `train recipe --query-layers 1 --queries-only`): it trains over the
+  lower layers' cached states, and keys and prompts stay. An option, off by default: from the
+  shipped modules, 300 steps halved its training losses and left the held-out sentinel where it was.
 - Further runs can train MLP_P alone (`TrainConfig.prompt_learning=False`, `train recipe --resume
   --prompts-only`): L_edit at every step, keys, queries and the sentinel untouched. The retrieval
   part has had many more steps than the prompts by then, and on held-out edits every reliability
@@ -71,13 +75,12 @@ What it does not do: store edits or run the LLM at inference (see editors/recipe
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -87,8 +90,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .alignment import read_trained_record, shuffled_batches
+from .alignment import fingerprint, load_trained_state, read_trained_record, save_trained, shuffled_batches
 from .data import ASSETS, SHARED_DIR, ZSRE_FILE, EditCase, disjoint_subjects, load_cases, load_teach, split_record
+from .encoder_layers import lower_states, top_pass
 from .errors import UsageError
 from .metrics import generate_greedy, nll, pack_targets, target_logits
 from .models import (DEFAULT_ENCODER, cache_dir, continuation, cpu_autocast, encode_pair, fast_bf16, format_prompt,
@@ -117,6 +121,7 @@ class ModuleConfig:
     answer_anchor: bool = True  # build prompts on the answer's LLM embeddings (see PromptGenerator)
     encoder_prior: bool = True  # keys and queries carry the encoder's cosine similarity (see Representation)
     prompt_norm: float = 26.0  # the norm of the LLM's (scaled) token embeddings; set by `for_model`
+    query_layers: int = 0  # f_rm's top layers fine-tuned for queries alone (see RecipeModules.query_features)
 
     @classmethod
     def for_model(cls, model, **kw) -> "ModuleConfig":
@@ -237,6 +242,8 @@ class RecipeModules(nn.Module):
         self.tokenizer, self.encoder = st.tokenizer, st[0].auto_model
         if config.finetune_encoder:  # training changes f_rm: a copy, so a shared encoder (LTE's) stays as it was
             self.encoder = copy.deepcopy(self.encoder)
+        if config.query_layers:
+            self.add_query_layers(config.query_layers)
         width = self.encoder.config.hidden_size
         torch.manual_seed(seed)
         prior = width if config.encoder_prior else 0
@@ -252,6 +259,8 @@ class RecipeModules(nn.Module):
     def train(self, mode: bool = True) -> "RecipeModules":
         super().train(mode)
         self.encoder.train(mode and self.config.finetune_encoder)  # a frozen f_rm never drops out
+        if self.config.query_layers:  # nor do the query layers: they train on cached, dropout-free inputs
+            self.query_encoder.eval()
         return self
 
     # ------------------------------------------------------------------ f_rm
@@ -264,17 +273,55 @@ class RecipeModules(nn.Module):
                              f"keep it under {ENCODER_MAX_TOKENS} (one fact or one question)")
         return enc
 
-    def features(self, texts: list[str], what: str = "text") -> torch.Tensor:
-        """f_rm(texts) pooled: [n, 3 x 384]. One batched encoder pass."""
+    def features(self, texts: list[str], what: str = "text", encoder: nn.Module | None = None) -> torch.Tensor:
+        """f_rm(texts) pooled: [n, 3 x 384]. One batched encoder pass (encoder: f_rm by default)."""
         enc = self.tokens(texts, what)
-        if self.config.finetune_encoder and torch.is_grad_enabled():
+        encoder = self.encoder if encoder is None else encoder
+        if encoder is self.encoder and self.config.finetune_encoder and torch.is_grad_enabled():
             hidden = self.encoder(**enc).last_hidden_state
         else:
             with torch.no_grad():
-                hidden = self.traced_encoder()(enc["input_ids"], enc["attention_mask"])["last_hidden_state"]
+                hidden = self.traced_encoder(encoder)(enc["input_ids"], enc["attention_mask"])["last_hidden_state"]
         return pool(hidden.float(), enc["attention_mask"])
 
-    def traced_encoder(self):
+    def add_query_layers(self, n: int) -> "RecipeModules":
+        """Give the queries their own copy of f_rm whose top n layers train (`query_features`);
+        knowledge and the sentinel keep the frozen f_rm. Trained modules can gain one (`train recipe
+        --resume ... --query-layers n`): it starts as f_rm itself, so no decision changes until it trains."""
+        layers = len(self.encoder.encoder.layer)
+        if not 0 < n <= layers:
+            raise ValueError(f"query_layers={n}: f_rm has {layers} layers; pick 1 to {layers}")
+        if self.config.finetune_encoder:
+            raise ValueError("finetune_encoder trains all of f_rm, query_layers the query side's top layers: pick one")
+        self.config = replace(self.config, query_layers=n)
+        self.query_encoder = copy.deepcopy(self.encoder).requires_grad_(False).eval()
+        self.query_top.requires_grad_(True)
+        return self
+
+    @property
+    def query_top(self) -> nn.ModuleList:
+        """The query side's trained layers (`ModuleConfig.query_layers`)."""
+        return self.query_encoder.encoder.layer[-self.config.query_layers:]
+
+    def query_features(self, texts: list[str], what: str = "query") -> torch.Tensor:
+        """f_rm features of queries: through the query side's fine-tuned top layers if the modules
+        have them, else the same f_rm as knowledge.
+
+        Why a query side of its own: fine-tuning f_rm's top layer for the queries alone trains on
+        cached lower-layer states of the training queries (a pass over one BERT layer, not six, and
+        no backward through the rest), and it leaves the keys, and the prompts MLP_P builds from
+        them, as they were: the sentinel and retrieval improve without retraining the prompts."""
+        return self.features(texts, what, self.query_encoder if self.config.query_layers else None)
+
+    def lower_states(self, texts: list[str]) -> list[torch.Tensor]:
+        """Each query's token states below the query layers, computed once per text in training."""
+        return lower_states(self.query_encoder, self.tokens(texts, "query"), self.config.query_layers)
+
+    def query_layers_pass(self, states: list[torch.Tensor], chunk: int = 64) -> torch.Tensor:
+        """Pooled features from `lower_states`, through the trained query layers (with gradients)."""
+        return top_pass(self.query_top, states, pool, chunk)
+
+    def traced_encoder(self, encoder: nn.Module | None = None):
         """f_rm as a TorchScript trace for no-grad passes, without transformers' per-call Python
         (mask building, output classes): ~40% of a one-sentence pass on CPU.
 
@@ -283,15 +330,23 @@ class RecipeModules(nn.Module):
         is a dozen tokens, so a pass mostly reads the 42 MB of fp32 layer weights (8 sentences
         cost 3.2x one); at half the bytes they fit a 32 MB cache: 6.9 -> 3.3 ms per sentence on
         2 Zen 4 cores. Pooled features keep a cosine > 0.9999 with fp32's (tested). A fine-tuned
-        f_rm changes while it trains, so its trace shares the fp32 weights instead. Traced on a
-        padded pair, so the graph keeps the attention mask; traced again in train mode (dropout
-        on) or for another encoder object."""
-        half = not self.config.finetune_encoder and fast_bf16(self.encoder)
-        key = (id(self.encoder), self.encoder.training, half)
-        if self.__dict__.get("_trace_key") != key:
-            # plain attributes, not submodules: the trace stays out of state_dict and the fingerprint
-            self.__dict__.update(_trace=trace_encoder(self.encoder, self.tokenizer, half), _trace_key=key)
-        return self.__dict__["_trace"]
+        f_rm changes while it trains, so its trace shares the fp32 weights instead; so does the
+        query side's (`query_features`). Traced on a padded pair, so the graph keeps the attention
+        mask; traced again in train mode (dropout on). encoder: f_rm (default) or the query side's."""
+        encoder = self.encoder if encoder is None else encoder
+        half = encoder is self.encoder and not self.config.finetune_encoder and fast_bf16(encoder)
+        key = (encoder.training, half)
+        # plain attributes, not submodules: the traces stay out of state_dict and the fingerprint
+        traces = self.__dict__.setdefault("_traces", {})
+        if traces.get(id(encoder), (None,))[0] != key:
+            traces[id(encoder)] = (key, trace_encoder(encoder, self.tokenizer, half))
+        return traces[id(encoder)][1]
+
+    def trace(self) -> None:
+        """Trace f_rm (and the query side's copy) now, not inside the first edit or query."""
+        self.traced_encoder()
+        if self.config.query_layers:
+            self.traced_encoder(self.query_encoder)
 
     def sentinel_features(self) -> torch.Tensor:
         """f_rm(Theta): the sentinel vectors go straight into the transformer layers, with no
@@ -332,6 +387,9 @@ class RecipeModules(nn.Module):
             {"part": "f_rm (MiniLM, " + ("fine-tuned" if c.finetune_encoder else "frozen") + ")",
              "in": "text, <= 128 tokens", "out": f"[tokens, {enc.hidden_size}] -> pooled [mean; max; min] = [{feat}]",
              "trained parameters": count(self.encoder) if c.finetune_encoder else 0},
+            *([{"part": f"f_rm's top {c.query_layers} layer(s), queries only (fine-tuned copy)",
+                 "in": f"query tokens from f_rm layer {enc.num_hidden_layers - c.query_layers}",
+                 "out": f"pooled [{feat}]", "trained parameters": count(self.query_top)}] if c.query_layers else []),
             {"part": "MLP_K (knowledge)", "in": f"[{feat}]", "out": f"r_k [{d}]{prior}", "trained parameters": count(self.mlp_k)},
             {"part": "MLP_Q (query)", "in": f"[{feat}]", "out": f"r~_q [{d}]{prior}", "trained parameters": count(self.mlp_q)},
             {"part": "MLP_P (prompt)", "in": f"r_k's MLP part [{c.d_rep}]" + (" and the answer's LLM embeddings" if c.answer_anchor else ""),
@@ -342,17 +400,19 @@ class RecipeModules(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def trained_state(self) -> dict[str, torch.Tensor]:
-        """The weights training changes (the encoder only if it was fine-tuned)."""
-        return {k: v.detach().float().contiguous().cpu() for k, v in self.state_dict().items()
-                if self.config.finetune_encoder or not k.startswith("encoder.")}
+        """The weights training changes (f_rm only if it was fine-tuned, the query side's top layers)."""
+        layers = len(self.encoder.encoder.layer)
+        top = tuple(f"query_encoder.encoder.layer.{i}." for i in range(layers - self.config.query_layers, layers))
+
+        def trained(name: str) -> bool:
+            if name.startswith("encoder."):
+                return self.config.finetune_encoder
+            return not name.startswith("query_encoder.") or name.startswith(top)
+        return {k: v.detach().float().contiguous().cpu() for k, v in self.state_dict().items() if trained(k)}
 
     def fingerprint(self) -> str:
         """A hash of the trained weights: stored edits made with other weights are refused."""
-        h = hashlib.sha256()
-        for name, tensor in sorted(self.trained_state().items()):
-            h.update(name.encode())
-            h.update(tensor.numpy().tobytes())
-        return h.hexdigest()[:16]
+        return fingerprint(self.trained_state())
 
 
 def sentinel_decision(query: torch.Tensor, keys: torch.Tensor, sentinel: torch.Tensor) -> int | None:
@@ -556,6 +616,7 @@ class TrainConfig:
     neighbours: int = 0           # hard negatives: each seed edit's h nearest (encoder cosine) in its batch
     fluency_weight: float = 0.0   # L_flu past the answer (see edit_loss); 0: not computed
     continuation_tokens: int = 8  # how far past the answer L_flu looks
+    queries_only: bool = False    # L_pl trains MLP_Q, the sentinel (and query layers); MLP_K, so keys and prompts, stay
 
 
 def _features(modules: RecipeModules, texts: list[str], cache: dict[str, torch.Tensor], batch: int = 256) -> torch.Tensor:
@@ -567,6 +628,14 @@ def _features(modules: RecipeModules, texts: list[str], cache: dict[str, torch.T
         for i in tqdm(range(0, len(todo), batch), desc="encoding texts (f_rm, once)", disable=len(todo) <= batch):
             cache.update(zip(todo[i:i + batch], modules.features(todo[i:i + batch])))
     return torch.stack([cache[t] for t in texts])
+
+
+def _lower_states(modules: RecipeModules, texts: list[str], states: dict[str, torch.Tensor], batch: int = 256) -> None:
+    """Fill `states` with the query texts' states below the query layers (once; they never change)."""
+    todo = list(dict.fromkeys(t for t in texts if t not in states))
+    for i in tqdm(range(0, len(todo), batch), desc="f_rm's lower layers over the queries (once)",
+                  disable=len(todo) <= batch):
+        states.update(zip(todo[i:i + batch], modules.lower_states(todo[i:i + batch])))
 
 
 def _feature_file(modules: RecipeModules) -> Path:
@@ -648,19 +717,29 @@ def train_modules(modules: RecipeModules, model, tokenizer, examples: list[Train
     edit_every = cfg.edit_every if cfg.prompt_learning else 1
     torch.manual_seed(cfg.seed)
     groups = [{"params": list(modules.mlp_p.parameters()), "lr": cfg.prompt_lr}]
+    kept = ("encoder", "mlp_p", "query_encoder") + (("mlp_k",) if cfg.queries_only else ())
     if cfg.prompt_learning:
-        groups.append({"params": [p for n, p in modules.named_parameters()
-                                  if n.split(".")[0] not in ("encoder", "mlp_p")], "lr": cfg.lr})
+        groups.append({"params": [p for n, p in modules.named_parameters() if n.split(".")[0] not in kept], "lr": cfg.lr})
     if modules.config.finetune_encoder and cfg.prompt_learning:
         groups.append({"params": list(modules.encoder.parameters()), "lr": cfg.encoder_lr})
+    if modules.config.query_layers and cfg.prompt_learning:
+        groups.append({"params": list(modules.query_top.parameters()), "lr": cfg.encoder_lr})
     opt = torch.optim.Adam(groups)
     # linear decay to zero: at a constant rate, held-out reliability swung between 0.77 and 0.91
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(cfg.steps - start - s, 0) / cfg.steps)
     cache = {} if cache is None else cache
     said: dict[str, str] = {}  # the unedited model's continuations, for L_flu
+    layered = modules.config.query_layers and cfg.prompt_learning
     if not modules.config.finetune_encoder:  # MLP_P alone needs only the knowledge's features
         _features(modules, [t for e in examples for t in ((e.knowledge, e.q_e, e.q_g, e.q_l, *e.more_locality)
-                                                          if cfg.prompt_learning else (e.knowledge,))], cache)
+                                                          if cfg.prompt_learning and not layered else (e.knowledge,))], cache)
+    states: dict[str, torch.Tensor] = {}
+    if layered:
+        _lower_states(modules, [t for e in examples for t in (e.q_e, e.q_g, e.q_l, *e.more_locality)], states)
+
+    def query(texts: list[str]) -> torch.Tensor:  # r~_q
+        f = modules.query_layers_pass([states[t] for t in texts]) if layered else _features(modules, texts, cache)
+        return modules.query(f)
     rng = random.Random(cfg.seed + start)
     if start >= cfg.steps:
         raise ValueError(f"start={start} leaves nothing to do: the run has {cfg.steps} steps")
@@ -682,19 +761,20 @@ def train_modules(modules: RecipeModules, model, tokenizer, examples: list[Train
             f_k = _features(modules, [e.knowledge for e in batch], cache)
             losses = {}
             if cfg.prompt_learning:
-                f = _features(modules, [t for e in batch for t in (e.q_e, e.q_g, e.q_l)], cache)
-                f_e, f_g, f_l = f.view(len(batch), 3, -1).unbind(1)
-                r_k = modules.mlp_k(f_k)
+                r_q = query([t for e in batch for t in (e.q_e, e.q_g, e.q_l)])
+                r_e, r_g, r_l = r_q.view(len(batch), 3, -1).unbind(1)
+                with torch.set_grad_enabled(not cfg.queries_only):
+                    r_k = modules.mlp_k(f_k)
                 bank = clash = r_x = None
                 if cfg.bank:  # f_rm is frozen and cached, so the bank's keys are fresh, not a stale queue
                     others = [rng.randrange(len(examples)) for _ in range(cfg.bank)]
-                    bank = modules.mlp_k(_features(modules, [examples[j].knowledge for j in others], cache))
+                    with torch.set_grad_enabled(not cfg.queries_only):
+                        bank = modules.mlp_k(_features(modules, [examples[j].knowledge for j in others], cache))
                     clash = torch.tensor(index)[:, None] == torch.tensor(others)[None]
                 more = [q for e in batch for q in e.more_locality]
                 if more:
-                    r_x = modules.query(_features(modules, more, cache))
-                losses.update(prompt_learning_loss(r_k, modules.r_sentinel(), modules.query(f_e),
-                                                   modules.query(f_g), modules.query(f_l), cfg.tau, bank, clash, r_x))
+                    r_x = query(more)
+                losses.update(prompt_learning_loss(r_k, modules.r_sentinel(), r_e, r_g, r_l, cfg.tau, bank, clash, r_x))
             else:  # the keys stay as they are; only the prompts built from them learn
                 with torch.no_grad():
                     r_k = modules.mlp_k(f_k)
@@ -768,7 +848,12 @@ def training_summary(record: dict) -> str:
         t = r["train"]
         negatives = "".join([f", a bank of {t['bank']} more keys" if t.get("bank") else "",
                              f", {t['neighbours']} mined look-alikes per seed" if t.get("neighbours") else ""])
-        if not t.get("edit_loss", True):
+        layers = r["modules"].get("query_layers", 0)
+        if t.get("queries_only"):
+            tower = f" and MiniLM's top {layers} layer(s) for queries (lr {t['encoder_lr']:g})" if layers else ""
+            what = (f"the query side alone (L_pl): MLP_Q, the sentinel{tower}; keys and prompts kept, "
+                    f"{t['contrastive_batch']} edits a batch{negatives}, lr {t['lr']}")
+        elif not t.get("edit_loss", True):
             what = f"MLP_K, MLP_Q and the sentinel alone (L_pl), {t['contrastive_batch']} edits a batch{negatives}, lr {t['lr']}"
         elif t.get("prompt_learning", True):
             what = (f"all modules, {t['contrastive_batch']} edits in the contrastive loss{negatives}, L_edit on 1 step in "
@@ -785,12 +870,7 @@ def training_summary(record: dict) -> str:
 
 
 def save_modules(modules: RecipeModules, path: str | Path, record: dict) -> Path:
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(modules.trained_state(), str(path / WEIGHTS_FILE))
-    # the fingerprint is taken here, from the weights written, whatever record the caller passed
-    (path / RECORD_FILE).write_text(json.dumps({**record, "fingerprint": modules.fingerprint()}, indent=1))
-    return path
+    return save_trained(modules, path, WEIGHTS_FILE, record)
 
 
 def read_record(path: str | Path) -> dict:
@@ -816,14 +896,5 @@ def load_modules(path: str | Path, model=None, encoder=None) -> tuple[RecipeModu
     if model is not None:
         check_fits(config, model, f"{path / RECORD_FILE}: field 'modules' (trained for {record.get('model')!r})")
     modules = RecipeModules(config, encoder)
-    try:
-        state = load_file(str(path / WEIGHTS_FILE))
-    except Exception as e:  # safetensors raises its own types for a corrupt header
-        raise ModuleError(f"{path / WEIGHTS_FILE} is corrupt ({e}); train the modules again") from e
-    expected = modules.trained_state()
-    bad = sorted(set(expected) ^ set(state)) or [k for k in expected if state[k].shape != expected[k].shape]
-    if bad:
-        raise ModuleError(f"{path / WEIGHTS_FILE} does not match field 'modules' of {RECORD_FILE} "
-                          f"(first mismatch: {bad[0]}); the two files come from different runs, train again")
-    modules.load_state_dict(state, strict=False)
+    load_trained_state(modules, path, WEIGHTS_FILE, "modules", ModuleError, "the modules")
     return modules, record

@@ -7,7 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from kedit_teach import alignment, data, general, grid, prompt_learning
+from kedit_teach import alignment, data, general, grid, prompt_learning, scope
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,9 +25,10 @@ def test_wheel_ships_the_course_data_the_trained_weights_and_the_reference_run(t
     shipped = [data.TEACH_PATH, alignment.FREE_TEXT_PATH, data.ASSETS / "README.md",
                *sorted((alignment.SHIPPED_ADAPTERS / "gemma-3-270m").iterdir()),
                *sorted((prompt_learning.SHIPPED / "gemma-3-270m").iterdir()),
+               *sorted(scope.SHIPPED.iterdir()),  # SERAC's classifier reads text only: one for every model
                *sorted(general.FOLDER.iterdir()), grid.PAPERS, grid.REFERENCE_RUN,  # notebook 06 renders these
                data.ASSETS / "stats" / "gemma-3-270m" / "model-texts-72.json"]  # layer statistics' default text
-    assert len(shipped) == 12
+    assert len(shipped) == 14
     with zipfile.ZipFile(wheel) as z:
         for path in shipped:
             name = path.relative_to(ROOT).as_posix()

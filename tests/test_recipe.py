@@ -327,6 +327,39 @@ def test_prompt_only_training_moves_mlp_p_and_keeps_retrieval(tiny_model, encode
         pl.train_modules(mods, model, tok, examples, pl.TrainConfig(edit_loss=False, prompt_learning=False))
 
 
+def test_query_layers_start_as_f_rm_train_on_cached_states_and_leave_keys_and_prompts(tiny_model, encoder, tmp_path):
+    model, tok = tiny_model
+    mods = pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=32), encoder)
+    texts = ["Where is the Eiffel Tower?", "a", "Who founded Toyota, and in which year was it founded?"]
+    plain = mods.query_features(texts)
+    mods.add_query_layers(1)
+    torch.testing.assert_close(mods.query_features(texts), plain)  # a copy of f_rm: no decision changes yet
+    states = mods.lower_states(texts)
+    assert [len(s) for s in states] == mods.tokens(texts)["attention_mask"].sum(1).tolist()  # padding dropped
+    torch.testing.assert_close(mods.query_layers_pass(states, chunk=2), plain, atol=1e-5, rtol=1e-5)
+    shipped = [k for k in mods.trained_state() if k.startswith("query_encoder.")]
+    assert shipped and all(k.startswith("query_encoder.encoder.layer.5.") for k in shipped)  # the top layer alone
+    keep = {k: v.clone() for k, v in mods.trained_state().items() if k.startswith(("mlp_k.", "mlp_p."))}
+    knowledge = mods.features(texts)
+    examples = [pl.training_example(c) for c in cases(32)]
+    curves = pl.train_modules(mods, model, tok, examples, pl.TrainConfig(
+        steps=4, contrastive_batch=16, edit_loss=False, queries_only=True, encoder_lr=1e-3), progress=False)
+    assert len(curves["so"]) == 4 and not curves["rel"]
+    after = mods.trained_state()
+    assert all(torch.equal(after[k], v) for k, v in keep.items())  # keys and prompts as they were
+    torch.testing.assert_close(mods.features(texts), knowledge)  # the knowledge side's f_rm is frozen
+    moved = mods.query_features(texts)
+    assert (moved - plain).abs().max() > 1e-3
+    torch.testing.assert_close(mods.query_layers_pass(states), moved, atol=1e-5, rtol=1e-5)  # train = inference path
+    loaded, _ = pl.load_modules(pl.save_modules(mods, tmp_path / "q", {"modules": asdict(mods.config)}), encoder=encoder)
+    torch.testing.assert_close(loaded.query_features(texts), moved)
+    assert loaded.fingerprint() == mods.fingerprint() and "queries only" in loaded.architecture()[1]["part"]
+    with pytest.raises(ValueError, match="pick 1 to 6"):
+        pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=32), encoder).add_query_layers(7)
+    with pytest.raises(ValueError, match="pick one"):
+        pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=32, finetune_encoder=True, query_layers=1), encoder)
+
+
 def test_save_load_modules_roundtrip_and_refusals(tmp_path, modules, tiny_dirs, encoder):
     path = pl.save_modules(modules, tmp_path / "m", {"modules": asdict(modules.config)})
     loaded, record = pl.load_modules(path, encoder=encoder)
@@ -397,7 +430,8 @@ def test_scoring_a_target_cannot_change_what_is_retrieved(tiny_model, modules, m
     editor.edit(cases(8))
     seen = []
     features = editor.modules.features
-    monkeypatch.setattr(editor.modules, "features", lambda texts, what="text": seen.extend(texts) or features(texts, what))
+    monkeypatch.setattr(editor.modules, "features",
+                        lambda texts, what="text", encoder=None: seen.extend(texts) or features(texts, what, encoder))
     prompt = cases(8)[0].prompt
     first = editor.score([prompt], [cases(8)[5].target_new])
     editor._decisions.clear()
@@ -550,6 +584,21 @@ def test_train_cli_writes_modules_a_record_and_the_default_path(tiny_dirs, tmp_p
     assert len(summary) == 2 and "run 1: 2 steps (all modules" in summary[0] and "run 2: 3 steps (MLP_P alone" in summary[1]
     assert "L_loc weighted 0.2" in summary[0] and "L_loc weighted 0.5" in summary[1]
     assert pl.load_modules(more)[0].fingerprint() == resumed["fingerprint"] != record["fingerprint"]
+    queries = tmp_path / "queries"
+    main(["train", "recipe", "--model", model, "--data", f"counterfact:{data}", "--steps", "2", "--resume", str(more),
+          "--query-layers", "1", "--queries-only", "--encoder-lr", "1e-4", "--out", str(queries)])
+    grown = pl.read_record(queries)
+    assert grown["modules"]["query_layers"] == 1 and grown["train"]["queries_only"] and grown["train"]["encoder_lr"] == 1e-4
+    assert "run 3: 2 steps (the query side alone (L_pl): MLP_Q, the sentinel and MiniLM's top 1 layer(s)" in \
+        pl.training_summary(grown)
+    mods = pl.load_modules(queries)[0]
+    assert torch.equal(mods.trained_state()["mlp_k.inp.weight"], pl.load_modules(more)[0].trained_state()["mlp_k.inp.weight"])
+    assert "already have 1 query layer(s)" in cli_error(
+        capsys, "train", "recipe", "--model", model, "--resume", str(queries), "--query-layers", "2")
+    assert "--finetune-encoder trains all of MiniLM, --query-layers" in cli_error(
+        capsys, "train", "recipe", "--model", model, "--finetune-encoder", "--query-layers", "1")
+    assert "--prompts-only and --queries-only leave nothing" in cli_error(
+        capsys, "train", "recipe", "--model", model, "--resume", "default", "--prompts-only", "--queries-only")
 
 
 def test_encoded_training_texts_are_kept_for_the_next_run(modules, tmp_path, monkeypatch):
@@ -668,7 +717,22 @@ def test_gate_sweep_scores_the_sentinel_and_fixed_thresholds(recipe):
     assert sweep["fixed"]["edit"] == [top_right, 0.0] and sweep["fixed"]["unrelated"] == [0.0, 1.0]
     assert sweep["sentinel"]["unrelated"] == sum(d.attached is None for d in decisions[6:]) / 6
     errors = sweep["errors"]
-    assert errors["unrelated"] == {"other": sum(d.attached is not None for d in decisions[6:]), "none": 0}
-    assert sum(errors["edit"].values()) == round(6 * (1 - sweep["sentinel"]["edit"]))
+    assert errors["unrelated"] == {"other": sum(d.attached is not None for d in decisions[6:]), "same answer": 0, "none": 0}
+    assert errors["edit"]["other"] + errors["edit"]["none"] == round(6 * (1 - sweep["sentinel"]["edit"]))
     auto = gate_sweep(recipe, queries, n=5)
     assert len(auto["thresholds"]) == 5 and auto["best"]["threshold"] in auto["thresholds"]
+
+
+def test_gate_sweep_counts_another_edit_with_the_same_answer(tiny_model, modules):
+    from kedit_teach.editors.recipe import gate_sweep
+    always = RECIPE(*tiny_model, modules=modules, sentinel=False, threshold=-1e9)
+    stored = cases(9)  # t0 and t8 both say "Rome"
+    assert stored[0].target_new == stored[8].target_new == "Rome"
+    always.edit(stored)
+    queries = [("edit", c.prompt, "t8" if c.case_id == "t0" else c.case_id) for c in stored]
+    sweep = gate_sweep(always, queries, [0.0])
+    got = [d.attached for d in always.retrieve([q for _, q, _ in queries])]
+    rome = ("t0", "t8")
+    same = sum(a != own and a in rome and own in rome for a, (_, _, own) in zip(got, queries))
+    assert sweep["errors"]["edit"]["same answer"] == same
+    assert sweep["answer"]["edit"] == pytest.approx(sum(a == own for a, (_, _, own) in zip(got, queries)) / 9 + same / 9)

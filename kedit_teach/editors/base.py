@@ -47,6 +47,7 @@ class Editor:
         self.cases: dict[str, EditCase] = {}  # applied edits, in order
         self.detached = False
         self._off = False  # inside unedited(): editors that act at query time (LTE, RECIPE) stand aside
+        self._acting = False  # in _by_prefix: the batch being run holds prompts the editor acts on
 
     @classmethod
     def unsupported(cls, model) -> str | None:
@@ -83,6 +84,12 @@ class Editor:
 
     def prompt_prefixes(self, prompts: list[str]) -> list[torch.Tensor | None] | None:
         """Per raw prompt, vectors to put in front of its embedded text (None: nothing, the default)."""
+        return None
+
+    def acts_on(self, prompts: list[str]) -> list[bool] | None:
+        """Per raw prompt, whether this editor acts on it at query time; None (the default): it
+        treats every prompt alike. The prompts it leaves alone run in batches of their own (see
+        `_by_prefix`), and `_batch_context` knows which kind it wraps (`self._acting`)."""
         return None
 
     def _check_saved(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
@@ -158,20 +165,27 @@ class Editor:
         return self.model
 
     def _by_prefix(self, prompts: list[str], run) -> list:
-        """run(indices, prefixes) over the prompts that get vectors and, apart, those that get none.
+        """run(indices, prefixes) over the prompts the editor acts on (they get vectors, or
+        `acts_on` says so) and, apart, those it leaves alone.
 
-        Prompts without vectors take the plain `input_ids` path in batches of their own, so an
-        unrelated query is computed exactly as it would be without this editor.
+        The others take the plain `input_ids` path in batches of their own, so an unrelated query
+        is computed exactly as it would be without this editor.
         """
         prefixes = self.prompt_prefixes(prompts)
-        if prefixes is None:
+        acted = self.acts_on(prompts) if prefixes is None else [p is not None for p in prefixes]
+        if acted is None:
             return run(list(range(len(prompts))), None)
         out: list = [None] * len(prompts)
-        for attached in (False, True):
-            idx = [i for i, p in enumerate(prefixes) if (p is not None) == attached]
-            if idx:
-                for i, r in zip(idx, run(idx, [prefixes[i] for i in idx] if attached else None)):
-                    out[i] = r
+        try:
+            for attached in (False, True):
+                idx = [i for i, a in enumerate(acted) if a == attached]
+                if idx:
+                    self._acting = attached
+                    pre = [prefixes[i] for i in idx] if attached and prefixes is not None else None
+                    for i, r in zip(idx, run(idx, pre)):
+                        out[i] = r
+        finally:
+            self._acting = False
         return out
 
     def score(self, prompts: list[str], targets: list[str], **kw) -> list[TokenScore]:

@@ -73,7 +73,7 @@ class RECIPE(Editor):
         # f_rm is traced now rather than inside the first edit (0.3 s on CPU).
         with torch.no_grad():
             self._r_theta = self.modules.r_sentinel()
-        self.modules.traced_encoder()
+        self.modules.trace()
         self._fingerprint = self.modules.fingerprint()
 
     @property
@@ -168,7 +168,7 @@ class RECIPE(Editor):
             for p in todo:
                 format_prompt(self.tokenizer, p)  # the same empty-prompt error as every editor
             with torch.inference_mode():
-                r_q = self.modules.query(self.modules.features(todo, "query"))
+                r_q = self.modules.query(self.modules.query_features(todo))
                 sentinel = self.modules.similarity(r_q, self._r_theta[None])[:, 0].tolist()
             scale = self.modules.key_dim ** 0.5
             hits = self.memory.search_vectors(r_q.numpy(), SHOWN)
@@ -223,7 +223,10 @@ def gate_sweep(editor: RECIPE, queries: list[tuple[str, str, str | None]], thres
     means: that case's prompt is attached, or nothing is. The scores are the editor's own.
     thresholds: default n values spanning the queries' best scores. "best" is the threshold whose
     worst kind is decided right most often. "errors" splits the sentinel's wrong decisions per kind:
-    another knowledge's prompt attached ("other"), or none where one was due ("none").
+    another knowledge's prompt attached ("other"; "same answer" of those: a stored edit with the
+    same new answer, as KnowEdit's ZsRE holds several edits of one question), or none where one was
+    due ("none"). "answer": the share of the editor's decisions that attach the own prompt or one
+    with the same new answer, or rightly none.
     """
     decisions = editor.retrieve([q for _, q, _ in queries])
     if thresholds is None:
@@ -242,10 +245,19 @@ def gate_sweep(editor: RECIPE, queries: list[tuple[str, str, str | None]], thres
 
     fixed = {k: [share(k, lambda d, t=t: t) for t in thresholds] for k in kinds}
     best = max(range(len(thresholds)), key=lambda i: min(fixed[k][i] for k in kinds))
-    errors = {k: {"other": 0, "none": 0} for k in kinds}
+    def answer(case_id: str) -> str:
+        return editor.cases[case_id].target_new.strip().lower()
+
+    errors = {k: {"other": 0, "same answer": 0, "none": 0} for k in kinds}
+    answered = {k: 0 for k in kinds}
     for (k, _, own), d in zip(queries, decisions):
+        same = bool(d.attached and own and answer(d.attached) == answer(own))
+        answered[k] += d.attached == own or same
         if d.attached != own:
             errors[k]["none" if d.attached is None else "other"] += 1
+            errors[k]["same answer"] += same
+    count = {k: sum(k == kind for kind, _, _ in queries) for k in kinds}
     return {"kinds": kinds, "stored": len(editor.memory), "thresholds": list(thresholds),
             "sentinel": {k: share(k, lambda d: d.sentinel) for k in kinds}, "errors": errors, "fixed": fixed,
+            "answer": {k: answered[k] / count[k] for k in kinds},
             "best": {"threshold": thresholds[best], **{k: fixed[k][best] for k in kinds}}}
