@@ -6,12 +6,29 @@ step runs n layers over them (`top_pass`), not the whole stack, and backpropagat
 n alone. RECIPE's query side (`prompt_learning.RecipeModules.add_query_layers`) and SERAC's scope
 classifier (`scope.py`) train this way.
 
-What it does not do: choose the loss, pool, or cache anything on disk (the callers do).
+It also holds the one rule for text given to MiniLM (`tokenize`): at most 128 tokens, refused
+rather than cut. What it does not do: choose the loss, pool, or cache anything on disk (the callers do).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+ENCODER_MAX_TOKENS = 128  # MiniLM was trained on 128-token inputs; longer text is refused, not cut
+
+
+def tokenize(tokenizer, texts: list[str], what: str = "text") -> dict:
+    """A padded batch for MiniLM; a text over ENCODER_MAX_TOKENS is refused, naming it and the fix."""
+    if not texts:
+        raise ValueError(f"no {what} to encode")
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    lengths = enc["attention_mask"].sum(1)
+    if int(lengths.max()) > ENCODER_MAX_TOKENS:
+        i = int(lengths.argmax())
+        raise ValueError(f"the {what} {texts[i][:60]!r}... is {int(lengths[i])} encoder tokens long; "
+                         f"keep it under {ENCODER_MAX_TOKENS} (one fact or one question)")
+    return enc
 
 
 def run_layers(layers, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -92,7 +92,7 @@ from tqdm.auto import tqdm
 
 from .alignment import fingerprint, load_trained_state, read_trained_record, save_trained, shuffled_batches
 from .data import ASSETS, SHARED_DIR, ZSRE_FILE, EditCase, disjoint_subjects, load_cases, load_teach, split_record
-from .encoder_layers import lower_states, top_pass
+from .encoder_layers import lower_states, tokenize, top_pass
 from .errors import UsageError
 from .metrics import generate_greedy, nll, pack_targets, target_logits
 from .models import (DEFAULT_ENCODER, cache_dir, continuation, cpu_autocast, encode_pair, fast_bf16, format_prompt,
@@ -100,7 +100,6 @@ from .models import (DEFAULT_ENCODER, cache_dir, continuation, cpu_autocast, enc
 
 SHIPPED = ASSETS / "recipe"
 WEIGHTS_FILE, RECORD_FILE = "modules.safetensors", "record.json"
-ENCODER_MAX_TOKENS = 128  # MiniLM was trained on 128-token inputs; longer text is refused, not cut
 TEACH_HELD_OUT = 64       # the first bundled cases are evaluation cases (notebooks); the rest may train
 
 
@@ -265,13 +264,7 @@ class RecipeModules(nn.Module):
 
     # ------------------------------------------------------------------ f_rm
     def tokens(self, texts: list[str], what: str = "text") -> dict:
-        enc = self.tokenizer(texts, padding=True, return_tensors="pt")
-        lengths = enc["attention_mask"].sum(1)
-        if int(lengths.max()) > ENCODER_MAX_TOKENS:
-            i = int(lengths.argmax())
-            raise ValueError(f"the {what} {texts[i][:60]!r}... is {int(lengths[i])} encoder tokens long; "
-                             f"keep it under {ENCODER_MAX_TOKENS} (one fact or one question)")
-        return enc
+        return tokenize(self.tokenizer, texts, what)
 
     def features(self, texts: list[str], what: str = "text", encoder: nn.Module | None = None) -> torch.Tensor:
         """f_rm(texts) pooled: [n, 3 x 384]. One batched encoder pass (encoder: f_rm by default)."""

@@ -40,10 +40,10 @@ from tqdm.auto import tqdm
 
 from .alignment import fingerprint, load_trained_state, read_trained_record, save_trained, shuffled_batches
 from .data import ASSETS
-from .encoder_layers import lower_states, top_pass
+from .encoder_layers import lower_states, tokenize, top_pass
 from .errors import UsageError
 from .models import DEFAULT_ENCODER, cache_dir, load_encoder
-from .prompt_learning import ENCODER_MAX_TOKENS, TrainingExample, trace_encoder
+from .prompt_learning import TrainingExample, trace_encoder
 
 SHIPPED = ASSETS / "serac"
 WEIGHTS_FILE, RECORD_FILE = "classifier.safetensors", "record.json"
@@ -93,15 +93,7 @@ class ScopeClassifier(nn.Module):
         return self.encoder.encoder.layer[-self.config.top_layers:]
 
     def tokens(self, texts: list[str], what: str = "text") -> dict:
-        if not texts:
-            raise ValueError(f"no {what} to embed")
-        enc = self.tokenizer(texts, padding=True, return_tensors="pt")
-        lengths = enc["attention_mask"].sum(1)
-        if int(lengths.max()) > ENCODER_MAX_TOKENS:
-            i = int(lengths.argmax())
-            raise ValueError(f"the {what} {texts[i][:60]!r}... is {int(lengths[i])} encoder tokens long; "
-                             f"keep it under {ENCODER_MAX_TOKENS} (one fact or one question)")
-        return enc
+        return tokenize(self.tokenizer, texts, what)
 
     def embed(self, texts: list[str], what: str = "text") -> torch.Tensor:
         """h(texts): [n, 384], unit length. One traced MiniLM pass, without gradients."""

@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 
 from .data import EditCase, disjoint_subjects
 from .editors import FAST_SETTINGS, METHODS
+from .encoder_layers import ENCODER_MAX_TOKENS
 from .metrics import generation_match, normalize, word_recall
 from .models import load_encoder
-from .prompt_learning import ENCODER_MAX_TOKENS
 
 OUTCOMES = ("latest", "first", "neither")
 HOP_OUTCOMES = ("new", "target", "old", "other")
