@@ -95,14 +95,17 @@ class ScopeClassifier(nn.Module):
     def tokens(self, texts: list[str], what: str = "text") -> dict:
         return tokenize(self.tokenizer, texts, what)
 
+    def traced(self):
+        """MiniLM as a TorchScript trace sharing the trained weights, made once (0.3 s on CPU)."""
+        if "_trace" not in self.__dict__:  # a plain attribute: out of state_dict and the fingerprint
+            self.__dict__["_trace"] = trace_encoder(self.encoder, self.tokenizer, half=False)
+        return self.__dict__["_trace"]
+
     def embed(self, texts: list[str], what: str = "text") -> torch.Tensor:
         """h(texts): [n, 384], unit length. One traced MiniLM pass, without gradients."""
         enc = self.tokens(texts, what)
-        traces = self.__dict__.setdefault("_trace", {})  # not a submodule: out of state_dict and the fingerprint
-        if "f" not in traces:
-            traces["f"] = trace_encoder(self.encoder, self.tokenizer, half=False)  # shares the trained weights
         with torch.no_grad():
-            hidden = traces["f"](enc["input_ids"], enc["attention_mask"])["last_hidden_state"]
+            hidden = self.traced()(enc["input_ids"], enc["attention_mask"])["last_hidden_state"]
         return mean_pool(hidden.float(), enc["attention_mask"])
 
     def logits(self, queries: torch.Tensor, edits: torch.Tensor) -> torch.Tensor:
@@ -110,7 +113,11 @@ class ScopeClassifier(nn.Module):
         return self.log_scale.exp() * queries @ edits.T + self.bias
 
     def probability(self, queries: torch.Tensor, edits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(queries, edits))
+        return self.probability_of(queries @ edits.T)
+
+    def probability_of(self, cosine: torch.Tensor) -> torch.Tensor:
+        """g for cosines already computed (the editor's memory search returns them)."""
+        return torch.sigmoid(self.log_scale.exp() * cosine + self.bias)
 
     # ------------------------------------------------------------------ training on cached states
     def lower_states(self, texts: list[str]) -> list[torch.Tensor]:

@@ -6,6 +6,7 @@ The shipped modules on the real 270M model are tested at the end (marked `real`)
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -36,6 +37,31 @@ def cases(n: int) -> list[EditCase]:
                      target_new=CITIES[(i + 1) % 8],
                      rephrase_prompts=[f"Where is Tower {CITIES[i % 8]} {CITIES[i // 8 % 8]} ? It is in"],
                      locality=[(f"The capital of {CITIES[(i + 2) % 8]} is", CITIES[(i + 3) % 8])]) for i in range(n)]
+
+
+def training_file(path, n: int, **fields):
+    """`cases(n)` in CounterFact's flat format, each with its own subject, as a training data file."""
+    path.write_text(json.dumps([{"case_id": i, "prompt": c.prompt, "target_new": c.target_new, "subject": f"S{i}",
+                                 **fields, "rephrase_prompt": c.rephrase_prompts[0],
+                                 "locality_prompt": c.locality[0][0], "locality_ground_truth": c.locality[0][1]}
+                                for i, c in enumerate(cases(n))]))
+    return path
+
+
+@contextlib.contextmanager
+def stopped_after_a_checkpoint(monkeypatch, module, save_name: str):
+    """Inside: `module.save_name` (a save of trained weights) raises KeyboardInterrupt right after it
+    writes a partial checkpoint, as if the session ended there; afterwards it saves as before."""
+    save = getattr(module, save_name)
+
+    def stop(trained, path, record):
+        save(trained, path, record)
+        if record.get("partial"):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(module, save_name, stop)
+    with pytest.raises(KeyboardInterrupt):
+        yield
+    monkeypatch.setattr(module, save_name, save)
 
 
 @pytest.fixture(scope="module")
@@ -550,11 +576,7 @@ def test_train_cli_writes_modules_a_record_and_the_default_path(tiny_dirs, tmp_p
         capsys, "train", "lte", "--d-rep", "16")
     assert "--no-threefold only applies to `train lte`" in cli_error(
         capsys, "train", "recipe", "--no-threefold")
-    data = tmp_path / "train.json"  # CounterFact's flat format
-    data.write_text(json.dumps([{"case_id": i, "prompt": c.prompt, "target_new": c.target_new, "subject": f"S{i}",
-                                 "ground_truth": "Paris", "rephrase_prompt": c.rephrase_prompts[0],
-                                 "locality_prompt": c.locality[0][0], "locality_ground_truth": c.locality[0][1]}
-                                for i, c in enumerate(cases(300))]))
+    data = training_file(tmp_path / "train.json", 300, ground_truth="Paris")
     model = str(tiny_dirs["gemma3"])
     main(["train", "recipe", "--model", model, "--data", f"counterfact:{data}", "--steps", "2", "--d-rep", "16"])
     path = pl.trained_path(model)
@@ -617,24 +639,13 @@ def test_encoded_training_texts_are_kept_for_the_next_run(modules, tmp_path, mon
 def test_a_stopped_training_run_goes_on_from_its_checkpoint(tiny_dirs, tmp_path, monkeypatch):
     from kedit_teach.__main__ import main
     monkeypatch.setenv("KEDIT_CACHE", str(tmp_path / "cache"))
-    data = tmp_path / "train.json"
-    data.write_text(json.dumps([{"case_id": i, "prompt": c.prompt, "target_new": c.target_new, "subject": f"S{i}",
-                                 "rephrase_prompt": c.rephrase_prompts[0], "locality_prompt": c.locality[0][0],
-                                 "locality_ground_truth": c.locality[0][1]} for i, c in enumerate(cases(300))]))
+    data = training_file(tmp_path / "train.json", 300)
     model, out = str(tiny_dirs["gemma3"]), tmp_path / "run"
-    save = pl.save_modules
-
-    def stop_after_a_checkpoint(modules, path, record):
-        save(modules, path, record)
-        if record.get("partial"):
-            raise KeyboardInterrupt  # as if the session ended here
-    monkeypatch.setattr(pl, "save_modules", stop_after_a_checkpoint)
     args = ["train", "recipe", "--model", model, "--data", f"counterfact:{data}", "--out", str(out), "--d-rep", "16"]
-    with pytest.raises(KeyboardInterrupt):
+    with stopped_after_a_checkpoint(monkeypatch, pl, "save_modules"):
         main(args + ["--steps", "6", "--checkpoint-every", "4", "--bank", "32", "--fluency-weight", "0.5"])
     stopped = pl.read_record(out)
     assert stopped["partial"] and stopped["steps"] == 4 and len(stopped["loss"]["so"]) == 4
-    monkeypatch.setattr(pl, "save_modules", save)
     main(["train", "recipe", "--model", model, "--data", f"counterfact:{data}", "--out", str(out), "--resume", str(out)])
     done = pl.read_record(out)
     assert "partial" not in done and done["steps"] == 6 and len(done["loss"]["so"]) == 6

@@ -19,7 +19,7 @@ from kedit_teach.editors.serac import SERAC
 from kedit_teach.models import load_model
 
 from .conftest import cli_error
-from .test_recipe import EDIT, OTHER, cases
+from .test_recipe import EDIT, OTHER, cases, stopped_after_a_checkpoint, training_file
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,7 @@ def test_the_training_path_equals_the_inference_path_and_only_the_top_trains(cla
     assert all(k in ("log_scale", "bias") or k.startswith("encoder.encoder.layer.5.") for k in state)
     p = classifier.probability(h, h)
     assert p.shape == (3, 3) and torch.all(p.diagonal() > 0.5)  # a text is in its own scope before training
+    torch.testing.assert_close(classifier.probability_of(h @ h.T), p)  # the editor's path, from faiss's cosines
     with pytest.raises(ValueError, match="encoder tokens long"):
         classifier.embed(["word " * 200])
     with pytest.raises(ValueError, match="pick 1 to 6"):
@@ -151,24 +152,12 @@ def test_threshold_remove_save_load_and_refusals(tiny_model, classifier, encoder
 def test_train_serac_cli_checkpoints_and_goes_on(tiny_dirs, tmp_path, monkeypatch, capsys):
     from kedit_teach.__main__ import main
     monkeypatch.setenv("KEDIT_CACHE", str(tmp_path / "cache"))
-    data = tmp_path / "train.json"
-    data.write_text(json.dumps([{"case_id": i, "prompt": c.prompt, "target_new": c.target_new, "subject": f"S{i}",
-                                 "rephrase_prompt": c.rephrase_prompts[0], "locality_prompt": c.locality[0][0],
-                                 "locality_ground_truth": c.locality[0][1]} for i, c in enumerate(cases(64))]))
-    out = tmp_path / "clf"
-    save = scope.save_classifier
-
-    def stop_after_a_checkpoint(clf, path, record):
-        save(clf, path, record)
-        if record.get("partial"):
-            raise KeyboardInterrupt  # as if the session ended here
-    monkeypatch.setattr(scope, "save_classifier", stop_after_a_checkpoint)
+    data, out = training_file(tmp_path / "train.json", 64), tmp_path / "clf"
     args = ["train", "serac", "--data", f"counterfact:{data}", "--out", str(out), "--batch-size", "16"]
-    with pytest.raises(KeyboardInterrupt):
+    with stopped_after_a_checkpoint(monkeypatch, scope, "save_classifier"):
         main(args + ["--steps", "5", "--checkpoint-every", "3"])
     stopped = scope.read_record(out)
     assert stopped["partial"] and stopped["steps"] == 3
-    monkeypatch.setattr(scope, "save_classifier", save)
     main(["train", "serac", "--data", f"counterfact:{data}", "--resume", str(out), "--out", str(out)])
     done = scope.read_record(out)
     assert "partial" not in done and done["steps"] == 5 and done["loss"]["loss"][:3] == stopped["loss"]["loss"]

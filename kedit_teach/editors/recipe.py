@@ -215,9 +215,10 @@ def labelled_queries(cases) -> list[tuple[str, str, str | None]]:
             + [("locality", q, owner.get(q)) for c in cases for q, _ in c.locality[:1]])
 
 
-def gate_sweep(editor: RECIPE, queries: list[tuple[str, str, str | None]], thresholds: list[float] | None = None,
+def gate_sweep(editor: Editor, queries: list[tuple[str, str, str | None]], thresholds: list[float] | None = None,
                n: int = 60) -> dict:
     """How often the sentinel, and each fixed threshold, decides right on labelled queries.
+    editor: any editor whose `retrieve` returns Decisions (RECIPE, SERAC with its classifier).
 
     queries: (kind, prompt, the case_id it should retrieve, or None for "attach nothing"). Right
     means: that case's prompt is attached, or nothing is. The scores are the editor's own.

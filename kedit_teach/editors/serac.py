@@ -74,6 +74,7 @@ class SERAC(Editor):
         self.memory = VectorMemory(dim=self.classifier.encoder.config.hidden_size, metric="dot")
         self._decisions: dict[str, Decision] = {}
         self._fingerprint = self.classifier.fingerprint()
+        self.classifier.traced()  # now, as RECIPE does, rather than inside the first edit
 
     def config(self):
         return {"classifier": self._fingerprint, "threshold": self.threshold, "counterfactual": self.counterfactual}
@@ -133,9 +134,9 @@ class SERAC(Editor):
                 format_prompt(self.tokenizer, p)  # the same empty-prompt error as every editor
             with torch.inference_mode():
                 hits = self.memory.search_vectors(self.classifier.embed(todo, "query").numpy(), SHOWN)
-                scale, bias = self.classifier.log_scale.exp().item(), self.classifier.bias.item()
-            for p, row in zip(todo, hits):
-                top = [Hit(h.id, h.text, float(torch.sigmoid(torch.tensor(scale * h.score + bias)))) for h in row]
+                g = [self.classifier.probability_of(torch.tensor([h.score for h in row])).tolist() for row in hits]
+            for p, row, probs in zip(todo, hits, g):
+                top = [Hit(h.id, h.text, prob) for h, prob in zip(row, probs)]
                 attached = top[0].id if top and top[0].score > self.threshold else None
                 self._decisions[p] = Decision(p, top, self.threshold, self.threshold, attached)
         return [self._decisions[p] for p in prompts]
