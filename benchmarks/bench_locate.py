@@ -100,42 +100,28 @@ def single(args) -> None:
 
 def layers(args) -> None:
     """Per fact: the traced p at the subject's last token, restored at layer l (MLP outputs), and how
-    well a ROME edit at layer l works: the new target exact under teacher forcing (reliability, often
-    1 at every layer) and the mean token accuracy on the rephrasings (generality, which varies)."""
-    from kedit_teach.editors.rome import ROME
+    well a ROME edit at layer l works (`rome.trace_and_edit`): the new target exact under teacher
+    forcing (reliability, often 1 at every layer) and the mean token accuracy on the rephrasings
+    (generality, which varies)."""
+    from kedit_teach.editors.rome import trace_and_edit
     from kedit_teach.models import load_model
-    from kedit_teach.tracing import trace as run
     model, tok = load_model()
     cases = _cases(args.n)
-    effects, success = [], {"reliability": [], "generality": []}
-    for c in cases:
-        t = run(model, tok, c.prompt, c.subject, kind="mlp", progress=False)
-        effects.append([float(t.at_last_subject_token()[l] - t.p_corrupt) for l in args.layers])
-    for i, l in enumerate(args.layers):
-        editor = ROME(model, tok, layer=l)
-        rows = {k: [] for k in success}
-        for c in cases:
-            editor.edit(c)
-            (s,) = editor.score([c.prompt], [c.target_new])
-            rows["reliability"].append(s.exact)
-            reph = editor.score(c.rephrase_prompts, [c.target_new] * len(c.rephrase_prompts))
-            rows["generality"].append(float(np.mean([x.token_acc for x in reph])))
-            editor.reset()
-        for k in success:
-            success[k].append(rows[k])
-        editor.detach()
-        print(f"layer {l:>2}: ROME reliability {np.mean(rows['reliability']):.2f}, generality "
-              f"{np.mean(rows['generality']):.2f}, traced MLP effect {np.mean([e[i] for e in effects]):.3f}", flush=True)
-    e = np.array(effects).T.ravel()  # (layer, fact) pairs
+    rows = trace_and_edit(model, tok, cases, args.layers)
+    for l in args.layers:
+        mine = [r for r in rows if r["layer"] == l]
+        print(f"layer {l:>2}: ROME reliability {np.mean([r['reliability'] for r in mine]):.2f}, generality "
+              f"{np.mean([r['generality'] for r in mine]):.2f}, traced MLP effect "
+              f"{np.mean([r['traced effect'] for r in mine]):.3f}", flush=True)
+    e = np.array([r["traced effect"] for r in rows])
     r = {}
-    for k, v in success.items():
-        s = np.array(v).ravel()
+    for k in ("reliability", "generality"):
+        s = np.array([row[k] for row in rows])
         r[k] = float(np.corrcoef(e, s)[0, 1]) if e.std() and s.std() else float("nan")
     print(f"correlation of the traced MLP effect with edit success over {len(cases)} facts x {len(args.layers)} layers: "
           + ", ".join(f"{k} r = {v:.2f}" for k, v in r.items()))
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"layers-n{args.n}.json").write_text(json.dumps({"layers": args.layers, "effects": effects,
-                                                             "success": success, "r": r}, indent=1))
+    (OUT / f"layers-n{args.n}.json").write_text(json.dumps({"layers": args.layers, "rows": rows, "r": r}, indent=1))
 
 
 def sequential(args) -> None:

@@ -125,13 +125,14 @@ def cmd_train(args) -> int:
              **{f"--{f.replace('_', '-')}": (getattr(args, f) not in (None, False), ("recipe",))
                 for f in ("d_rep", "finetune_encoder", "prompts_only", "prompt_lr", "loc_weight", "retrieval_only", "bank",
                           "neighbours", "fluency_weight", "query_layers", "queries_only")},
-             "--resume": (args.resume is not None, ("recipe", "serac")),
-             "--encoder-lr": (args.encoder_lr is not None, ("recipe", "serac"))}
+             "--resume": (args.resume is not None, ("recipe", "serac", "mend")),
+             "--encoder-lr": (args.encoder_lr is not None, ("recipe", "serac")),
+             "--rank": (args.rank is not None, ("mend",)), "--c-edit": (args.c_edit is not None, ("mend",))}
     wrong = {flag: whats for flag, (on, whats) in given.items() if on and args.what not in whats}
     if wrong:
         whats = next(iter(wrong.values()))
         raise UsageError(f"{', '.join(wrong)} only applies to " + " and ".join(f"`train {w}`" for w in whats))
-    return {"lte": train_lte, "recipe": train_recipe, "serac": train_serac}[args.what](args)
+    return {"lte": train_lte, "recipe": train_recipe, "serac": train_serac, "mend": train_mend}[args.what](args)
 
 
 def train_lte(args) -> int:
@@ -236,45 +237,86 @@ def train_recipe(args) -> int:
     return 0
 
 
+def _resumed(args, load, default_path):
+    """(trained object, its record) of the stopped run --resume names; refused if it finished."""
+    obj, before = load(default_path if args.resume == "default" else args.resume)
+    if "partial" not in before:
+        raise UsageError(f"{args.resume} holds a finished run; --resume goes on with a stopped run "
+                         "(its --out folder), or drop --resume to train a new one")
+    print(f"going on from step {before['steps']} of {before['train']['steps']} ({args.resume})")
+    return obj, before
+
+
+def _checkpointed(train, record, save, out: Path, every: int, steps: int, before: dict | None) -> int:
+    """train(start, every, callback) -> curves, saved to `out` marked partial every `every` steps and
+    whole at the end, with the stopped run's curves and seconds in front (SERAC's and MEND's runs)."""
+    import time
+    start, done = (before["steps"], before["loss"]) if before else (0, {})
+    begun = time.perf_counter() - (before["seconds"] if before else 0.0)
+
+    def keep(curves: dict, partial: bool) -> None:
+        r = record({k: done.get(k, []) + v for k, v in curves.items()}, time.perf_counter() - begun)
+        save(out, {**r, "partial": True} if partial else r)
+
+    curves = train(start, every, lambda step, c: step < steps and keep(c, partial=True))
+    keep(curves, partial=False)
+    n = min(20, len(curves["loss"]))
+    print("losses, mean of the first and last", n, "steps:",
+          ", ".join(f"{k} {sum(v[:n]) / n:.4g} -> {sum(v[-n:]) / n:.4g}" for k, v in curves.items()))
+    print(f"wrote {out}")
+    return 0
+
+
+def _given(args, *names) -> dict:
+    return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+
+
 def train_serac(args) -> int:
     """Train (or go on training) SERAC's scope classifier, on RECIPE's training data and split; every
     --checkpoint-every steps it is saved to --out marked partial, and --resume <out> goes on."""
-    import time
-
     from . import prompt_learning as pl
     from . import scope
 
     examples, data = pl.training_examples(args.data, n=args.cases, seed=args.seed)
-    start, done, earlier = 0, {}, 0.0
+    before = None
     if args.resume:
-        clf, before = scope.load_classifier(scope.default_path() if args.resume == "default" else args.resume)
-        if "partial" not in before:
-            raise UsageError(f"{args.resume} holds a finished classifier; --resume goes on with a stopped run "
-                             "(its --out folder), or drop --resume to train a new one")
-        start, done, earlier = before["steps"], before["loss"], before["seconds"]
+        clf, before = _resumed(args, scope.load_classifier, scope.default_path())
         cfg = scope.ScopeTrainConfig(**before["train"])
-        print(f"going on from step {start} of {cfg.steps} ({args.resume})")
     else:
         clf = scope.ScopeClassifier()
-        given = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                                   ("encoder_lr", args.encoder_lr)) if v is not None}
-        cfg = scope.ScopeTrainConfig(seed=args.seed, **given)
-    out = Path(args.out or scope.trained_path())
-    begun = time.perf_counter() - earlier
+        cfg = scope.ScopeTrainConfig(seed=args.seed, **_given(args, "steps", "batch_size", "lr", "encoder_lr"))
+    return _checkpointed(
+        lambda start, every, cb: scope.train_classifier(clf, examples, cfg, start=start, every=every, callback=cb),
+        lambda curves, seconds: scope.make_record(clf, cfg, data, curves, seconds),
+        lambda out, r: scope.save_classifier(clf, out, r),
+        Path(args.out or scope.trained_path()), args.checkpoint_every, cfg.steps, before)
 
-    def save(curves: dict, partial: bool) -> None:
-        joined = {k: done.get(k, []) + v for k, v in curves.items()}
-        r = scope.make_record(clf, cfg, data, joined, time.perf_counter() - begun)
-        scope.save_classifier(clf, out, {**r, "partial": True} if partial else r)
 
-    curves = scope.train_classifier(clf, examples, cfg, start=start, every=args.checkpoint_every,
-                                    callback=lambda step, c: step < cfg.steps and save(c, partial=True))
-    save(curves, partial=False)
-    n = min(20, len(curves["loss"]))
-    print("losses, mean of the first and last", n, "steps:",
-          ", ".join(f"{k} {sum(v[:n]) / n:.3f} -> {sum(v[-n:]) / n:.3f}" for k, v in curves.items()))
-    print(f"wrote {out}")
-    return 0
+def train_mend(args) -> int:
+    """Train (or go on training) MEND's network for --model, on RECIPE's training data and split;
+    checkpoints and --resume as for SERAC."""
+    from . import mend
+    from . import prompt_learning as pl
+    from .editors import MEND
+    from .models import load_model
+
+    model, tok = load_model(args.model, quantization=args.quant)
+    if (why := MEND.unsupported(model)) is not None:
+        raise UsageError(why)
+    examples, data = pl.training_examples(args.data, n=args.cases, seed=args.seed)
+    before = None
+    if args.resume:
+        network, before = _resumed(args, mend.load_network, mend.default_path(args.model))
+        cfg = mend.MendTrainConfig(**before["train"])
+    else:
+        network = mend.MendNetwork(mend.MendConfig.for_model(model, **_given(args, "rank")))
+        cfg = mend.MendTrainConfig(seed=args.seed, **_given(args, "steps", "batch_size", "lr", "c_edit"))
+    mend.check_network(network, model)
+    return _checkpointed(
+        lambda start, every, cb: mend.train_mend(model, tok, network, examples, cfg, start=start, every=every, callback=cb),
+        lambda curves, seconds: mend.make_record(network, cfg, data, curves, seconds),
+        lambda out, r: mend.save_network(network, out, r),
+        Path(args.out or mend.trained_path(args.model)), args.checkpoint_every, cfg.steps, before)
 
 
 def cmd_download(args) -> int:
@@ -399,28 +441,34 @@ def main(argv: list[str] | None = None) -> int:
                     help="store sizes for --timing (filled from CounterFact's 10,000 train records)")
     be.set_defaults(fn=cmd_bench)
 
-    tr = command("train", help="train LTE's adapter (alignment.py), RECIPE's modules (prompt_learning.py) or "
-                               "SERAC's scope classifier (scope.py)")
-    tr.add_argument("what", choices=["lte", "recipe", "serac"])
+    tr = command("train", help="train LTE's adapter (alignment.py), RECIPE's modules (prompt_learning.py), "
+                               "SERAC's scope classifier (scope.py) or MEND's network (mend.py)")
+    tr.add_argument("what", choices=["lte", "recipe", "serac", "mend"])
     tr.add_argument("--model", default=DEFAULT_MODEL)
     tr.add_argument("--quant", default=None, choices=["4bit", "8bit"])
     tr.add_argument("--data", action="append", default=None,
                     help="training data spec (repeatable); default: lte: CounterFact-train + KnowEdit train_cf, "
                          "recipe: those and KnowEdit recent_train (plus the bundled cases not evaluated on)")
     tr.add_argument("--cases", type=int, default=None, help="training cases sampled from the data (lte: 1500, recipe: all)")
-    tr.add_argument("--steps", type=int, default=None, help="lte: 400, recipe: 2000, serac: 1000")
+    tr.add_argument("--steps", type=int, default=None, help="lte: 400, recipe: 2000, serac, mend: 1000")
     tr.add_argument("--batch-size", type=int, default=None,
-                    help="lte, recipe: edits through the LLM per step (8); serac: edits per step (128)")
-    tr.add_argument("--lr", type=float, default=None, help="lte: 4e-4, recipe: 1e-3, serac (scale and bias): 1e-2")
+                    help="lte, recipe, mend: edits through the LLM per step (8); serac: edits per step (128)")
+    tr.add_argument("--lr", type=float, default=None,
+                    help="lte: 4e-4, recipe: 1e-3, serac (scale and bias): 1e-2, mend (g): 1e-4")
+    tr.add_argument("--rank", type=int, default=None, help="mend: width of g's low-rank layers (default 64)")
+    tr.add_argument("--c-edit", type=float, default=None,
+                    help="mend: the weight of the edit loss beside the locality KL's 1 (default 1; the reference: 0.1)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--out", default=None,
-                    help="output folder (default: <cache>/<lte|recipe>/<model> or <cache>/serac/classifier, loaded by default from then on)")
+                    help="output folder (default: <cache>/<lte|recipe|mend>/<model> or <cache>/serac/classifier, "
+                         "loaded by default from then on)")
     for flag in ("threefold", "in-scope", "out-of-scope", "free-text"):
         tr.add_argument(f"--no-{flag}", action="store_true", help=f"lte ablation: without {flag}")
     tr.add_argument("--d-rep", type=int, default=None, help="recipe: width of the learned representations (default 256)")
     tr.add_argument("--finetune-encoder", action="store_true", help="recipe: fine-tune MiniLM too (as the reference)")
     tr.add_argument("--resume", default=None, metavar="FOLDER",
-                    help="recipe: go on training these modules ('default': the ones RECIPE loads); the record keeps the earlier run's")
+                    help="recipe: go on training these modules ('default': the ones RECIPE loads); the record keeps the "
+                         "earlier run's; serac, mend: go on with a stopped run (its --out folder)")
     tr.add_argument("--prompts-only", action="store_true",
                     help="recipe, with --resume: train MLP_P alone on L_edit at every step; retrieval stays as it is")
     tr.add_argument("--prompt-lr", type=float, default=None, help="recipe: MLP_P's learning rate (default 3e-3)")
@@ -439,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--encoder-lr", type=float, default=None,
                     help="recipe: learning rate of MiniLM's trained layers (default 1e-5)")
     tr.add_argument("--checkpoint-every", type=int, default=100,
-                    help="recipe, serac: save every this many steps (a stopped run goes on with --resume <out>)")
+                    help="recipe, serac, mend: save every this many steps (a stopped run goes on with --resume <out>)")
     tr.set_defaults(fn=cmd_train)
 
     dl = command("download", help="fetch a public benchmark file")

@@ -326,6 +326,29 @@ def fingerprint(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
+def check_run(examples: int, batch: int, start: int = 0, steps: int | None = None) -> None:
+    """Refuse a training run that can't fill one batch, or a resumed one with nothing left to do."""
+    if examples < batch:
+        raise ValueError(f"{examples} training examples, fewer than one batch ({batch}); "
+                         "pass more examples or a smaller batch")
+    if steps is not None and start >= steps:
+        raise ValueError(f"start={start} leaves nothing to do: the run has {steps} steps")
+
+
+def run_record(settings: dict, data: dict, curves: dict[str, list[float]], seconds: float, first: str = "loss") -> dict:
+    """What a training run writes beside its weights (RECIPE, SERAC, MEND): its settings, its data,
+    the time, and every loss at every step (4 significant digits)."""
+    return {**settings, "data": data, "seconds": round(seconds, 1), "steps": len(curves[first]),
+            "loss": {k: [float(f"{x:.4g}") for x in v] for k, v in curves.items() if v},
+            "trained_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def yours_or_shipped(yours: Path, shipped: Path, weights: str) -> Path:
+    """The folder a trained part loads by default: the one you trained (in the cache), else the one
+    the package ships."""
+    return yours if (yours / weights).exists() else shipped
+
+
 def save_trained(trained, path: str | Path, weights: str, record: dict) -> Path:
     """`trained.trained_state()` as safetensors and the record as JSON (RECIPE's modules, SERAC's
     classifier). The fingerprint is taken here, from the weights written, whatever record is passed."""

@@ -11,7 +11,7 @@ A check prints "✓ correct" and returns True, or prints what went wrong and a h
 False. It never raises at the student: their errors are caught and explained.
 
 Exercises: `check_next_token` (notebook 00); `check_token_accuracy` (notebook 01); `check_rank_one`
-(notebook 02); `check_grace_decision` and `check_eps_choice` (notebook 03); `check_threefold` (notebook 04);
+(notebook 02); `check_grace_decision`, `check_eps_choice` and `check_scope_decision` (notebook 03); `check_threefold` (notebook 04);
 `check_sentinel_decision` (notebook 05); `check_lifelong_score` (notebook 06).
 
 What it does not do: show solutions. The references are private and never printed.
@@ -27,6 +27,7 @@ import torch
 
 from .alignment import threefold_facts
 from .prompt_learning import sentinel_decision
+from .scope import in_scope_of
 
 
 @dataclass(frozen=True)
@@ -374,6 +375,47 @@ def check_eps_choice(eps, rephrase_distance: float, locality_distance: float) ->
     print(f"✓ works: the rephrasing hits ({d_r:.3f} ≤ ε = {eps:.3g}) and the locality prompt passes "
           f"through ({d_l:.3f} > ε). Margins: {eps - d_r:.3f} and {d_l - eps:.3f}.")
     return True
+
+
+def _scope_with(top: bool = True, strict: bool = True, gate: bool = True):
+    def rule(probs, threshold):
+        order = sorted(range(len(probs)), key=lambda i: -probs[i]) if top else list(range(len(probs)))
+        for j in order:
+            if not gate or (probs[j] > threshold if strict else probs[j] >= threshold):
+                return j
+            if top:
+                return None
+        return None
+    return rule
+
+
+SCOPE = Exercise(
+    name="route",
+    reference=in_scope_of,  # the rule SERAC's editor applies to the classifier's probabilities
+    cases=[
+        Case(([0.1, 0.92, 0.3], 0.5), "probabilities [0.1, 0.92, 0.3], threshold 0.5 (one edit is in scope)"),
+        Case(([0.2, 0.4], 0.5), "probabilities [0.2, 0.4], threshold 0.5 (nothing is in scope)"),
+        Case(([0.6, 0.97], 0.5), "probabilities [0.6, 0.97], threshold 0.5 (two above it, the second more likely)"),
+        Case(([0.5, 0.1], 0.5), "probabilities [0.5, 0.1], threshold 0.5 (a tie with the threshold)"),
+        Case(([0.3, 0.45], 0.25), "probabilities [0.3, 0.45], threshold 0.25 (a lower threshold)"),
+        Case(([], 0.5), "no stored edits, threshold 0.5"),
+    ],
+    mistakes=[
+        Mistake("take the most likely edit first, then compare it with the threshold. Returning the first "
+                "edit above the threshold can hand the query to a less likely edit.", (_scope_with(top=False),)),
+        Mistake("an edit applies only when its probability is *strictly* above the threshold; at exactly "
+                "0.5 the classifier is undecided and the base model answers.", (_scope_with(strict=False),)),
+        Mistake("the most likely edit is not always in scope: when even the best probability is below the "
+                "threshold, return None, and the base model answers unchanged.", (_scope_with(gate=False),)),
+    ],
+    hint="j = the index of the largest probability; return j if probabilities[j] > threshold else None "
+         "(and None when nothing is stored).",
+)
+
+
+def check_scope_decision(fn: Callable[[list[float], float], int | None]) -> bool:
+    """Check `fn(probabilities, threshold) -> index or None` (SERAC's routing rule)."""
+    return SCOPE.check(fn)
 
 
 # ----------------------------------------------------------------------------- notebook 04

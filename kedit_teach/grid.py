@@ -79,6 +79,10 @@ class GridError(UsageError, ValueError):
     """A results folder that doesn't fit this run (another seed or case count), or a broken cell file."""
 
 
+class Unavailable(Exception):
+    """A method that can't run on this model; the cell is skipped with the reason."""
+
+
 def load_data(data: str, seed: int = 0) -> list[EditCase]:
     """A data set's cases in their seeded order. "teach" is the bundled set's first TEACH_HELD_OUT
     cases: the rest trained RECIPE's modules, so evaluating on them would flatter it."""
@@ -160,7 +164,10 @@ def run_cell(model, tokenizer, cell: Cell, cases: list[EditCase], settings: dict
     """One cell on `model`; returns (its result in the eval schema plus "general" and "grid", the model
     as found). progress: a bar over the cell's edits, cleared when it is done. references: the
     unedited model's locality answers, shared by the cells of a run (`evaluate.reference`)."""
-    editor = METHODS[cell.method](model, tokenizer, **settings)
+    try:
+        editor = METHODS[cell.method](model, tokenizer, **settings)
+    except UsageError as e:  # nothing changed yet: no trained parts for this model, 4-bit weights for ROME
+        raise Unavailable(" ".join(str(e).split())) from e
     reset_peak()
     start = time.perf_counter()
     result = evaluate(editor, cases, mode=cell.mode, fluency_n=fluency_n, progress=progress, leave=False,
@@ -199,8 +206,12 @@ def run_grid(model, tokenizer, cells: list[Cell], out: str | Path, settings: dic
             reason = skip_reason(cell, len(data[cell.data]), single_n, s, budget_s, source)
             if reason is None:
                 cases = data[cell.data][:cell.n_cases(single_n)]
-                result, model = run_cell(model, tokenizer, cell, cases, settings.get(cell.method, {}), fluency_n,
-                                         progress, references)
+                try:
+                    result, model = run_cell(model, tokenizer, cell, cases, settings.get(cell.method, {}), fluency_n,
+                                             progress, references)
+                except Unavailable as e:
+                    rows.append(summary_row(cell, None, str(e)))
+                    continue
                 result.update(data=cell.data, seed=seed, **({"split": splits[cell.data]} if splits[cell.data] else {}))
                 part = path.with_suffix(".part")  # renamed when whole: an interrupted run leaves no half cell
                 part.write_text(json.dumps(result, indent=1, ensure_ascii=False))
@@ -398,3 +409,20 @@ def papers_table(rows: list[dict], data: str = "counterfact", paper_data: str = 
                       "paper, 1000 edits": " / ".join(f"{v:.0f}" for v in paper["1000"][name]),
                       "ours, most edits": f"{_triple(last[f'tf_{k}'] for k in REL_GEN_LOC)} (N = {last['n']})"})
     return pd.DataFrame(table).set_index("method") if table else pd.DataFrame()
+
+
+def lte_papers_table(rows: list[dict], data: str = "counterfact", paper_data: str = "counterfact"):
+    """LTE's Table 1 (LLaMA2-Chat-7B, edits one at a time: edit succ. / portability / locality in %,
+    and fluency) beside our single-edit cells (teacher-forced rel / port / loc, fluency), one row
+    per method both have. SERAC and MEND have no row in RECIPE's table; this is where they meet the
+    papers."""
+    import pandas as pd
+    paper = json.loads(PAPERS.read_text())["lte_table1"][paper_data]
+    single = {r["method"]: r for r in rows if r["data"] == data and r["mode"] == "single" and r["status"] == "done"}
+    table = [{"method": m, "paper: succ. / port. / loc.": " / ".join(f"{v:.0f}" for v in paper[m][:3]),
+              "ours (N = 1)": _triple(single[m][f"tf_{k}"] for k in ("rel", "port", "loc")),
+              "paper: fluency": f"{paper[m][3]:.0f}",
+              "ours: fluency": "–" if single[m].get("fluency") is None else f"{single[m]['fluency']:.0f}"}
+             for m in paper if m in single]
+    return pd.DataFrame(table).set_index("method") if table else pd.DataFrame()
+

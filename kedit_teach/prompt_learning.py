@@ -78,7 +78,6 @@ import copy
 import json
 import math
 import random
-import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -90,7 +89,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .alignment import fingerprint, load_trained_state, read_trained_record, save_trained, shuffled_batches
+from .alignment import (check_run, fingerprint, load_trained_state, read_trained_record, run_record, save_trained,
+                        shuffled_batches, yours_or_shipped)
 from .data import ASSETS, SHARED_DIR, ZSRE_FILE, EditCase, disjoint_subjects, load_cases, load_teach, split_record
 from .encoder_layers import lower_states, tokenize, top_pass
 from .errors import UsageError
@@ -702,9 +702,7 @@ def train_modules(modules: RecipeModules, model, tokenizer, examples: list[Train
     if not (cfg.edit_loss or cfg.prompt_learning):
         raise ValueError("edit_loss=False and prompt_learning=False leave nothing to train")
     size = cfg.contrastive_batch if cfg.prompt_learning else cfg.batch_size
-    if len(examples) < size:
-        raise ValueError(f"{len(examples)} training examples, fewer than one batch ({size}); "
-                         "pass more examples or a smaller batch")
+    check_run(len(examples), size, start, cfg.steps)
     if cfg.batch_size > cfg.contrastive_batch:
         raise ValueError(f"batch_size={cfg.batch_size} exceeds contrastive_batch={cfg.contrastive_batch}")
     edit_every = cfg.edit_every if cfg.prompt_learning else 1
@@ -734,8 +732,6 @@ def train_modules(modules: RecipeModules, model, tokenizer, examples: list[Train
         f = modules.query_layers_pass([states[t] for t in texts]) if layered else _features(modules, texts, cache)
         return modules.query(f)
     rng = random.Random(cfg.seed + start)
-    if start >= cfg.steps:
-        raise ValueError(f"start={start} leaves nothing to do: the run has {cfg.steps} steps")
     if cfg.neighbours and cfg.prompt_learning:
         with torch.no_grad():  # the mean-pooled part of f_rm: the encoder's own sentence embedding
             knowledge = _features(modules, [e.knowledge for e in examples], cache)
@@ -809,18 +805,15 @@ def trained_path(model_name: str) -> Path:
 
 def default_path(model_name: str) -> Path:
     """The modules RECIPE(modules="default") loads: ones you trained, else the ones shipped."""
-    mine = trained_path(model_name)
-    return mine if (mine / WEIGHTS_FILE).exists() else SHIPPED / model_folder(model_name)
+    return yours_or_shipped(trained_path(model_name), SHIPPED / model_folder(model_name), WEIGHTS_FILE)
 
 
 def make_record(modules: RecipeModules, model_name: str, cfg: TrainConfig, data: dict,
                 curves: dict[str, list[float]], seconds: float, resumed_from: dict | None = None) -> dict:
     """resumed_from: the record of the modules this run went on training; kept whole (its own
     history included), so the shipped record says every step that made the weights."""
-    record = {"model": model_name, "modules": asdict(modules.config), "train": asdict(cfg), "data": data,
-              "seconds": round(seconds, 1), "steps": len(curves["total"]),
-              "loss": {k: [round(x, 4) for x in v] for k, v in curves.items() if v},
-              "trained_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    record = run_record({"model": model_name, "modules": asdict(modules.config), "train": asdict(cfg)}, data,
+                        curves, seconds, first="total")
     if resumed_from is not None:
         record["resumed_from"] = resumed_from
     return record

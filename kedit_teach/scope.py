@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import math
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -38,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .alignment import fingerprint, load_trained_state, read_trained_record, save_trained, shuffled_batches
+from .alignment import (check_run, fingerprint, load_trained_state, read_trained_record, run_record, save_trained,
+                        shuffled_batches, yours_or_shipped)
 from .data import ASSETS
 from .encoder_layers import lower_states, tokenize, top_pass
 from .errors import UsageError
@@ -138,6 +138,15 @@ class ScopeClassifier(nn.Module):
         return fingerprint(self.trained_state())
 
 
+def in_scope_of(probabilities: list[float], threshold: float = 0.5) -> int | None:
+    """The decision (Sec. 3.1): the index of the stored edit most likely in scope, if its
+    probability is above the threshold; None, and the base model answers, otherwise."""
+    if not len(probabilities):
+        return None
+    j = max(range(len(probabilities)), key=lambda i: probabilities[i])
+    return j if probabilities[j] > threshold else None
+
+
 # ----------------------------------------------------------------------------- training
 
 @dataclass
@@ -185,11 +194,7 @@ def train_classifier(clf: ScopeClassifier, examples: list[TrainingExample], cfg:
     (loss and its parts pos, hard, neg; p_hard: the mean probability of a locality prompt beside its own edit).
     callback(step, curves) every `every` steps (checkpoints); start: steps a stopped run already did."""
     cfg = cfg or ScopeTrainConfig()
-    if len(examples) < cfg.batch_size:
-        raise ValueError(f"{len(examples)} training examples, fewer than one batch ({cfg.batch_size}); "
-                         "pass more examples or a smaller batch")
-    if start >= cfg.steps:
-        raise ValueError(f"start={start} leaves nothing to do: the run has {cfg.steps} steps")
+    check_run(len(examples), cfg.batch_size, start, cfg.steps)
     torch.manual_seed(cfg.seed)
     opt = torch.optim.Adam([{"params": [clf.log_scale, clf.bias], "lr": cfg.lr},
                             {"params": list(clf.top.parameters()), "lr": cfg.encoder_lr}])
@@ -238,15 +243,12 @@ def trained_path() -> Path:
 def default_path() -> Path:
     """The classifier SERAC(classifier="default") loads: yours, else the shipped one. It does not
     depend on the LLM: it reads only text."""
-    mine = trained_path()
-    return mine if (mine / WEIGHTS_FILE).exists() else SHIPPED
+    return yours_or_shipped(trained_path(), SHIPPED, WEIGHTS_FILE)
 
 
 def make_record(clf: ScopeClassifier, cfg: ScopeTrainConfig, data: dict, curves: dict[str, list[float]],
                 seconds: float) -> dict:
-    return {"classifier": asdict(clf.config), "train": asdict(cfg), "data": data, "seconds": round(seconds, 1),
-            "steps": len(curves["loss"]), "loss": {k: [round(x, 4) for x in v] for k, v in curves.items()},
-            "trained_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return run_record({"classifier": asdict(clf.config), "train": asdict(cfg)}, data, curves, seconds)
 
 
 def save_classifier(clf: ScopeClassifier, path: str | Path, record: dict) -> Path:

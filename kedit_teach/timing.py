@@ -32,7 +32,7 @@ from .editors import METHODS, NoEdit
 from .grid import peak_mb, reset_peak
 
 STORED = (0, 1_000, 10_000)
-MEMORY_METHODS = ("grace", "lte", "recipe")  # the methods whose store grows with every edit
+MEMORY_METHODS = ("grace", "lte", "recipe", "serac")  # the methods whose store grows with every edit
 PROBE_KINDS = 3  # per case: its edit prompt, a rephrasing, an unrelated prompt
 
 

@@ -73,7 +73,11 @@ def take_turns(model, tokenizer, case: EditCase = EIFFEL, methods: list[str] | N
     before = [_first_line(a) for a in NoEdit(model, tokenizer).generate(list(prompts), ANSWER_TOKENS)]
     rows = []
     for name in tqdm(methods, desc="one edit per method", disable=not progress):
-        editor = METHODS[name](model, tokenizer, **settings.get(name, {}))
+        try:  # no trained parts for this model (RECIPE's modules, MEND's network): its row says why
+            editor = METHODS[name](model, tokenizer, **settings.get(name, {}))
+        except UsageError as e:
+            rows.append({"method": name, "summary": METHODS[name].summary, "refused": " ".join(str(e).split())})
+            continue
         try:
             (info,) = editor.edit(case)
         except UsageError as e:  # this method can't make this edit (ROME without a subject): its row says why

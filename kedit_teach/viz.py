@@ -12,10 +12,13 @@ What it does:
   (scores vs number of sequential edits, from `evaluate.curve`).
 - LTE: `retrieval_bars` (top-k scores for one query), `alignment_mix` (the data mix),
   `loss_curve` (alignment training).
-- RECIPE: `sentinel_bars` (one query's similarity to stored knowledge, the sentinel as the line to
-  beat), `gate_sweep_lines` (fixed thresholds against the sentinel), `loss_curves` (its five losses).
+- RECIPE and SERAC: `decision_bars` (one query's scores against stored edits, and the line to beat),
+  drawn by `sentinel_bars` (RECIPE's similarity, the sentinel) and `scope_bars` (SERAC's scope
+  probabilities, the threshold), and `routing_bars` (both deciding on the same queries); RECIPE:
+  `gate_sweep_lines` (fixed thresholds against the sentinel), `loss_curves` (its five losses).
 - Locate-then-edit: `trace_heatmap` (a causal trace, token x layer), `norm_lines` (the edited
   layer's weight norm over sequential edits), `collapse_lines` (sequential editing per method).
+- `METHOD_COLORS` / `method_colors`: one colour per method in every chart of the course.
 - The benchmark grid (`grid.run_grid` rows): `grid_lines` (each metric against N, one line per
   method), `grid_bars` (every method at one N).
 Every figure and table names the protocol behind each number (teacher-forced or generation).
@@ -53,6 +56,17 @@ LABELS = {
     "after": "after edit",
 }
 STAGE_COLORS = {"before": "#b0b0b0", "after": "#1f77b4"}
+# One colour per method across the course, so a student finds a method by its colour in every chart.
+METHOD_COLORS = {"noedit": "#7f7f7f", "ice": "#17becf", "ft-l": "#8c564b", "grace": "#2ca02c", "lte": "#9467bd",
+                 "recipe": "#d62728", "serac": "#ff7f0e", "mend": "#e377c2", "rome": "#1f77b4", "memit": "#bcbd22",
+                 "alphaedit": "#393b79"}
+
+
+def method_colors(names) -> dict:
+    """The course colour of each method name (any case); other names (a variant such as
+    "serac-prompt") take the colours no method uses, in order."""
+    spare = cycle([c for c in qualitative.Dark24 if c.lower() not in METHOD_COLORS.values()])
+    return {n: METHOD_COLORS.get(str(n).lower()) or next(spare) for n in dict.fromkeys(names)}
 
 
 def label(value) -> str:
@@ -83,7 +97,7 @@ def grouped_bars(frame: pd.DataFrame, x: str, group: str, col: str | None = None
     tests can find a bar without relying on subplot order.
     """
     rows, cols, groups, xs = (_levels(frame, c) for c in (row, col, group, x))
-    colors = colors or dict(zip(groups, cycle(qualitative.Plotly)))
+    colors = colors or (method_colors(groups) if group == "method" else dict(zip(groups, cycle(qualitative.Plotly))))
     # Column names once, over the top row, and row names as the y titles of the first column:
     # "row · column" over every subplot ran into its neighbours.
     titles = [label(c) if c is not None else "" for c in cols] if col is not None else None
@@ -418,29 +432,56 @@ def loss_curves(curves: dict[str, list[float]], window: int = 20, title: str = "
     return fig
 
 
-def sentinel_bars(info: dict, title: str = "") -> go.Figure:
-    """One query against the stored knowledge (`RECIPE.inspect(prompt)`): a bar per entry, best first,
-    and the gate it must beat as a vertical line (the sentinel's score r~_q . r_Theta, or a fixed
-    threshold). The attached entry, if any, is green; the bars carry meta {case_id, attached}."""
-    rows = info["knowledge"]
+def decision_bars(rows: list[tuple[str, str, float]], chosen: str | None, gate: float, gate_name: str,
+                  x_title: str, decision: str, query: str, title: str,
+                  x_range: tuple[float, float] | None = None) -> go.Figure:
+    """One query against stored edits: a bar per (case_id, text, score), best on top, and the gate
+    the best must beat as a vertical line; the chosen entry, if any, is green. The bars carry meta
+    {case_id, attached}. RECIPE's sentinel and SERAC's scope classifier both draw with it."""
     fig = go.Figure()
-    for r in rows[::-1]:  # best on top
-        attached = r["case_id"] == info["retrieved"]
-        fig.add_trace(go.Bar(x=[r["score"]], y=[_short(f"{r['case_id']}: {r['knowledge']}", 56)], orientation="h",
+    for case_id, text, score in rows[::-1]:  # best on top
+        attached = case_id == chosen
+        fig.add_trace(go.Bar(x=[score], y=[_short(f"{case_id}: {text}", 56)], orientation="h",
                              marker_color="#1a7f37" if attached else "#b0b0b0", showlegend=False,
-                             meta={"case_id": r["case_id"], "attached": attached},
-                             hovertemplate=f"{r['knowledge']}<br>score %{{x:.3f}}<extra></extra>"))
-    gate = info["threshold"]
-    name = "sentinel r~q·rΘ" if info["gate"] == "sentinel" else "fixed threshold"
+                             meta={"case_id": case_id, "attached": attached},
+                             hovertemplate=f"{text}<br>score %{{x:.3f}}<extra></extra>"))
     fig.add_vline(x=gate, line_dash="dash", line_color="#c62828",
-                  annotation_text=f"{name} = {gate:.2f}", annotation_position="top")
-    decision = (f"attach the prompt of {info['retrieved']}" if info["retrieved"] else "attach nothing")
-    fig.update_layout(title=dict(text=f"{title or 'Query vs stored knowledge'}<br><sup>{_short(info['model_input'], 70)} "
-                                      f"→ {decision}</sup>"),
+                  annotation_text=f"{gate_name} = {gate:.2f}", annotation_position="top")
+    fig.update_layout(title=dict(text=f"{title}<br><sup>{_short(query, 70)} → {decision}</sup>"),
                       height=120 + 40 * max(len(rows), 1), margin=dict(t=90, l=10, r=10, b=40),
-                      xaxis_title="r~q · rk / √d", barmode="overlay")
+                      xaxis_title=x_title, barmode="overlay")
+    if x_range is not None:
+        fig.update_xaxes(range=list(x_range))
     fig.update_yaxes(automargin=True)
     return fig
+
+
+def sentinel_bars(info: dict, title: str = "") -> go.Figure:
+    """One query against RECIPE's stored knowledge (`RECIPE.inspect(prompt)`): the gate is the
+    sentinel's score r~_q . r_Theta, or a fixed threshold."""
+    return decision_bars([(r["case_id"], r["knowledge"], r["score"]) for r in info["knowledge"]], info["retrieved"],
+                         info["threshold"], "sentinel r~q·rΘ" if info["gate"] == "sentinel" else "fixed threshold",
+                         "r~q · rk / √d",
+                         f"attach the prompt of {info['retrieved']}" if info["retrieved"] else "attach nothing",
+                         info["model_input"], title or "Query vs stored knowledge")
+
+
+def scope_bars(info: dict, title: str = "") -> go.Figure:
+    """One query against SERAC's stored edits (`SERAC.inspect(prompt)`): each edit's scope
+    probability g(e, q), and the threshold the most likely edit must beat."""
+    return decision_bars([(r["case_id"], r["edit"], r["probability"]) for r in info["scope"]], info["in_scope"],
+                         info["threshold"], "threshold", "scope probability g(edit, query)",
+                         f"in the scope of {info['in_scope']}: the counterfactual model answers" if info["in_scope"]
+                         else "out of every edit's scope: the base model answers",
+                         info["model_input"], title or "Query vs stored edits: the scope classifier", x_range=(0, 1.05))
+
+
+def routing_bars(rates: dict[str, dict[str, float]], title: str = "") -> go.Figure:
+    """Share of queries decided right per query kind, one bar per method ({method: {kind: share}},
+    e.g. `gate_sweep(...)["sentinel"]` for RECIPE and for SERAC)."""
+    frame = pd.DataFrame([{"method": m, "kind": k, "value": v} for m, kinds in rates.items() for k, v in kinds.items()])
+    return grouped_bars(frame, x="kind", group="method", y_title="share decided right",
+                        title=title or "Which stored edit applies? Decisions on the same queries")
 
 
 def gate_sweep_lines(sweep: dict, title: str = "") -> go.Figure:
@@ -492,7 +533,9 @@ def collapse_lines(curves: dict[str, list[dict]], protocol: str = "teacher_force
     kinds = ("reliability", "generality", "locality")
     fig = make_subplots(rows=1, cols=4, subplot_titles=[label(k) for k in kinds] + ["perplexity / unedited"],
                         horizontal_spacing=0.06)
-    for (name, points), color in zip(curves.items(), cycle(qualitative.Plotly)):
+    colors = method_colors(curves)
+    for name, points in curves.items():
+        color = colors[name]
         xs = [p["n_edits"] for p in points]
         series = [[_number(p["metrics"][protocol].get(k)) for p in points] for k in kinds]
         series.append([p["perplexity"] / p["perplexity_unedited"] for p in points])
@@ -512,9 +555,10 @@ def norm_lines(norms: dict[str, list[float]], original: float | None = None, tit
                yaxis_title: str = "|W|_F") -> go.Figure:
     """The edited layer's weight norm |W|_F after each sequential edit, one line per method (ROME's
     `norms`); a dotted line at the unedited norm. Its growth is the visible sign of collapse."""
-    fig = go.Figure()
+    fig, colors = go.Figure(), method_colors(norms)
     for name, ys in norms.items():
-        fig.add_trace(go.Scatter(x=list(range(1, len(ys) + 1)), y=ys, mode="lines+markers", name=name, meta={"method": name}))
+        fig.add_trace(go.Scatter(x=list(range(1, len(ys) + 1)), y=ys, mode="lines+markers", name=name,
+                                 line=dict(color=colors[name]), meta={"method": name}))
     if original is not None:
         fig.add_hline(y=original, line_dash="dot", line_color="#888", annotation_text="unedited")
     fig.update_layout(title=title or "Weight norm of the edited layer after each edit", height=380,
@@ -537,7 +581,7 @@ def grid_lines(rows: list[dict], data: str, protocol: str = "gen", title: str = 
     fig = make_subplots(rows=1, cols=len(GRID_PANELS), subplot_titles=list(GRID_PANELS.values()),
                         horizontal_spacing=0.05)
     done = _lifelong(rows, data)
-    for method, color in zip(dict.fromkeys(r["method"] for r in done), cycle(qualitative.Plotly)):
+    for method, color in method_colors(r["method"] for r in done).items():
         mine = sorted((r for r in done if r["method"] == method), key=lambda r: r["n"])
         for j, key in enumerate(GRID_PANELS, 1):
             column = key if key == "questions" else f"{protocol}_{key}"
@@ -576,10 +620,10 @@ def conflict_bars(shares: list[dict], title: str = "") -> go.Figure:
 
 def _method_lines(frame: pd.DataFrame, x: str, title: str, y_title: str, xaxis: dict) -> go.Figure:
     """One line per method of `frame` (columns method, x, value), in the frame's order."""
-    fig = go.Figure()
-    for (name, part), color in zip(frame.groupby("method", sort=False), cycle(qualitative.Plotly)):
+    fig, colors = go.Figure(), method_colors(frame["method"])
+    for name, part in frame.groupby("method", sort=False):
         fig.add_trace(go.Scatter(x=part[x], y=part["value"], mode="lines+markers", name=name,
-                                 line=dict(color=color), meta={"method": name}))
+                                 line=dict(color=colors[name]), meta={"method": name}))
     fig.update_layout(title=title, height=380, legend_title_text="method", xaxis=xaxis,
                       yaxis=dict(range=[0, 1.05], title=y_title))
     return fig

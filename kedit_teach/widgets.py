@@ -18,7 +18,10 @@ What it does:
 - `RECIPEPanel` (notebook 05) stores knowledge in a RECIPE editor and shows, for a query, its
   similarity to each entry with the sentinel as the line to beat, the decision, and the answer
   with and without the continuous prompt; a toggle and a slider swap the sentinel for a fixed
-  threshold. `StorePanel` is the shell the two share.
+  threshold.
+- `SERACPanel` (notebook 03) stores edits in a SERAC editor and shows, for a query, each edit's
+  scope probability with the threshold as the line to beat, which model answered, and the answer
+  beside the base model's; a slider moves the threshold. `StorePanel` is the shell the three share.
 - `TracePanel` (notebook 02) runs a causal trace of a typed prompt and subject and shows the
   heatmap and the strongest states (`strongest_states`).
 
@@ -541,6 +544,15 @@ class StorePanel(Panel):
         """Retrieve, generate, show; return the status line."""
         raise NotImplementedError
 
+    def _answers(self, query: str, acting: str | None, alone: str, untouched: str) -> dict[str, str]:
+        """The editor's answer labelled `acting` beside the unedited model's (`alone`) when the
+        editor acts on the query; else the unedited answer alone, labelled `untouched`."""
+        with self.editor.unedited():
+            plain = self.editor.generate(query, self.max_new_tokens)
+        if not acting:
+            return {untouched: plain}
+        return {acting: self.editor.generate(query, self.max_new_tokens), alone: plain}
+
     def _seen(self, model_input: str, answers: dict[str, str]) -> None:
         self.seen.value = (f"<b>the model received</b><pre>{html.escape(model_input)}</pre>"
                            + "".join(f"<b>{html.escape(k)}</b><pre>{html.escape(v)}</pre>" for k, v in answers.items()))
@@ -628,12 +640,9 @@ class RECIPEPanel(StorePanel):
 
     def _answer(self, query: str) -> str:
         info = self.editor.inspect(query)
-        with self.editor.unedited():
-            plain = self.editor.generate(query, self.max_new_tokens)
         attached = info["attached"]
-        answers = {f"answered with the prompt of {attached}": self.editor.generate(query, self.max_new_tokens),
-                   "without it": plain} if attached else {"answered (no prompt attached: the unedited model)": plain}
-        self._seen(info["llm_input"], answers)
+        self._seen(info["llm_input"], self._answers(query, attached and f"answered with the prompt of {attached}",
+                                                    "without it", "answered (no prompt attached: the unedited model)"))
         self.show(knowledge_table(info), viz.sentinel_bars(info) if info["knowledge"] else None)
         if not info["knowledge"]:
             return "nothing stored yet, so nothing to retrieve: the query went in alone"
@@ -653,6 +662,49 @@ class RECIPEPanel(StorePanel):
         self.editor.threshold = self.threshold.value
         self.say("the Knowledge Sentinel decides: attach only if the best match beats r~q·rΘ" if self.editor.use_sentinel
                  else f"a fixed threshold decides: attach if the best match scores above {self.editor.threshold:.2f}", "info")
+
+
+def scope_table(info: dict) -> pd.DataFrame:
+    """`SERAC.inspect(prompt)["scope"]` as a table, most likely first, with the threshold's verdict."""
+    rows = info["scope"]
+    return pd.DataFrame({"rank": range(1, len(rows) + 1), "case_id": [r["case_id"] for r in rows],
+                         "edit": [r["edit"] for r in rows], "probability": [round(r["probability"], 3) for r in rows],
+                         "above the threshold": [r["probability"] > info["threshold"] for r in rows],
+                         "in scope": [r["case_id"] == info["in_scope"] for r in rows]})
+
+
+class SERACPanel(StorePanel):
+    """Store edits in a SERAC editor, ask a query, and see the scope classifier's probability for
+    every stored edit, the threshold, which model answered, and the answer beside the base model's."""
+
+    id_prefix = "serac"
+
+    def __init__(self, editor, max_new_tokens: int = 12) -> None:
+        super().__init__(editor, max_new_tokens)
+        self.threshold = w.FloatSlider(value=editor.threshold, min=0.0, max=1.0, step=0.05, description="threshold",
+                                       style={"description_width": "160px"}, continuous_update=False)
+        self.threshold.observe(self.on_threshold, names="value")
+        self._layout([self.threshold])
+        self.say(f"{len(editor.memory)} edits stored; the base model's weights are frozen. Add edits, then ask a query.")
+
+    def _answer(self, query: str) -> str:
+        info = self.editor.inspect(query)
+        self._seen(info["model_input"], self._answers(query, info["in_scope"] and f"answered by the {info['answered_by']}",
+                                                      "the base model alone", "answered by the base model"))
+        self.show(scope_table(info), viz.scope_bars(info) if info["scope"] else None)
+        if not info["scope"]:
+            return "nothing stored yet: the base model answered"
+        best = info["scope"][0]
+        verdict = f"in scope: {info['answered_by']}" if info["in_scope"] else "out of scope: the base model answered"
+        return f"most likely edit {best['case_id']}, p = {best['probability']:.2f} against {info['threshold']:.2f}: {verdict}"
+
+    def _empty_table(self) -> pd.DataFrame:
+        return scope_table({"scope": [], "threshold": 0.5, "in_scope": None})
+
+    @guarded
+    def on_threshold(self, _change=None) -> None:
+        self.editor.threshold = self.threshold.value
+        self.say(f"an edit applies when its scope probability is above {self.editor.threshold:.2f}", "info")
 
 
 def strongest_states(t, n: int = 5) -> pd.DataFrame:

@@ -16,7 +16,7 @@ from .conftest import cli_error
 
 
 def test_unknown_method_and_unknown_preset(capsys):
-    assert "--method 'mend' is unknown; choose one of" in cli_error(capsys, "eval", "--method", "mend")
+    assert "--method 'wise' is unknown; choose one of" in cli_error(capsys, "eval", "--method", "wise")
     assert "--layer only applies to --method rome" in cli_error(capsys, "eval", "--method", "ice", "--layer", "3")
     assert "Unknown model preset 'gemma-9'. Known presets:" in cli_error(capsys, "eval", "--model", "gemma-9")
 

@@ -11,7 +11,7 @@ import torch
 
 from kedit_teach.exercises import (GRACE_DECISION, LIFELONG_SCORE, NEXT_TOKEN, SENTINEL, THREEFOLD, TOKEN_ACCURACY, Exercise,
                                    _reference_grace_decision, _reference_token_accuracy, check_eps_choice,
-                                   check_grace_decision, check_lifelong_score, check_next_token, check_rank_one, check_sentinel_decision, check_threefold,
+                                   check_grace_decision, check_lifelong_score, check_next_token, check_rank_one, check_scope_decision, check_sentinel_decision, check_threefold,
                                    check_token_accuracy, outcome)
 
 
@@ -329,6 +329,26 @@ def test_correct_sentinel_decision_passes(capsys, fn):
 ])
 def test_typical_sentinel_mistakes_get_their_own_hint(capsys, fn, hint):
     assert check_sentinel_decision(fn) is False
+    assert hint in capsys.readouterr().out.split("Hint: ")[1]
+
+
+# ----------------------------------------------------------------------------- notebook 03: SERAC's routing rule
+
+@pytest.mark.parametrize("fn", [
+    lambda p, t: (lambda j: j if j is not None and p[j] > t else None)(max(range(len(p)), key=p.__getitem__, default=None)),
+    lambda p, t: int(torch.tensor(p).argmax()) if p and max(p) > t else None,
+])
+def test_correct_scope_decision_passes(capsys, fn):
+    assert check_scope_decision(fn) is True and capsys.readouterr().out.strip() == "✓ correct"
+
+
+@pytest.mark.parametrize("fn, hint", [
+    (lambda p, t: next((j for j in range(len(p)) if p[j] > t), None), "most likely edit first"),
+    (lambda p, t: int(torch.tensor(p).argmax()) if p and max(p) >= t else None, "*strictly*"),
+    (lambda p, t: int(torch.tensor(p).argmax()) if p else None, "return None"),
+])
+def test_typical_scope_mistakes_get_their_own_hint(capsys, fn, hint):
+    assert check_scope_decision(fn) is False
     assert hint in capsys.readouterr().out.split("Hint: ")[1]
 
 

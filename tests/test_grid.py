@@ -25,7 +25,7 @@ def test_plan_puts_single_editing_first_and_batch_only_where_a_method_solves_bat
         ("memit", "single", 1), ("memit", "sequential", 10), ("memit", "batch", 10),
         ("memit", "sequential", 100), ("memit", "batch", 100)]
     with pytest.raises(ValueError, match="unknown method"):
-        grid.plan(["mend"], [1], ["teach"])
+        grid.plan(["wise"], [1], ["teach"])
     with pytest.raises(ValueError, match="positive"):
         grid.plan(["ice"], [0], ["teach"])
 
@@ -88,6 +88,13 @@ def test_a_cell_over_budget_is_kept_as_skipped(gemma_tiny, tmp_path, capsys):
     assert not (tmp_path / "cells" / f"{cells[1].key}.json").exists()  # a later, bigger budget runs it
 
 
+def test_a_method_without_trained_parts_for_this_model_is_skipped_with_the_fix(gemma_tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("KEDIT_CACHE", str(tmp_path / "cache"))
+    model, tok = gemma_tiny
+    rows = grid.run_grid(model, tok, grid.plan(["mend", "ice"], [1], ["teach"]), tmp_path, single_n=1, progress=False)
+    assert [r["status"] for r in rows] == ["skipped", "done"] and "train mend --model" in rows[0]["reason"]
+
+
 def test_the_estimate_comes_from_the_largest_cell_so_far_in_the_same_mode(gemma_tiny, tmp_path):
     """A batch edit costs less per edit than a single one: N = 1's time would misjudge the others."""
     model, tok = gemma_tiny
@@ -111,7 +118,7 @@ def test_load_summary_refuses_what_is_not_a_summary(tmp_path):
 
 
 def test_bench_cli_bad_input(capsys, tmp_path):
-    assert "unknown method(s) mend" in cli_error(capsys, "bench", "--methods", "mend", "--out", str(tmp_path))
+    assert "unknown method(s) wise" in cli_error(capsys, "bench", "--methods", "wise", "--out", str(tmp_path))
     line = cli_error(capsys, "bench", "--data", f"counterfact:{tmp_path / 'nope.json'}", "--out", str(tmp_path))
     assert "nope.json does not exist" in line
 
@@ -162,6 +169,18 @@ def test_papers_table_puts_recipes_table_1_beside_our_first_and_largest_n():
     assert table.loc["rome", "paper, 1 edit"] == "39 / 21 / 97"  # r-ROME's row: our ROME's default key
     assert table.loc["rome", "ours, 1 edit"] == "100 / 100 / 100"
     assert table.loc["rome", "ours, most edits"] == "50 / 50 / 50 (N = 10)"  # sequential, not batch
+
+
+def test_lte_papers_table_puts_serac_and_mend_beside_lte_s_table_1():
+    def row(method, mode, data="zsre", **kw):
+        return {"data": data, "method": method, "mode": mode, "n": 1, "status": "done", "fluency": 512.3,
+                **{f"tf_{k}": 0.5 for k in ("rel", "port", "loc")}, **kw}
+    rows = [row("serac", "single", tf_loc=0.25), row("mend", "sequential"), row("recipe", "single"),
+            row("mend", "single", data="counterfact"), {**row("ice", "single"), "status": "skipped"}]
+    table = grid.lte_papers_table(rows, "zsre", "zsre")
+    assert list(table.index) == ["serac"]  # RECIPE is not in LTE's table; MEND's only cell here is sequential
+    assert table.loc["serac", "paper: succ. / port. / loc."] == "100 / 56 / 30"
+    assert table.loc["serac", "ours (N = 1)"] == "50 / 50 / 25" and table.loc["serac", "ours: fluency"] == "512"
 
 
 def test_headline_has_one_row_per_method_and_says_skipped():

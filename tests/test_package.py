@@ -7,7 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from kedit_teach import alignment, data, general, grid, prompt_learning, scope
+from kedit_teach import alignment, data, general, grid, mend, prompt_learning, scope
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,9 +26,10 @@ def test_wheel_ships_the_course_data_the_trained_weights_and_the_reference_run(t
                *sorted((alignment.SHIPPED_ADAPTERS / "gemma-3-270m").iterdir()),
                *sorted((prompt_learning.SHIPPED / "gemma-3-270m").iterdir()),
                *sorted(scope.SHIPPED.iterdir()),  # SERAC's classifier reads text only: one for every model
+               *sorted((mend.SHIPPED / "gemma-3-270m").iterdir()),
                *sorted(general.FOLDER.iterdir()), grid.PAPERS, grid.REFERENCE_RUN,  # notebook 06 renders these
                data.ASSETS / "stats" / "gemma-3-270m" / "model-texts-72.json"]  # layer statistics' default text
-    assert len(shipped) == 14
+    assert len(shipped) == 16
     with zipfile.ZipFile(wheel) as z:
         for path in shipped:
             name = path.relative_to(ROOT).as_posix()

@@ -9,6 +9,7 @@ import torch
 
 from kedit_teach.data import EditCase, load_counterfact
 from kedit_teach.editors.rome import ROME, LocateError, rank_one_update
+from kedit_teach.editors.weights import WeightEditError
 from kedit_teach.layer_stats import StatsError, down_proj, second_moment, second_moments
 from kedit_teach.editors import locate
 from kedit_teach.editors.locate import add_at, read_at
@@ -319,6 +320,17 @@ def test_a_refused_edit_changes_nothing(rome, case, match):
     assert torch.equal(rome.linear.weight, w) and not rome.cases
 
 
+def test_trace_and_edit_pairs_each_fact_and_layer_and_leaves_the_model(gemma_tiny):
+    from kedit_teach.editors.rome import trace_and_edit
+    model, tok = gemma_tiny
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = trace_and_edit(model, tok, [EIFFEL, TOYOTA], [1, 2], samples=2, progress=False, **LOOSE)
+    assert [(r["fact"], r["layer"]) for r in rows] == [(c.prompt, l) for l in (1, 2) for c in (EIFFEL, TOYOTA)]
+    assert all(r["reliability"] in (0.0, 1.0) and -1 <= r["traced effect"] <= 1 for r in rows)
+    assert rows[0]["generality"] is not None and rows[1]["generality"] is None  # TOYOTA has no rephrasing
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+
+
 def test_packed_weights_and_bad_layers_are_refused(gemma_tiny):
     model, tok = gemma_tiny
     with pytest.raises(StatsError, match="out of range"):
@@ -328,7 +340,7 @@ def test_packed_weights_and_bad_layers_are_refused(gemma_tiny):
         pass
     layer = model.model.layers[1].mlp
     layer.down_proj = Linear4bit(layer.down_proj.in_features, layer.down_proj.out_features, bias=False)
-    with pytest.raises(LocateError, match="packed.*quantization=None"):
+    with pytest.raises(WeightEditError, match="packed.*quantization=None"):
         ROME(model, tok, layer=1)
 
 

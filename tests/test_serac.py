@@ -120,6 +120,10 @@ def test_threshold_remove_save_load_and_refusals(tiny_model, classifier, encoder
     assert never.in_scope([EDIT.prompt]) == [None] and never.config()["threshold"] == 1.0
     editor = SERAC(*tiny_model, classifier=classifier)
     editor.edit([EDIT, OTHER])
+    assert editor.in_scope([EDIT.prompt]) == ["e1"]
+    editor.threshold = 1.0  # the decision follows a moved threshold; the scores stay cached
+    assert editor.in_scope([EDIT.prompt]) == [None]
+    editor.threshold = 0.5
     editor.remove("e2")
     assert editor.in_scope([OTHER.prompt]) != ["e2"]
     path = editor.save(tmp_path / "s")
@@ -138,6 +142,8 @@ def test_threshold_remove_save_load_and_refusals(tiny_model, classifier, encoder
     (path / "editor.json").write_text(json.dumps(meta))
     with pytest.raises(EditorStateError, match="different saves"):
         SERAC(*tiny_model, classifier=classifier).load(path)
+    with pytest.raises(ValueError, match=r"threshold=2 is a probability: use a value in \[0, 1\]"):
+        SERAC(*tiny_model, classifier=classifier, threshold=2)
     with pytest.raises(ValueError, match="counterfactual='model'"):
         SERAC(*tiny_model, classifier=classifier, counterfactual="model")
     assert editor.counterfactual == "prompt"  # "auto": no LTE adapter for a tiny random model
@@ -162,9 +168,9 @@ def test_train_serac_cli_checkpoints_and_goes_on(tiny_dirs, tmp_path, monkeypatc
     done = scope.read_record(out)
     assert "partial" not in done and done["steps"] == 5 and done["loss"]["loss"][:3] == stopped["loss"]["loss"]
     assert done["train"]["batch_size"] == 16 and "wrote" in capsys.readouterr().out
-    assert "holds a finished classifier" in cli_error(capsys, "train", "serac", "--resume", str(out))
+    assert "holds a finished run" in cli_error(capsys, "train", "serac", "--resume", str(out))
     assert "--query-layers only applies to `train recipe`" in cli_error(capsys, "train", "serac", "--query-layers", "1")
-    assert "--resume only applies to `train recipe` and `train serac`" in cli_error(
+    assert "--resume only applies to `train recipe` and `train serac` and `train mend`" in cli_error(
         capsys, "train", "lte", "--resume", str(out))
 
 

@@ -91,7 +91,7 @@ def test_a_folders_timing_comes_in_with_its_summary(tmp_path):
 def test_bench_timing_cli_bad_input(capsys, tmp_path, monkeypatch):
     from kedit_teach import data
     line = cli_error(capsys, "bench", "--timing-only", "--methods", "rome", "--out", str(tmp_path))
-    assert "--timing times grace, lte, recipe, none of which is in --methods" in line
+    assert "--timing times grace, lte, recipe, serac, none of which is in --methods" in line
     monkeypatch.setattr(data, "SHARED_DIR", tmp_path / "nowhere")
     line = cli_error(capsys, "bench", "--timing-only", "--data", "teach", "--out", str(tmp_path))
     assert "counterfact-train.json is missing" in line and not (tmp_path / "timing.json").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kedit_teach import mend
 from kedit_teach import prompt_learning as pl
 from kedit_teach.data import EditCase
 from kedit_teach.editors import GRACE, LTE, METHODS, RECIPE
@@ -49,7 +50,9 @@ def own_cache(tmp_path, monkeypatch):
 def builders(model, tok, encoder, adapter) -> dict:
     """method -> a function building its editor on a model: fast settings for the tiny model."""
     modules = pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=32), encoder)
+    network = mend.MendNetwork(mend.MendConfig.for_model(model, n_layers=2, rank=8))
     build = {"lte": lambda m: LTE(m, tok, VectorMemory(encoder), adapter=adapter),
+             "mend": lambda m: METHODS["mend"](m, tok, network=network),
              "recipe": lambda m: RECIPE(m, tok, modules=modules), "grace": lambda m: GRACE(m, tok, n_iter=3),
              "ft-l": lambda m: METHODS["ft-l"](m, tok, steps=2, norm_constraint=1e-2),
              **{m: (lambda m, name=m: METHODS[name](m, tok, corpus=STATS_TEXTS, steps=2)) for m in LOCATE}}
@@ -110,7 +113,8 @@ def test_every_method_takes_a_turn_and_the_model_is_left_as_loaded(tiny_dirs, en
     names, _ = snapshot(model)
     settings = {"lte": {"adapter": trained[0], "memory": VectorMemory(encoder)}, "grace": {"n_iter": 3},
                 "recipe": {"modules": pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=32), encoder)},
-                "ft-l": {"steps": 2}, **{m: {"corpus": STATS_TEXTS, "steps": 2} for m in LOCATE}}
+                "ft-l": {"steps": 2}, **{m: {"corpus": STATS_TEXTS, "steps": 2} for m in LOCATE},
+                "mend": {"network": mend.MendNetwork(mend.MendConfig.for_model(model, n_layers=2, rank=8))}}
     rows, back = take_turns(model, tok, EIFFEL, settings=settings, progress=False)
     assert [r["method"] for r in rows] == [m for m in METHODS if m != "noedit"]
     assert snapshot(back)[0] == names

@@ -1,4 +1,4 @@
-"""Figures and tables from synthetic results, and the EditPlayground, GracePanel, LTEPanel, RECIPEPanel
+"""Figures and tables from synthetic results, and the EditPlayground, GracePanel, LTEPanel, RECIPEPanel, SERACPanel
 and TracePanel driven headlessly.
 
 Panels are driven the way a student drives them (set `.value`, `.click()`) and judged by their
@@ -20,7 +20,7 @@ import torch
 from kedit_teach import viz, widgets
 from kedit_teach.data import EditCase
 from kedit_teach.editors import GRACE
-from kedit_teach.widgets import (ArenaPanel, EditPlayground, GracePanel, LTEPanel, Panel, RECIPEPanel, TracePanel, describe_decision,
+from kedit_teach.widgets import (ArenaPanel, EditPlayground, GracePanel, LTEPanel, Panel, RECIPEPanel, SERACPanel, TracePanel, describe_decision,
                                  guarded, key_distances, keys_of, strongest_states)
 
 PROTOCOLS = ("teacher_forced", "teacher_forced_exact", "generation")
@@ -533,6 +533,12 @@ def test_sentinel_bars_mark_the_attached_entry_and_the_gate():
     assert "fixed threshold = 4.00" in fixed.layout.annotations[0].text and "attach nothing" in fixed.layout.title.text
 
 
+def test_routing_bars_put_both_deciders_side_by_side_in_their_colours():
+    fig = viz.routing_bars({"recipe": {"edit prompt": 0.96, "locality": 0.98}, "serac": {"edit prompt": 1.0, "locality": 0.89}})
+    (serac,) = bars(fig, method="serac")
+    assert list(serac.y) == [1.0, 0.89] and serac.marker.color == viz.METHOD_COLORS["serac"]
+
+
 def test_gate_sweep_lines_and_loss_curves():
     sweep = {"kinds": ["edit", "unrelated"], "stored": 10, "thresholds": [0.0, 1.0, 2.0],
              "sentinel": {"edit": 0.9, "unrelated": 0.95}, "fixed": {"edit": [1.0, 0.8, 0.2], "unrelated": [0.1, 0.5, 1.0]}}
@@ -579,6 +585,42 @@ def test_recipe_panel_add_ask_shows_scores_gate_and_both_answers(recipe_panel):
     assert recipe_panel.editor.use_sentinel and recipe_panel.threshold.disabled
     recipe_panel.ask.click()
     assert "sentinel" in recipe_panel.message.value
+
+
+@pytest.fixture
+def serac_panel(gemma_tiny, encoder):
+    from kedit_teach import scope
+    from kedit_teach.editors import SERAC
+    panel = SERACPanel(SERAC(*gemma_tiny, classifier=scope.ScopeClassifier(encoder=encoder)), max_new_tokens=3)
+    panel.prompt.value, panel.target.value = "The Eiffel Tower is located in the city of", "Rome"
+    return panel
+
+
+def test_serac_panel_shows_scope_probabilities_the_threshold_and_who_answered(serac_panel):
+    serac_panel.ask.click()
+    assert serac_panel.level == "ok" and "nothing stored" in serac_panel.message.value and serac_panel.figure is None
+    serac_panel.add.click()
+    serac_panel.prompt.value, serac_panel.target.value = "Toyota was founded in", "Germany"
+    serac_panel.add.click()
+    assert serac_panel.level == "ok" and serac_panel.editor.memory.ids == ["serac-1", "serac-2"]
+    serac_panel.query.value = "The Eiffel Tower is located in the city of"
+    serac_panel.ask.click()
+    assert serac_panel.level == "ok", serac_panel.message.value
+    table = serac_panel.table
+    assert list(table["case_id"])[0] == "serac-1" and list(table["in scope"]) == [True, False]
+    assert table["probability"].between(0, 1).all() and "in scope: counterfactual" in serac_panel.message.value
+    assert "the base model alone" in serac_panel.seen.value and "[Updated Information]" in serac_panel.seen.value
+    (bar,) = [t for t in serac_panel.figure.data if t.meta["attached"]]
+    assert bar.meta["case_id"] == "serac-1" and "threshold = 0.50" in serac_panel.figure.layout.annotations[0].text
+    serac_panel.threshold.value = 1.0  # no probability is above 1: out of scope
+    assert serac_panel.editor.threshold == 1.0 and "above 1.00" in serac_panel.message.value
+    serac_panel.ask.click()
+    assert "out of scope" in serac_panel.message.value and not serac_panel.table["in scope"].any()
+    assert "answered by the base model" in serac_panel.seen.value and "[Updated" not in serac_panel.seen.value
+    serac_panel.add.click()
+    assert serac_panel.level == "error" and "already added as serac-2" in serac_panel.message.value
+    serac_panel.reset.click()
+    assert serac_panel.editor.memory.ids == [] and len(serac_panel.table) == 0
 
 
 def test_recipe_panel_remove_reset_and_bad_input(recipe_panel):
@@ -680,6 +722,20 @@ def test_grid_bars_show_every_method_at_one_n():
     assert list(ice.y) == [0.8, 0.8, 0.8]
 
 
+def test_a_method_keeps_its_colour_in_every_chart_whatever_the_order():
+    from kedit_teach.editors import METHODS
+    assert set(METHODS) <= set(viz.METHOD_COLORS) and len(set(viz.METHOD_COLORS.values())) == len(viz.METHOD_COLORS)
+    lines = viz.grid_lines(GRID_ROWS[::-1], "teach")  # rome first here, ice first in grid_bars
+    bars_ = viz.grid_bars(GRID_ROWS, "teach", 10)
+    norms = viz.norm_lines({"ROME": [1.0], "serac-prompt": [1.0], "serac-lte": [1.0]})
+    for fig in (lines, bars_):
+        assert {t.meta["method"]: t.line.color if isinstance(t, go.Scatter) else t.marker.color
+                for t in fig.data} == {"ice": viz.METHOD_COLORS["ice"], "rome": viz.METHOD_COLORS["rome"]}
+    colours = [t.line.color for t in norms.data]
+    assert colours[0] == viz.METHOD_COLORS["rome"] and len(set(colours)) == 3  # variants: colours no method uses
+    assert not set(colours[1:]) & set(viz.METHOD_COLORS.values())
+
+
 def test_conflict_bars_split_each_method_by_outcome_and_probe():
     shares = [{"method": m, "kind": k, "outcome": o, "value": v}
               for m, vals in (("grace", (1.0, 0.0, 0.0)), ("recipe", (0.25, 0.5, 0.25)))
@@ -724,8 +780,9 @@ def test_long_form_bars_show_every_measure_per_method():
 
 @pytest.fixture
 def arena(gemma_tiny):
-    panel = ArenaPanel(*gemma_tiny, methods=("ice", "grace", "rome"), settings={"grace": {"n_iter": 2}})
-    panel.subject.value = ""  # ROME needs one: its row must say so while the others go on
+    panel = ArenaPanel(*gemma_tiny, methods=("ice", "grace", "rome", "mend"), settings={"grace": {"n_iter": 2}})
+    panel.subject.value = ""  # ROME needs one: its row must say so while the others go on (and MEND has
+    # no trained network for the tiny model: its row says so too)
     return panel
 
 
@@ -734,9 +791,10 @@ def test_arena_shows_every_method_in_one_row_and_leaves_the_model_as_loaded(aren
     names, weights = snapshot(arena.model)
     arena.run.click()
     assert arena.level == "ok", arena.message.value
-    assert list(arena.table.index) == ["ice", "grace", "rome"]
+    assert list(arena.table.index) == ["ice", "grace", "rome", "mend"]
     assert list(arena.table.columns) == ["edit prompt", "rephrasing", "portability", "unrelated", "edit", "right"]
     assert arena.table.loc["rome", "edit"] == "refused" and "subject" in arena.table.loc["rome", "right"]
+    assert arena.table.loc["mend", "edit"] == "refused" and "train mend" in arena.table.loc["mend", "right"]
     assert arena.table.loc["ice", "edit prompt"][0] in "✓✗" and arena.table.loc["ice", "right"].endswith("/4")
     after_names, after = snapshot(arena.model)
     assert after_names == names and all(torch.equal(after[k], weights[k]) for k in weights)

@@ -41,6 +41,9 @@ class Editor:
     name = "base"
     summary = ""  # one line on how the method edits and what that implies (the tour, the arena)
     batched = False  # edit(cases) solves a batch jointly (MEMIT, AlphaEdit), not one case after another
+    # (config field holding their fingerprint, what they are, how to load others) for an editor whose
+    # edits depend on trained weights: a state saved with other weights is refused by name
+    trained: tuple[str, str, str] | None = None
 
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
@@ -94,6 +97,13 @@ class Editor:
 
     def _check_saved(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
         """Raise EditorStateError if a saved state can't be restored; runs before anything is replaced."""
+        if self.trained is not None:
+            field, what, how = self.trained
+            saved, mine = (meta.get("config") or {}).get(field), self.config()[field]
+            if saved != mine:
+                raise EditorStateError(f"field 'config.{field}' is {saved!r}: these edits were made with other {what} "
+                                       f"than this editor's ({mine}); load those ({how}), or edit the cases again "
+                                       "with these")
         if meta.get("config") != json.loads(json.dumps(self.config())):
             raise EditorStateError(f"field 'config' {meta.get('config')} differs from this "
                                    f"editor's {self.config()}; construct the editor with the saved config")

@@ -8,10 +8,8 @@ things read off the model at the subject's last token:
             weight decay on delta and |delta| clamped to clamp_norm x the output's norm (ROME Eq. 4;
             MEMIT Eq. 16 with the module being a whole decoder layer)
 
-and the weights' bookkeeping: the original weights for reset(), the groups of edits (one per edit()
-call for the batched methods, one per case for ROME) that remove() replays from the original
-weights, and the edited layers' Frobenius norm after each group (`norms`), whose growth is the
-visible sign of the collapse.
+The weights' bookkeeping (originals for reset(), remove() by replay, norms, save and load) is
+`weights.WeightEditor`'s, shared with MEND.
 
 Choices, and why:
 - delta is optimised in fp32 (bf16 autocast on CPU: 1.2 times faster on a batch of 16 edits, and
@@ -28,8 +26,7 @@ Choices, and why:
 - C = E[k k^T] (`layer_stats`) gets a small ridge (`layer_stats.regularized`): with a few thousand
   keys some of its directions are nearly empty, and C^-1 would blow up along them.
 
-What it does not do: solve for the update (editors/rome.py, editors/memit.py) or write into 4-bit
-weights (refused: load the model without quantization to edit its weights).
+What it does not do: solve for the update (editors/rome.py, editors/memit.py).
 """
 from __future__ import annotations
 
@@ -41,12 +38,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import EditCase
-from ..errors import UsageError
-from ..layer_stats import down_proj, regularized, second_moment
+from ..layer_stats import regularized, second_moment
 from ..metrics import TargetBatch, pack_targets
 from ..models import decoder_of, format_prompt, forward_hooks, logits_at
 from ..tracing import subject_span
-from .base import Editor, EditorStateError
+from .weights import WeightEditError, WeightEditor
 
 STARTS = ("The", "Therefore", "Because", "I", "You")  # the reference's prefix openers
 CHUNK = 64  # texts per forward when reading keys
@@ -54,21 +50,8 @@ VALUE_CHUNK = 16  # cases per batch in the value optimisation
 EARLY_STOP = 5e-2  # the reference stops optimising a value once the target's NLL is below this
 
 
-class LocateError(UsageError, ValueError):
+class LocateError(WeightEditError):
     """An edit a locate-then-edit method can't make; the message names the fix."""
-
-
-def check_editable(linear, method: str) -> None:
-    if (why := _packed(linear, method)) is not None:
-        raise LocateError(why)
-
-
-def _packed(linear, method: str) -> str | None:
-    if type(linear) is not torch.nn.Linear:
-        return (f"{method} writes into {type(linear).__name__} weights, which are packed (4-bit) and can't "
-                "be changed in place; load the model without quantization (load_model(name, quantization=None)) "
-                "to use it, or use GRACE, LTE or RECIPE, which leave the weights alone")
-    return None
 
 
 def add_at(module, rows: torch.Tensor, cols: torch.Tensor, delta: torch.Tensor):
@@ -101,11 +84,6 @@ def read_at(model, module, rows: torch.Tensor, cols: torch.Tensor, **inputs) -> 
     return store["input"], store["output"]
 
 
-def _frobenius(tensors) -> float:
-    """|W|_F of several matrices taken together, in float64."""
-    return float(sum(w.detach().double().pow(2).sum() for w in tensors)) ** 0.5
-
-
 def _right_padded(tokenizer, texts: list[str]) -> dict:
     return tokenizer(texts, return_tensors="pt", padding=True, padding_side="right")
 
@@ -136,32 +114,20 @@ def _split(batch: TargetBatch, cols: torch.Tensor, pad_id: int) -> _Split:
                   cols[:, None] + torch.arange(rest), batch.cols - cols[batch.rows])
 
 
-class LocateEditor(Editor):
-    """Keys, values and weight bookkeeping over `layers`; a subclass implements `_edit(group)`.
-    `batched`: one edit() call is one group (MEMIT, AlphaEdit), or every case is its own (ROME)."""
-
-    @classmethod
-    def unsupported(cls, model):
-        return _packed(decoder_of(model).layers[0].mlp.down_proj, cls.__name__)
+class LocateEditor(WeightEditor):
+    """Keys and values over `layers` (the weights' bookkeeping is WeightEditor's); a subclass
+    implements `_edit(group)`. `batched`: one edit() call is one group (MEMIT, AlphaEdit), or every
+    case is its own (ROME)."""
 
     def __init__(self, model, tokenizer, layers: list[int], steps: int, lr: float, kl_factor: float,
                  weight_decay: float, clamp_norm: float, mom2: bool, corpus: str, n_keys: int | None,
                  ridge: float, n_prefixes: int, seed: int):
-        super().__init__(model, tokenizer)
-        if not layers:
-            raise LocateError("no layer to edit: pass at least one layer index")
-        self.layers = sorted(set(layers))
-        self.linears = {l: down_proj(model, l) for l in self.layers}
-        for linear in self.linears.values():
-            check_editable(linear, type(self).__name__)
+        super().__init__(model, tokenizer, layers)
         self.steps, self.lr, self.kl_factor, self.weight_decay = steps, lr, kl_factor, weight_decay
         self.clamp_norm, self.mom2, self.seed = clamp_norm, mom2, seed
         self.corpus, self.n_keys, self.ridge, self.n_prefixes = corpus, n_keys, ridge, n_prefixes
-        self._originals = {l: m.weight.detach().clone() for l, m in self.linears.items()}
         self._moments: dict[int, torch.Tensor] = {}
         self._templates: list[str] | None = None
-        self._groups: list[list[str]] = []  # case ids per group, in edit order
-        self.norms: list[float] = []  # the edited layers' |W|_F (together) after each group
 
     def config(self):
         return {"layers": self.layers, "steps": self.steps, "lr": self.lr, "kl_factor": self.kl_factor,
@@ -356,89 +322,3 @@ class LocateEditor(Editor):
                               past_key_values=copy.deepcopy(cache)).last_hidden_state
             return torch.log_softmax(logits_at(self.model, hidden[batch.rows, split.target_cols]), -1)
         return logp
-
-    # ------------------------------------------------------------------ weights
-    def _add(self, layer: int, delta: torch.Tensor) -> None:
-        with torch.no_grad():
-            self.linears[layer].weight.add_(delta.to(self.linears[layer].weight))
-
-    def weight_norm(self) -> float:
-        return _frobenius(m.weight for m in self.linears.values())
-
-    def _edit(self, cases: list[EditCase]) -> list[dict]:
-        """Write one group of edits into the weights; one info dict per case."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------------ the Editor hooks
-    def _apply(self, cases):
-        for c in cases:  # check them all first: a refused call changes nothing
-            self._check(c)
-        infos = []
-        groups = [cases] if self.batched else [[c] for c in cases]
-        for group in tqdm(groups, desc=f"{type(self).__name__} edits", disable=len(groups) < 2, leave=False):
-            infos += self._run(group)  # several seconds each
-        return infos
-
-    def _run(self, group: list[EditCase]) -> list[dict]:
-        infos = self._edit(group)
-        self._groups.append([c.case_id for c in group])
-        self.norms.append(self.weight_norm())
-        for info in infos:
-            info["weight_norm"] = self.norms[-1]
-        return infos
-
-    def _reset(self):
-        with torch.no_grad():
-            for l, m in self.linears.items():
-                m.weight.copy_(self._originals[l])
-        self.norms.clear()
-        self._groups.clear()
-
-    def _remove(self, case_id):
-        """Replay the other groups from the original weights: an update solved on weights that held
-        the removed edit can't be subtracted exactly."""
-        groups = [[self.cases[i] for i in g if i != case_id] for g in self._groups]
-        self._reset()
-        for group in groups:
-            if group:
-                self._run(group)
-
-    def _check_saved(self, meta, tensors):
-        super()._check_saved(meta, tensors)
-        if not meta.get("cases"):
-            return
-        for name in [f"weight.{l}" for l in self.layers] + ["norms", "group_of"]:
-            if name not in tensors:
-                raise EditorStateError(f"field {name!r} is missing from the saved tensors; save the editor again")
-        if len(tensors["group_of"]) != len(meta["cases"]):
-            raise EditorStateError(f"field 'group_of' has {len(tensors['group_of'])} entries for "
-                                   f"{len(meta['cases'])} cases; save the editor again")
-        for l, m in self.linears.items():
-            saved = tensors[f"weight.{l}"]
-            if tuple(saved.shape) != tuple(m.weight.shape):
-                raise EditorStateError(f"the saved weight.{l} has shape {tuple(saved.shape)}, but layer {l}'s "
-                                       f"down-projection is {tuple(m.weight.shape)}; load it on the model it was saved from")
-
-    def _state(self):
-        group_of = [g for g, ids in enumerate(self._groups) for _ in ids]
-        return {**{f"weight.{l}": m.weight for l, m in self.linears.items()},
-                "norms": torch.tensor(self.norms, dtype=torch.float64), "group_of": torch.tensor(group_of, dtype=torch.long)}
-
-    def _restore(self, cases, tensors):
-        self.cases = {c.case_id: c for c in cases}
-        if not cases:
-            return
-        with torch.no_grad():
-            for l, m in self.linears.items():
-                m.weight.copy_(tensors[f"weight.{l}"].to(m.weight))
-        self.norms = tensors["norms"].tolist()
-        groups: dict[int, list[str]] = {}
-        for c, g in zip(cases, tensors["group_of"].tolist()):
-            groups.setdefault(g, []).append(c.case_id)
-        self._groups = list(groups.values())
-
-    def inspect(self, prompt):
-        return {**super().inspect(prompt), "layers": [f"layers.{l}.mlp.down_proj" for l in self.layers],
-                "weight_norm": self.weight_norm(), "original_norm": _frobenius(self._originals.values()),
-                "change_norm": _frobenius(m.weight - self._originals[l] for l, m in self.linears.items()),
-                "norms": list(self.norms)}

@@ -52,6 +52,7 @@ class RECIPE(Editor):
     name = "recipe"
     summary = ("stores the edit as 3 prompt vectors; a learned sentinel attaches them only to queries "
                "close to the knowledge, so unrelated prompts run unchanged")
+    trained = ("modules", "RECIPE modules", "RECIPE(model, tok, modules=<their folder>)")
 
     def __init__(self, model, tokenizer, modules: str | Path | pl.RecipeModules = "default",
                  sentinel: bool = True, threshold: float = 0.0, prompts: bool = True, encoder=None):
@@ -140,12 +141,6 @@ class RECIPE(Editor):
         return {"keys": torch.from_numpy(self.memory.vectors(ids)), "prompts": torch.stack([self._prompts[i] for i in ids])}
 
     def _check_saved(self, meta, tensors):
-        saved = (meta.get("config") or {}).get("modules")
-        if saved != self._fingerprint:
-            raise EditorStateError(
-                f"field 'config.modules' is {saved!r}: these edits were computed by other RECIPE modules "
-                f"than this editor's ({self._fingerprint}); load those modules "
-                "(RECIPE(model, tok, modules=<their folder>)), or edit the cases again with these")
         super()._check_saved(meta, tensors)
         n, cfg = len(meta.get("cases", [])), self.modules.config
         shapes = {"keys": (n, self.modules.key_dim), "prompts": (n, cfg.n_prompt_tokens, cfg.hidden_size)}

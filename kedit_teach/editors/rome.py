@@ -34,7 +34,9 @@ load the model without quantization to edit its weights).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..data import EditCase
 from .locate import LocateEditor, LocateError  # noqa: F401  (ROME's refusals raise LocateError)
@@ -109,3 +111,31 @@ class ROME(LocateEditor):
             delta = torch.outer(shift.double(), u) / (k_bare.double() @ u)
         self._add(self.layer, delta)
         return [{**info, "layer": self.layer, "update_norm": float(delta.norm())}]
+
+
+def trace_and_edit(model, tokenizer, cases: list[EditCase], layers: list[int], samples: int | None = None,
+                   progress: bool = True, **settings) -> list[dict]:
+    """Does causal tracing say where to edit? (Hase et al. 2023; the LTE paper's third criticism.)
+    Per (fact, layer): the traced effect of restoring the MLP outputs at the subject's last token at
+    that layer (p restored - p corrupted), and how well a ROME edit of that layer alone works:
+    reliability (the new target exact, teacher-forced) and generality (mean token accuracy on the
+    rephrasings). One editor per layer (`settings` for ROME), reset between facts; the model is left
+    as found."""
+    from ..tracing import trace
+    effects = {}
+    for c in tqdm(cases, desc="tracing", disable=not progress, leave=False):
+        t = trace(model, tokenizer, c.prompt, c.subject, kind="mlp", progress=False,
+                  **({} if samples is None else {"samples": samples}))
+        effects[c.case_id] = t.at_last_subject_token() - t.p_corrupt
+    rows = []
+    for layer in tqdm(layers, desc="ROME at each layer", disable=not progress, leave=False):
+        editor = ROME(model, tokenizer, layer=layer, **settings)
+        for c in cases:
+            editor.edit(c)
+            (s,) = editor.score([c.prompt], [c.target_new])
+            reph = editor.score(c.rephrase_prompts, [c.target_new] * len(c.rephrase_prompts)) if c.rephrase_prompts else []
+            rows.append({"fact": c.prompt, "layer": layer, "traced effect": float(effects[c.case_id][layer]),
+                         "reliability": s.exact, "generality": float(np.mean([x.token_acc for x in reph])) if reph else None})
+            editor.reset()
+        model = editor.detach()
+    return rows

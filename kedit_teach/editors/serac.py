@@ -41,6 +41,7 @@ class SERAC(Editor):
     name = "serac"
     summary = ("keeps edits as text; a trained classifier decides per query whether one applies, and only "
                "then the model answers with it in front: unrelated prompts run unchanged")
+    trained = ("classifier", "a scope classifier", "SERAC(model, tok, classifier=<its folder>)")
 
     def __init__(self, model, tokenizer, classifier: str | Path | scope.ScopeClassifier = "default",
                  counterfactual: str = "auto", threshold: float | None = None, encoder=None):
@@ -59,6 +60,8 @@ class SERAC(Editor):
             path = scope.default_path() if classifier == "default" else Path(classifier)
             self.classifier, self.record = scope.load_classifier(path, encoder)
         self.threshold = self.classifier.config.threshold if threshold is None else float(threshold)
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold={threshold!r} is a probability: use a value in [0, 1] (default 0.5)")
         adapter = alignment.default_adapter(str(getattr(model, "kedit_name", None)))
         if counterfactual == "auto":
             counterfactual = "lte" if alignment.is_adapter(adapter) else "prompt"
@@ -72,7 +75,7 @@ class SERAC(Editor):
             self.model.base_model.disable_adapter_layers()
             self.adapter_name = adapter.name
         self.memory = VectorMemory(dim=self.classifier.encoder.config.hidden_size, metric="dot")
-        self._decisions: dict[str, Decision] = {}
+        self._scored: dict[str, list[Hit]] = {}  # query -> its most likely edits, until the store changes
         self._fingerprint = self.classifier.fingerprint()
         self.classifier.traced()  # now, as RECIPE does, rather than inside the first edit
 
@@ -89,28 +92,22 @@ class SERAC(Editor):
         with torch.inference_mode():
             h = self.classifier.embed([c.descriptor for c in cases], "edit text (prompt + target_new)")
         self.memory.add_vectors(h.numpy(), [c.descriptor for c in cases], [c.case_id for c in cases])
-        self._decisions.clear()
+        self._scored.clear()
         return [{"descriptor": c.descriptor, "memory_size": len(self.memory)} for c in cases]
 
     def _remove(self, case_id):
         self.memory.remove(case_id)
-        self._decisions.clear()
+        self._scored.clear()
 
     def _reset(self):
         self.memory.clear()
-        self._decisions.clear()
+        self._scored.clear()
 
     def _state(self):
         ids = list(self.cases)
         return {"embeddings": torch.from_numpy(self.memory.vectors(ids))} if ids else {}
 
     def _check_saved(self, meta, tensors):
-        saved = (meta.get("config") or {}).get("classifier")
-        if saved != self._fingerprint:
-            raise EditorStateError(
-                f"field 'config.classifier' is {saved!r}: these edits were embedded by another scope classifier "
-                f"than this editor's ({self._fingerprint}); load that classifier "
-                "(SERAC(model, tok, classifier=<its folder>)), or edit the cases again with this one")
         super()._check_saved(meta, tensors)
         n, width = len(meta.get("cases", [])), self.memory.dim
         got = tuple(tensors["embeddings"].shape) if "embeddings" in tensors else (0, width)
@@ -128,7 +125,7 @@ class SERAC(Editor):
     def retrieve(self, prompts: list[str]) -> list[Decision]:
         """The classifier's decision for each raw prompt: the stored edits most likely in scope
         (scores are probabilities g), and the one whose edit applies, if g > threshold."""
-        todo = list(dict.fromkeys(p for p in prompts if p not in self._decisions))
+        todo = list(dict.fromkeys(p for p in prompts if p not in self._scored))
         if todo:
             for p in todo:
                 format_prompt(self.tokenizer, p)  # the same empty-prompt error as every editor
@@ -136,10 +133,14 @@ class SERAC(Editor):
                 hits = self.memory.search_vectors(self.classifier.embed(todo, "query").numpy(), SHOWN)
                 g = [self.classifier.probability_of(torch.tensor([h.score for h in row])).tolist() for row in hits]
             for p, row, probs in zip(todo, hits, g):
-                top = [Hit(h.id, h.text, prob) for h, prob in zip(row, probs)]
-                attached = top[0].id if top and top[0].score > self.threshold else None
-                self._decisions[p] = Decision(p, top, self.threshold, self.threshold, attached)
-        return [self._decisions[p] for p in prompts]
+                self._scored[p] = [Hit(h.id, h.text, prob) for h, prob in zip(row, probs)]
+        # the threshold is applied here, not cached, so a slider can move it between queries
+        decisions = []
+        for p in prompts:
+            top = self._scored[p]
+            j = scope.in_scope_of([h.score for h in top], self.threshold)
+            decisions.append(Decision(p, top, self.threshold, self.threshold, None if j is None else top[j].id))
+        return decisions
 
     def in_scope(self, prompts: list[str]) -> list[str | None]:
         """The case_id whose edit applies to each prompt, or None (the base model answers)."""
