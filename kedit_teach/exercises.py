@@ -11,7 +11,7 @@ A check prints "✓ correct" and returns True, or prints what went wrong and a h
 False. It never raises at the student: their errors are caught and explained.
 
 Exercises: `check_next_token` (notebook 00); `check_token_accuracy` (notebook 01); `check_rank_one`
-(notebook 02); `check_grace_decision`, `check_eps_choice` and `check_scope_decision` (notebook 03); `check_threefold` (notebook 04);
+(notebook 02); `check_grace_decision`, `check_eps_choice` and `check_scope_decision` (notebook 03); `check_threefold` and `check_weight_gradient` (notebook 04);
 `check_sentinel_decision` (notebook 05); `check_lifelong_score` (notebook 06).
 
 What it does not do: show solutions. The references are private and never printed.
@@ -27,6 +27,7 @@ import torch
 
 from .alignment import threefold_facts
 from .prompt_learning import sentinel_decision
+from .mend import weight_gradient
 from .scope import in_scope_of
 
 
@@ -473,6 +474,36 @@ THREEFOLD = Exercise(
 def check_threefold(fn: Callable[[str, list[str], float], list[str]]) -> bool:
     """Check `fn(descriptor, retrieved, u) -> [descriptor, *distractors]` (LTE's threefold strategy)."""
     return THREEFOLD.check(fn)
+
+
+def _factor_case(u, delta, why: str) -> Case:
+    return Case((torch.tensor(u, dtype=torch.float32), torch.tensor(delta, dtype=torch.float32)),
+                f"u={u}, delta={delta} ({why})")
+
+
+WEIGHT_GRADIENT = Exercise(
+    name="weight_gradient",
+    reference=weight_gradient,  # what MEND's update sums, with its pseudo factors
+    cases=[
+        _factor_case([[1.0, 2.0, 3.0]], [[1.0, -1.0]], "one token: d_in = 3, d_out = 2"),
+        _factor_case([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0]], [[2.0, 1.0], [1.0, 3.0]], "two tokens"),
+        _factor_case([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0], [3.0, 1.0, 1.0]], [[1.0, 1.0], [0.0, 0.0], [2.0, -1.0]],
+                     "three tokens, the middle one padding (all zeros)"),
+    ],
+    mistakes=[
+        Mistake("W has d_out rows and d_in columns (it maps an input of d_in numbers to d_out), so each "
+                "token's term is delta_t u_t^T, not u_t delta_t^T.", (lambda u, d: u.T @ d,)),
+        Mistake("the gradient of a loss summed over tokens is the *sum* of the tokens' terms, not their "
+                "mean: a padding token adds nothing, and dividing by T would count it.", (lambda u, d: d.T @ u / len(u),)),
+        Mistake("every token that feeds the loss contributes, not only the last one.", (lambda u, d: torch.outer(d[-1], u[-1]),)),
+    ],
+    hint="one outer product per token, delta_t u_t^T, summed over the tokens: delta.T @ u.",
+)
+
+
+def check_weight_gradient(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
+    """Check `fn(u [T, d_in], delta [T, d_out]) -> dL/dW [d_out, d_in]` (MEND's rank-one decomposition)."""
+    return WEIGHT_GRADIENT.check(fn)
 
 
 # ----------------------------------------------------------------------------- notebook 05

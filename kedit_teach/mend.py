@@ -33,7 +33,8 @@ Choices, and why:
   as its logarithm, so it moves by a share of itself and can't cross zero;
 - c_e = 1 where the reference has 0.1 (c_loc = 1 in both). Measured with 0.1: over the first 125
   steps the locality KL fell from 2.0 to 0.17 while the edit's NLL rose from 3.5 to 5.7: the
-  network learned to edit less. With 1 the edit's NLL held at 3.2 while the KL fell.
+  network learned to edit less. With 1 the edit's NLL held at 3.2 while the KL fell, and after
+  1,000 steps they were 0.79 and 0.56 (the shipped network).
 
 What it does not do: keep edits or restore weights (editors/mend.py), or write into 4-bit weights.
 """
@@ -82,6 +83,12 @@ class MendConfig:
         last = down_proj(model, n - 1)
         return cls(str(getattr(model, "kedit_name", None)), tuple(range(n - n_layers, n)), last.in_features,
                    last.out_features, rank)
+
+
+def weight_gradient(u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Sec. 3.1: dL/dW = sum_t delta_t u_t^T for a linear layer's inputs u [T, d_in] and output
+    gradients delta [T, d_out]: [d_out, d_in], a sum of one rank-one matrix per token."""
+    return delta.T @ u
 
 
 class RunningNorm(nn.Module):
@@ -176,7 +183,7 @@ class MendNetwork(nn.Module):
 
     def update(self, pseudo: dict[int, "Factors"], row: int = 0) -> dict[int, torch.Tensor]:
         """Eq. 4: the change -alpha_l * sum_t delta~_t u~_t^T for example `row`, per layer [d_out, d_in]."""
-        return {l: -self.alpha[m] * (f.delta[row].T @ f.u[row]) for m, (l, f) in enumerate(pseudo.items())}
+        return {l: -self.alpha[m] * weight_gradient(f.u[row], f.delta[row]) for m, (l, f) in enumerate(pseudo.items())}
 
 
 @dataclass

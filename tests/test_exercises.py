@@ -11,7 +11,7 @@ import torch
 
 from kedit_teach.exercises import (GRACE_DECISION, LIFELONG_SCORE, NEXT_TOKEN, SENTINEL, THREEFOLD, TOKEN_ACCURACY, Exercise,
                                    _reference_grace_decision, _reference_token_accuracy, check_eps_choice,
-                                   check_grace_decision, check_lifelong_score, check_next_token, check_rank_one, check_scope_decision, check_sentinel_decision, check_threefold,
+                                   check_grace_decision, check_lifelong_score, check_next_token, check_rank_one, check_scope_decision, check_sentinel_decision, check_weight_gradient, check_threefold,
                                    check_token_accuracy, outcome)
 
 
@@ -349,6 +349,29 @@ def test_correct_scope_decision_passes(capsys, fn):
 ])
 def test_typical_scope_mistakes_get_their_own_hint(capsys, fn, hint):
     assert check_scope_decision(fn) is False
+    assert hint in capsys.readouterr().out.split("Hint: ")[1]
+
+
+# ----------------------------------------------------------------------------- notebook 04: MEND's rank-one gradient
+
+def test_a_correct_weight_gradient_passes_and_equals_autograd(capsys):
+    def student(u, delta):
+        return sum(torch.outer(d, x) for x, d in zip(u, delta))
+    assert check_weight_gradient(student) is True and capsys.readouterr().out.strip() == "✓ correct"
+    u, W = torch.randn(4, 3), torch.randn(2, 3, requires_grad=True)
+    out = u @ W.T
+    delta = torch.randn_like(out)
+    (out * delta).sum().backward()  # a loss whose gradient at the output is delta
+    assert torch.allclose(student(u, delta), W.grad)
+
+
+@pytest.mark.parametrize("fn, hint", [
+    (lambda u, d: u.T @ d, "not u_t delta_t^T"),
+    (lambda u, d: d.T @ u / len(u), "*sum*"),
+    (lambda u, d: torch.outer(d[-1], u[-1]), "not only the last one"),
+])
+def test_typical_weight_gradient_mistakes_get_their_own_hint(capsys, fn, hint):
+    assert check_weight_gradient(fn) is False
     assert hint in capsys.readouterr().out.split("Hint: ")[1]
 
 
