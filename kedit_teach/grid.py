@@ -425,4 +425,3 @@ def lte_papers_table(rows: list[dict], data: str = "counterfact", paper_data: st
               "ours: fluency": "–" if single[m].get("fluency") is None else f"{single[m]['fluency']:.0f}"}
              for m in paper if m in single]
     return pd.DataFrame(table).set_index("method") if table else pd.DataFrame()
-
