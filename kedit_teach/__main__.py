@@ -7,9 +7,11 @@
     download   fetch a public benchmark file (needs the network)
     tour       a two-minute headless tour: one edit by every method, answers before and after
 
-Bad input (an unknown method or preset, a missing or malformed data file, a missing adapter, a GPU
-preset on a CPU) prints one line naming the problem and the fix and exits with status 2; `--debug`
-shows the traceback instead. Anything else is a bug and keeps its traceback.
+Bad input (a bad flag or a number out of range, an unknown method or preset, a missing or malformed
+data file, a missing adapter, a GPU preset on a CPU) prints one line naming the problem and the fix
+and exits with status 2, checked before the model loads wherever the model is not needed to check
+it; `--debug` shows the traceback instead. Anything else is a bug and keeps its traceback.
+`python -m kedit_teach COMMAND --help` shows every option with its default.
 
 What it does not do: anything not reachable from the package API; each command is a thin wrapper.
 """
@@ -86,6 +88,8 @@ def cmd_eval(args) -> int:
     editor_class = _editor_class(args.method)
     options = _editor_options(args)
     cases = load_cases(args.data, n=args.n, seed=args.seed)
+    if not cases:
+        raise UsageError(f"--data {args.data} holds no cases; pass a data file with at least one record")
     editor = editor_class(*load_model(args.model, quantization=args.quant), **options)
     result = evaluate(editor, cases, mode=args.mode, batch_size=args.batch_size, fluency_n=args.fluency_n)
     result.update(data=args.data, seed=args.seed, quantization=args.quant)
@@ -300,15 +304,15 @@ def train_mend(args) -> int:
     from .editors import MEND
     from .models import load_model
 
+    examples, data = pl.training_examples(args.data, n=args.cases, seed=args.seed)
+    before = None
+    if args.resume:  # a missing or finished run is refused before the model loads
+        network, before = _resumed(args, mend.load_network, mend.default_path(args.model))
+        cfg = mend.MendTrainConfig(**before["train"])
     model, tok = load_model(args.model, quantization=args.quant)
     if (why := MEND.unsupported(model)) is not None:
         raise UsageError(why)
-    examples, data = pl.training_examples(args.data, n=args.cases, seed=args.seed)
-    before = None
-    if args.resume:
-        network, before = _resumed(args, mend.load_network, mend.default_path(args.model))
-        cfg = mend.MendTrainConfig(**before["train"])
-    else:
+    if not args.resume:
         network = mend.MendNetwork(mend.MendConfig.for_model(model, **_given(args, "rank")))
         cfg = mend.MendTrainConfig(seed=args.seed, **_given(args, "steps", "batch_size", "lr", "c_edit"))
     mend.check_network(network, model)
@@ -369,10 +373,10 @@ def cmd_tour(args) -> int:
     from .editors import ICE, NoEdit
     from .evaluate import evaluate
     from .models import describe, load_model
-    from .tour import EIFFEL, format_tour, take_turns
+    from .tour import EIFFEL, format_model, format_tour, take_turns
 
     model, tokenizer = load_model(args.model)
-    print(describe(model))
+    print(format_model(describe(model)))
     rows, model = take_turns(model, tokenizer, EIFFEL)
     print(format_tour(EIFFEL, rows))
     if args.n:  # the scored run: both protocols on the bundled teaching set
@@ -382,132 +386,186 @@ def cmd_tour(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag takes the path of any bad input: one line and exit status 2 (argparse alone would
+    print the whole usage first)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+class _Help(argparse.HelpFormatter):
+    """Each option's help ends with its default, unless it says its default itself or has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = not any(action.default is v for v in (None, False, argparse.SUPPRESS))  # 0 is shown, False not
+        if action.option_strings and shown and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _number(kind: type, low: float, strict: bool = False):
+    """An argparse type: an int or float of at least `low` (above it, if strict). A bad value stops
+    the command before anything loads, with the flag named and the values it takes."""
+    noun = "a whole number" if kind is int else "a number"
+    wanted = f"pass {noun} {'above' if strict else 'of at least'} {low}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}; {wanted}") from None
+        if not (value > low if strict else value >= low):  # NaN fails both
+            raise argparse.ArgumentTypeError(f"got {text}; {wanted}")
+        return value
+    return parse
+
+
+COUNT, COUNT_OR_0, POSITIVE, WEIGHT = _number(int, 1), _number(int, 0), _number(float, 0, strict=True), _number(float, 0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    debug = False  # a bad flag is reported before --debug is known
+    try:
+        args = _parser().parse_args(argv)
+        debug = args.debug
+        return args.fn(args)
+    except UsageError as e:
+        if debug:
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
     from .data import BENCHMARKS
     from .editors import METHODS
     from .evaluate import MODES
-    from .models import DEFAULT_MODEL
+    from .models import DEFAULT_MODEL, PRESETS
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of a bad-input error")
-    parser = argparse.ArgumentParser(prog="python -m kedit_teach", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="python -m kedit_teach", description=__doc__.split("\n")[0], formatter_class=_Help)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, **kw) -> argparse.ArgumentParser:  # every command takes --debug
-        return sub.add_parser(name, parents=[common], **kw)
+        return sub.add_parser(name, parents=[common], formatter_class=_Help, description=kw.get("help"), **kw)
+    model_help = f"a preset ({', '.join(PRESETS)}), a Hugging Face id or a local folder"
+    quant_help = "load the model quantised through bitsandbytes (default: unquantised)"
+    seed_help = "seed of the random choices (which cases, in which order)"
     command("info", help="versions, presets, device, offline assets").set_defaults(fn=cmd_info)
 
     ev = command("eval", help="evaluate an editor; see kedit_teach/evaluate.py")
     ev.add_argument("--method", default="noedit", help=f"one of {', '.join(METHODS)}")
     ev.add_argument("--data", default="teach",
                     help="teach | counterfact:PATH | zsre:PATH | knowedit:PATH | wikibio:PATH | zsre-held-out | zsre-train")
-    ev.add_argument("--n", type=int, default=20)
-    ev.add_argument("--mode", default="single", choices=MODES)
-    ev.add_argument("--model", default=DEFAULT_MODEL)
-    ev.add_argument("--quant", default=None, choices=["4bit", "8bit"])
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--fluency-n", type=int, default=10, help="cases whose 100-token generation is scored")
+    ev.add_argument("--n", type=COUNT, default=20, help="cases evaluated (at most the data's)")
+    ev.add_argument("--mode", default="single", choices=MODES,
+                    help="single: edit, score, undo, per case; sequential: N edits one by one, then score; "
+                         "batch: N edits in one call, then score")
+    ev.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
+    ev.add_argument("--quant", default=None, choices=["4bit", "8bit"], help=quant_help)
+    ev.add_argument("--seed", type=int, default=0, help=seed_help)
+    ev.add_argument("--batch-size", type=COUNT, default=16, help="probes per forward pass when scoring")
+    ev.add_argument("--fluency-n", type=COUNT_OR_0, default=10, help="cases whose 100-token generation is scored")
     ev.add_argument("--json", default=None, help="write the full result here")
     ev.add_argument("--no-align", action="store_true", help="lte: no adapter (retrieval + ICE)")
-    ev.add_argument("--k", type=int, default=None, help="lte: descriptors retrieved per query (default 3)")
+    ev.add_argument("--k", type=COUNT, default=None, help="lte: descriptors retrieved per query (default 3)")
     ev.add_argument("--adapter", default=None, help="lte: adapter folder (default: the shipped one)")
     ev.add_argument("--no-sentinel", action="store_true", help="recipe: a fixed --threshold instead of the sentinel")
     ev.add_argument("--threshold", type=float, default=None, help="recipe, with --no-sentinel: the fixed gate (default 0)")
     ev.add_argument("--no-prompts", action="store_true", help="recipe: retrieve but attach no continuous prompt")
     ev.add_argument("--modules", default=None, help="recipe: modules folder (default: the shipped ones)")
-    ev.add_argument("--layer", type=int, default=None, help="rome: the edited layer (default: one eighth up, layer 2 of Gemma-3-270M)")
+    ev.add_argument("--layer", type=COUNT_OR_0, default=None,
+                    help="rome: the edited layer (default: one eighth up, layer 2 of Gemma-3-270M)")
     ev.add_argument("--reference-keys", action="store_true",
                     help="rome: the reference code's two keys instead of r-ROME's one (disabling edits)")
     ev.set_defaults(fn=cmd_eval)
 
     be = command("bench", help="the benchmark grid: methods x numbers of edits x data sets; see kedit_teach/grid.py")
     be.add_argument("--methods", nargs="+", default=list(METHODS), help=f"default: all of {', '.join(METHODS)}")
-    be.add_argument("--n", type=int, nargs="+", default=[1, 10, 100], help="numbers of edits (1 = single editing)")
+    be.add_argument("--n", type=COUNT, nargs="+", default=[1, 10, 100], help="numbers of edits (1 = single editing)")
     be.add_argument("--data", nargs="+", default=["teach", "counterfact"],
                     help="teach (its held-out cases), counterfact, zsre (from ../shared/data) or data specs as in eval")
     be.add_argument("--out", default="artifacts/bench", help="folder for the cells and tables; done cells are reused")
-    be.add_argument("--single-n", type=int, default=10, help="cases edited one at a time in the N = 1 cells")
-    be.add_argument("--cell-budget", type=float, default=None,
+    be.add_argument("--single-n", type=COUNT, default=10, help="cases edited one at a time in the N = 1 cells")
+    be.add_argument("--cell-budget", type=POSITIVE, default=None,
                     help="minutes of estimated edit time above which a cell is skipped (default 5 on CPU, none on a GPU)")
-    be.add_argument("--model", default=DEFAULT_MODEL)
-    be.add_argument("--quant", default=None, choices=["4bit", "8bit"])
-    be.add_argument("--seed", type=int, default=0)
+    be.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
+    be.add_argument("--quant", default=None, choices=["4bit", "8bit"], help=quant_help)
+    be.add_argument("--seed", type=int, default=0, help=seed_help)
     be.add_argument("--timing", action="store_true",
                     help="after the grid, RECIPE's Table 3 for the memory methods among --methods: edit time and "
                          "inference per query with --stored edits in place (timing.py); writes timing.json")
     be.add_argument("--timing-only", action="store_true", help="Table 3 timing without the grid (--n is not used)")
-    be.add_argument("--stored", type=int, nargs="+", default=[0, 1000, 10000],
+    be.add_argument("--stored", type=COUNT_OR_0, nargs="+", default=[0, 1000, 10000],
                     help="store sizes for --timing (filled from CounterFact's 10,000 train records)")
     be.set_defaults(fn=cmd_bench)
 
     tr = command("train", help="train LTE's adapter (alignment.py), RECIPE's modules (prompt_learning.py), "
                                "SERAC's scope classifier (scope.py) or MEND's network (mend.py)")
-    tr.add_argument("what", choices=["lte", "recipe", "serac", "mend"])
-    tr.add_argument("--model", default=DEFAULT_MODEL)
-    tr.add_argument("--quant", default=None, choices=["4bit", "8bit"])
+    tr.add_argument("what", choices=["lte", "recipe", "serac", "mend"], help="what to train")
+    tr.add_argument("--model", default=DEFAULT_MODEL, help=model_help + " (serac trains no LLM part: unused)")
+    tr.add_argument("--quant", default=None, choices=["4bit", "8bit"], help=quant_help)
     tr.add_argument("--data", action="append", default=None,
                     help="training data spec (repeatable); default: lte: CounterFact-train + KnowEdit train_cf, "
                          "recipe: those and KnowEdit recent_train (plus the bundled cases not evaluated on)")
-    tr.add_argument("--cases", type=int, default=None, help="training cases sampled from the data (lte: 1500, recipe: all)")
-    tr.add_argument("--steps", type=int, default=None, help="lte: 400, recipe: 2000, serac, mend: 1000")
-    tr.add_argument("--batch-size", type=int, default=None,
-                    help="lte, recipe, mend: edits through the LLM per step (8); serac: edits per step (128)")
-    tr.add_argument("--lr", type=float, default=None,
-                    help="lte: 4e-4, recipe: 1e-3, serac (scale and bias): 1e-2, mend (g): 1e-4")
-    tr.add_argument("--rank", type=int, default=None, help="mend: width of g's low-rank layers (default 64)")
-    tr.add_argument("--c-edit", type=float, default=None,
+    tr.add_argument("--cases", type=COUNT, default=None,
+                    help="training cases sampled from the data (default: lte: 1500, others: all)")
+    tr.add_argument("--steps", type=COUNT, default=None, help="default: lte: 400, recipe: 2000, serac, mend: 1000")
+    tr.add_argument("--batch-size", type=COUNT, default=None,
+                    help="lte, recipe, mend: edits through the LLM per step (default 8); serac: edits per step (default 128)")
+    tr.add_argument("--lr", type=POSITIVE, default=None,
+                    help="default: lte: 4e-4, recipe: 1e-3, serac (scale and bias): 1e-2, mend (g): 1e-4")
+    tr.add_argument("--rank", type=COUNT, default=None, help="mend: width of g's low-rank layers (default 64)")
+    tr.add_argument("--c-edit", type=WEIGHT, default=None,
                     help="mend: the weight of the edit loss beside the locality KL's 1 (default 1; the reference: 0.1)")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int, default=0, help=seed_help)
     tr.add_argument("--out", default=None,
                     help="output folder (default: <cache>/<lte|recipe|mend>/<model> or <cache>/serac/classifier, "
                          "loaded by default from then on)")
     for flag in ("threefold", "in-scope", "out-of-scope", "free-text"):
         tr.add_argument(f"--no-{flag}", action="store_true", help=f"lte ablation: without {flag}")
-    tr.add_argument("--d-rep", type=int, default=None, help="recipe: width of the learned representations (default 256)")
+    tr.add_argument("--d-rep", type=COUNT, default=None, help="recipe: width of the learned representations (default 256)")
     tr.add_argument("--finetune-encoder", action="store_true", help="recipe: fine-tune MiniLM too (as the reference)")
     tr.add_argument("--resume", default=None, metavar="FOLDER",
                     help="recipe: go on training these modules ('default': the ones RECIPE loads); the record keeps the "
                          "earlier run's; serac, mend: go on with a stopped run (its --out folder)")
     tr.add_argument("--prompts-only", action="store_true",
                     help="recipe, with --resume: train MLP_P alone on L_edit at every step; retrieval stays as it is")
-    tr.add_argument("--prompt-lr", type=float, default=None, help="recipe: MLP_P's learning rate (default 3e-3)")
-    tr.add_argument("--loc-weight", type=float, default=None,
+    tr.add_argument("--prompt-lr", type=POSITIVE, default=None, help="recipe: MLP_P's learning rate (default 3e-3)")
+    tr.add_argument("--loc-weight", type=WEIGHT, default=None,
                     help="recipe: the weight of L_loc (Eq. 12) in L_edit (default 0.2; the paper: 1)")
     tr.add_argument("--retrieval-only", action="store_true",
                     help="recipe: train MLP_K, MLP_Q and the sentinel alone (L_pl; no LLM pass, minutes on a CPU)")
-    tr.add_argument("--bank", type=int, default=None, help="recipe: memory-bank keys per step, extra InfoNCE negatives")
-    tr.add_argument("--neighbours", type=int, default=None, help="recipe: mined look-alike edits per seed in a batch")
-    tr.add_argument("--fluency-weight", type=float, default=None,
-                    help="recipe: the weight of L_flu, the KL to the unedited model past the answer (0: off)")
-    tr.add_argument("--query-layers", type=int, default=None,
-                    help="recipe: fine-tune MiniLM's top N layers for queries alone (keys and prompts keep the frozen one)")
+    tr.add_argument("--bank", type=COUNT_OR_0, default=None,
+                    help="recipe: memory-bank keys per step, extra InfoNCE negatives (default 0: none)")
+    tr.add_argument("--neighbours", type=COUNT_OR_0, default=None,
+                    help="recipe: mined look-alike edits per seed in a batch (default 0: none)")
+    tr.add_argument("--fluency-weight", type=WEIGHT, default=None,
+                    help="recipe: the weight of L_flu, the KL to the unedited model past the answer (default 0: off)")
+    tr.add_argument("--query-layers", type=COUNT_OR_0, default=None,
+                    help="recipe: fine-tune MiniLM's top N layers for queries alone (keys and prompts keep the frozen one; default 0)")
     tr.add_argument("--queries-only", action="store_true",
                     help="recipe: train the query side alone (MLP_Q, the sentinel, the query layers); keys and prompts stay")
-    tr.add_argument("--encoder-lr", type=float, default=None,
+    tr.add_argument("--encoder-lr", type=POSITIVE, default=None,
                     help="recipe: learning rate of MiniLM's trained layers (default 1e-5)")
-    tr.add_argument("--checkpoint-every", type=int, default=100,
+    tr.add_argument("--checkpoint-every", type=COUNT, default=100,
                     help="recipe, serac, mend: save every this many steps (a stopped run goes on with --resume <out>)")
     tr.set_defaults(fn=cmd_train)
 
     dl = command("download", help="fetch a public benchmark file")
-    dl.add_argument("name", choices=sorted(BENCHMARKS))
+    dl.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark file")
     dl.add_argument("--dest", default=None, help="folder (default: data/ in a checkout, else ~/.cache/kedit_teach/benchmarks)")
     dl.set_defaults(fn=cmd_download)
 
     tour = command("tour", help="one edit by every method on the CPU model, answers before and after")
-    tour.add_argument("--model", default=DEFAULT_MODEL)
-    tour.add_argument("--n", type=int, default=0, help="also score NoEdit and ICE on this many bundled cases")
+    tour.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
+    tour.add_argument("--n", type=COUNT_OR_0, default=0,
+                      help="also score NoEdit and ICE on this many bundled cases (0: no scored run)")
     tour.set_defaults(fn=cmd_tour)
-
-    args = parser.parse_args(argv)
-    try:
-        return args.fn(args)
-    except UsageError as e:
-        if args.debug:
-            raise
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    return parser
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ from typing import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from .data import (ASSETS, SHARED_DIR, BenchmarkUnavailable, EditCase, disjoint_subjects, load_cases, load_counterfact,
-                   load_knowedit, load_teach, local_or_fetch)
+from .data import (ASSETS, SHARED_DIR, BenchmarkUnavailable, EditCase, disjoint_subjects, dropping_quietly, load_cases,
+                   load_counterfact, load_knowedit, load_teach, local_or_fetch)
 from .errors import UsageError
 from .memory import build_memory
 from .metrics import generate_greedy, nll, pack_targets, target_budget, target_logits, teacher_forced
@@ -486,7 +486,8 @@ def default_held_out() -> list[EditCase]:
 
 def load_training_cases(specs: list[str], n: int | None = None, seed: int = 0) -> list[EditCase]:
     """Training cases from data specs (see data.load_cases), shuffled and cut to n."""
-    cases = [c for spec in specs for c in load_cases(spec)]
+    with dropping_quietly():
+        cases = [c for spec in specs for c in load_cases(spec)]
     # case_ids repeat across files; prefix them with the source so ids stay unique
     for i, c in enumerate(cases):
         c.case_id = f"train{i}-{c.case_id}"

@@ -9,6 +9,9 @@ What it does:
   still runs, only on fewer cases and steps.
 - `pick_preset()` chooses the model for this machine, `colab_badge()` links a notebook to Colab,
   `package_version()` reports an installed package's version (`info`, the benchmark grid's record).
+- `slide_type()` makes every notebook a slide deck for RISE (seminar mode): the title and each
+  numbered section ("## ") open a slide, a "### " part a sub-slide. The setup cell stays on the
+  title slide, so a presenter can run the deck from its first slide.
 
 What it does not do: load models (see `models.py`) or draw anything (see `viz.py`).
 """
@@ -35,6 +38,20 @@ elif importlib.util.find_spec("kedit_teach") is None:
     sys.path.insert(0, os.path.abspath(".."))  # a checkout: notebooks/ sits next to the package
 from kedit_teach.course import fast_mode, pick_preset, setup_plotly
 setup_plotly()"""
+
+
+# RISE reads this from the notebook's metadata. Sections are longer than a screen, so slides scroll.
+RISE_SETTINGS = {"scroll": True, "enable_chalkboard": False, "transition": "none"}
+
+
+def slide_type(cell, index: int) -> str:
+    """The RISE slide type of notebooks' cell `index` (`cell.metadata.slideshow.slide_type`)."""
+    if index == 0:
+        return "slide"
+    first = cell.source.lstrip().split("\n", 1)[0] if cell.cell_type == "markdown" else ""
+    if first.startswith("## "):
+        return "slide"
+    return "subslide" if first.startswith("### ") else "-"
 
 
 def in_colab() -> bool:

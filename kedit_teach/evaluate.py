@@ -16,6 +16,7 @@ What it does not do: load models or data (see `models.py`, `data.py`) or plot (s
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ from tqdm.auto import tqdm
 
 from .data import EditCase
 from .editors.base import EditorStateError
-from .metrics import (TokenScore, generate_greedy, generation_match, ngram_entropy, normalize, perplexity, repetition,
-                      target_budget, teacher_forced)
+from .metrics import (TokenScore, generation_match, ngram_entropy, normalize, perplexity, plural, repetition,
+                      target_budget)
 
 MODES = ("single", "sequential", "batch")
 KINDS = ("reliability", "generality", "locality", "portability")
@@ -69,8 +70,16 @@ def run_probes(editor, probes: list[Probe], batch_size: int = 16,
     return scores, editor.generate(prompts, budgets, batch_size=batch_size)
 
 
+@contextlib.contextmanager
+def counted(editor, rows: int, desc: str, progress: bool = True, leave: bool = False):
+    """A progress bar over the `rows` that the editor's score() and generate() run within this block
+    (a probe scored and generated is two rows), moving as each batch is done."""
+    with tqdm(total=rows, desc=desc, disable=not progress or not rows, leave=leave) as bar, editor.counting(bar.update):
+        yield
+
+
 def reference(editor, probes: list[Probe], batch_size: int = 16, sliced: bool = True,
-              shared: dict | None = None) -> dict[int, tuple[TokenScore, str]]:
+              shared: dict | None = None, progress: bool = False) -> dict[int, tuple[TokenScore, str]]:
     """Pre-edit predictions on the locality probes: what "unchanged" means for this model.
 
     shared: a dict kept across calls on one unedited model, as in the grid, where every method takes
@@ -81,7 +90,7 @@ def reference(editor, probes: list[Probe], batch_size: int = 16, sliced: bool = 
     shared = {} if shared is None else shared
     key = (batch_size, sliced, tuple((probes[i].prompt, probes[i].target) for i in loc))
     if key not in shared:
-        with editor.unedited():
+        with editor.unedited(), counted(editor, 2 * len(loc), f"{editor.name}: unedited answers", progress):
             shared[key] = list(zip(*run_probes(editor, [probes[i] for i in loc], batch_size, sliced)))
     return dict(zip(loc, shared[key]))
 
@@ -165,12 +174,11 @@ def evaluate(editor, cases: list[EditCase], mode: str = "single", batch_size: in
     editor.reset()
     every = [p for c in cases for p in probes_of(c)]
     probes = every if mode == "single" else unrelated(every, cases)
-    refs = reference(editor, probes, batch_size, sliced, references)
+    refs = reference(editor, probes, batch_size, sliced, references, progress=progress)
     edit_s, infer_s, scores, gens, flu_cases = [], 0.0, [], [], cases[:fluency_n]
-    bar = tqdm(total=len(cases), desc=f"{editor.name} [{mode}]", disable=not progress, leave=leave)
     texts: list[str] = []
-    if mode == "single":
-        for c in cases:
+    if mode == "single":  # each step is an edit and its scoring
+        for c in tqdm(cases, desc=f"{editor.name} [single]: edit and score", disable=not progress, leave=leave):
             edit_s += [i["edit_s"] for i in editor.edit(c)]
             t = time.perf_counter()
             s, g = run_probes(editor, probes_of(c), batch_size, sliced)  # single mode drops nothing
@@ -180,20 +188,20 @@ def evaluate(editor, cases: list[EditCase], mode: str = "single", batch_size: in
             if c in flu_cases:
                 texts += fluency_texts(editor, [c])
             editor.reset()
-            bar.update(1)
-    else:
-        if mode == "sequential":
-            for c in cases:
-                edit_s += [i["edit_s"] for i in editor.edit(c)]
-                bar.update(1)
-        else:
-            edit_s += [i["edit_s"] for i in editor.edit(cases)]
-            bar.update(len(cases))
-        t = time.perf_counter()
-        scores, gens = run_probes(editor, probes, batch_size, sliced)
-        infer_s = time.perf_counter() - t
-        texts = fluency_texts(editor, flu_cases)
-    bar.close()
+    else:  # the edits, then the scoring with all of them in place: a bar each, so neither sits at 100%
+        with tqdm(total=len(cases), desc=f"{editor.name} [{mode}]: edits", disable=not progress, leave=leave) as bar:
+            if mode == "sequential":
+                for c in cases:
+                    edit_s += [i["edit_s"] for i in editor.edit(c)]
+                    bar.update(1)
+            else:
+                edit_s += [i["edit_s"] for i in editor.edit(cases)]
+                bar.update(len(cases))
+        with counted(editor, 2 * len(probes) + len(flu_cases), f"{editor.name} [{mode}]: scoring", progress, leave):
+            t = time.perf_counter()
+            scores, gens = run_probes(editor, probes, batch_size, sliced)
+            infer_s = time.perf_counter() - t
+            texts = fluency_texts(editor, flu_cases)
     rows = _rows(probes, range(len(probes)), scores, gens, refs)
     per_case = [{"case_id": c.case_id, "edit_s": e, "probes": [r for r in rows if r["case_id"] == c.case_id]}
                 for c, e in zip(cases, edit_s)]
@@ -279,12 +287,13 @@ def curve(editor, cases: list[EditCase], checkpoints: list[int], batch_size: int
         raise ValueError("checkpoints must hold at least one positive number of edits")
     editor.reset()
     probes = unrelated([p for c in cases[:checkpoints[-1]] for p in probes_of(c)], cases[:checkpoints[-1]])
-    refs = reference(editor, probes, batch_size)
+    refs = reference(editor, probes, batch_size, progress=progress)
     unedited = perplexity(editor.model, editor.tokenizer, PASSAGE)
     points, edit_s = _resume(editor, cases, batch, Path(state)) if state is not None else ([], [])
     done = points[-1]["n_edits"] if points else 0
-    bar = tqdm(total=checkpoints[-1], initial=min(done, checkpoints[-1]), desc=f"{editor.name} lifelong",
-               disable=not progress)
+    # smoothing=0: the rate is edits per second of the run so far, the scoring at checkpoints included
+    bar = tqdm(total=checkpoints[-1], initial=min(done, checkpoints[-1]), desc=f"{editor.name} lifelong: edits",
+               disable=not progress, smoothing=0)
     for n in (n for n in checkpoints if n > done):
         for i in range(done, n, batch):
             group = cases[i:min(i + batch, n)]
@@ -293,7 +302,8 @@ def curve(editor, cases: list[EditCase], checkpoints: list[int], batch_size: int
         done = n
         edited = {c.case_id for c in cases[:n]}
         indices = [i for i, p in enumerate(probes) if p.case_id in edited]
-        scores, gens = run_probes(editor, [probes[i] for i in indices], batch_size)
+        with counted(editor, 2 * len(indices), f"scoring after {plural(n, 'edit')}", progress):
+            scores, gens = run_probes(editor, [probes[i] for i in indices], batch_size)
         points.append({"n_edits": n, "metrics": aggregate(_rows(probes, indices, scores, gens, refs)),
                        "edit_s_mean": _mean(edit_s), "perplexity": perplexity(editor.model, editor.tokenizer, PASSAGE),
                        "perplexity_unedited": unedited, **_weight_norms(editor, cases[0].prompt)})

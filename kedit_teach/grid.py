@@ -43,6 +43,7 @@ from .editors import METHODS
 from .errors import UsageError
 from .evaluate import MODES, evaluate
 from .general import general_ability
+from .metrics import plural
 from .prompt_learning import TEACH_HELD_OUT
 
 DATASETS = {  # names the CLI accepts beside full data specs
@@ -284,6 +285,35 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def skipped(rows: list[dict]):
+    """The skipped cells, one line each with its data set (a method's cell can be skipped on one
+    data set and run on another) and the reason."""
+    import pandas as pd
+    return pd.DataFrame([{k: r[k] for k in ("data", "method", "mode", "n", "reason")}
+                         for r in rows if r["status"] == "skipped"], columns=["data", "method", "mode", "n", "reason"])
+
+
+def provenance(summary: dict) -> str:
+    """Where a summary's rows come from, in two lines: the machine and model of the first run, and how
+    many rows were run again later and when (`reruns` says which and why)."""
+    about = summary["machine"]
+    model, reruns = about["model"], about.get("reruns", [])
+    line = (f"{model['name']} ({model['dtype']}, {model['device']}), {about['cpus']} threads, "
+            f"torch {about['packages']['torch']}, run on {about['date']}")
+    if reruns:
+        dates = sorted({r["date"] for r in reruns})
+        line += (f"\n{len(reruns)} later runs ({dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else "")
+                 + ") added or replaced rows: grid.reruns(summary) says which and why")
+    return line
+
+
+def reruns(summary: dict):
+    """The later runs merged into a summary: date, which rows, why (one line per merge)."""
+    import pandas as pd
+    return pd.DataFrame([{k: r.get(k, "") for k in ("date", "rows", "why")} for r in summary["machine"].get("reruns", [])],
+                        columns=["date", "rows", "why"])
+
+
 def lifelong(rows: list[dict], data: str) -> list[dict]:
     """The rows of `data` that a method's line against N runs through: its N = 1 (single) cell and its
     sequential cells, done or skipped."""
@@ -294,7 +324,7 @@ def headline(rows: list[dict], data: str, ns: tuple[int, ...] = (1, 100), kinds:
     """One row per method: rel / gen / loc (or `kinds`, e.g. with "port" for ZsRE) under both
     protocols at each N in `ns` (the sequential cell, or the single one at N = 1), general ability
     (questions answered, the passage's perplexity) at each lifelong N, edit time at the largest N
-    done; a skipped cell says so. The README's headline table."""
+    done; a skipped cell says so. The headline table of RESULTS.md."""
     import pandas as pd
     cells = {(r["method"], r["n"]): r for r in lifelong(rows, data)}
     table = []
@@ -405,7 +435,7 @@ def papers_table(rows: list[dict], data: str = "counterfact", paper_data: str = 
         mine = sorted((r for r in done if r["method"] == method), key=lambda r: r["n"])
         first, last = mine[0], mine[-1]
         table.append({"method": method, "paper, 1 edit": " / ".join(f"{v:.0f}" for v in paper["1"][name]),
-                      f"ours, {first['n']} edit": _triple(first[f"tf_{k}"] for k in REL_GEN_LOC),
+                      f"ours, {plural(first['n'], 'edit')}": _triple(first[f"tf_{k}"] for k in REL_GEN_LOC),
                       "paper, 1000 edits": " / ".join(f"{v:.0f}" for v in paper["1000"][name]),
                       "ours, most edits": f"{_triple(last[f'tf_{k}'] for k in REL_GEN_LOC)} (N = {last['n']})"})
     return pd.DataFrame(table).set_index("method") if table else pd.DataFrame()

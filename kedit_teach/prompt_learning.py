@@ -25,7 +25,7 @@ q_e, a generality query q_g and a locality query q_l:
     L             L_edit + L_pl, with L_edit = L_rel + L_gen + lambda_loc L_loc + lambda_flu L_flu
                   (lambda_loc = 0.2; the paper: 1)
 
-Choices, and why (each measured on CPU; the numbers are in the README's RECIPE paragraph):
+Choices, and why (each measured on CPU; the numbers are in RESULTS.md's RECIPE section):
 - Pooling [mean; max; min]: MiniLM was trained for mean pooling, and max/min keep single salient
   tokens that the mean dilutes. Its BERT pooler is untrained, so the reference's [pooler] is dropped.
 - d_rep = 256 instead of the reference's 4096 keeps the shipped weights at a few MB.
@@ -91,7 +91,8 @@ from tqdm.auto import tqdm
 
 from .alignment import (check_run, fingerprint, load_trained_state, read_trained_record, run_record, save_trained,
                         shuffled_batches, yours_or_shipped)
-from .data import ASSETS, SHARED_DIR, ZSRE_FILE, EditCase, disjoint_subjects, load_cases, load_teach, split_record
+from .data import (ASSETS, SHARED_DIR, ZSRE_FILE, EditCase, disjoint_subjects, dropping_quietly, load_cases, load_teach,
+                   split_record)
 from .encoder_layers import lower_states, tokenize, top_pass
 from .errors import UsageError
 from .metrics import generate_greedy, nll, pack_targets, target_logits
@@ -168,7 +169,7 @@ class PromptGenerator(nn.Module):
     T and MLP_P's output layer start at zero, so an untrained prompt is the answer's embeddings.
     Why: in the paper's form p_k = f_resp(MLP_P(r_k)), MLP_P must learn to name one of 262k answer
     tokens from MiniLM features, and on CPU held-out reliability (with the own prompt attached) was
-    0.025 after 100 steps; anchored, it was 0.99 after 80 (see the README's RECIPE section).
+    0.025 after 100 steps; anchored, it was 0.99 after 80 (see RESULTS.md's RECIPE section).
     """
 
     def __init__(self, d: int, n: int, hidden: int, norm: float, anchored: bool):
@@ -572,7 +573,8 @@ def training_examples(specs: list[str] | None = None, held_out: list[EditCase] |
     specs = default_sources() if specs is None else specs
     held_out = held_out_cases() if held_out is None else held_out
     teach = load_teach()[TEACH_HELD_OUT:]
-    cases = [c for spec in specs for c in load_cases(spec)] + teach
+    with dropping_quietly():
+        cases = [c for spec in specs for c in load_cases(spec)] + teach
     for i, c in enumerate(cases):  # case_ids repeat across files
         c.case_id = f"train{i}-{c.case_id}"
     kept = disjoint_subjects(cases, held_out)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .data import EditCase
 from .editors import FAST_SETTINGS, METHODS, NoEdit
 from .errors import UsageError
-from .metrics import generation_match
+from .metrics import same_answer
 
 EIFFEL = EditCase(case_id="tour-eiffel", subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of",
                   target_new="Rome", rephrase_prompts=["Where is the Eiffel Tower? It is in the city of"],
@@ -49,20 +49,18 @@ def _first_line(text: str) -> str:
     return text.strip().split("\n")[0].strip()
 
 
-def _agrees(after: str, before: str) -> bool:
-    """The same answer, one possibly cut shorter ("Berlin" and "Berlin, Germany. It is")."""
-    return bool(generation_match(after, before) or generation_match(before, after))
-
-
 def take_turns(model, tokenizer, case: EditCase = EIFFEL, methods: list[str] | None = None,
                settings: dict[str, dict] | None = None, progress: bool = True) -> tuple[list[dict], object]:
     """Each method edits `case` on the same model, answers the probes, and is detached.
 
-    Returns (rows, the model as loaded): per method {"method", "summary", "edit_s", "answer_s" (time
-    per probe of the batched generation after the edit), "answers": [{"kind", "prompt", "before",
-    "after", "right"}]}, one answer per `probes(case)`; "right" is the answer given there (the
-    unedited answer for the unrelated prompt). A method that refuses the edit (a bad-input error)
-    gets {"method", "summary", "refused": why} instead, and the others go on.
+    Returns (rows, the model as loaded): per method {"method", "summary", "setup_s" (building the
+    editor and its one-time work, `Editor.prepare`: layer statistics, projectors, trained parts),
+    "edit_s" (the edit alone), "answer_s" (time per probe of the batched generation after the edit),
+    "answers": [{"kind", "prompt", "before", "after", "right"}]}, one answer per `probes(case)`;
+    "right": whether the answer is `metrics.same_answer` as the one that counts there (the unedited
+    answer, for the unrelated prompt). A method that
+    refuses the edit (a bad-input error) gets {"method", "summary", "refused": why} instead, and the
+    others go on.
     settings: constructor options per method (default FAST_SETTINGS). methods: default, every method
     but NoEdit that can edit this model (`Editor.unsupported`).
     """
@@ -73,14 +71,17 @@ def take_turns(model, tokenizer, case: EditCase = EIFFEL, methods: list[str] | N
     before = [_first_line(a) for a in NoEdit(model, tokenizer).generate(list(prompts), ANSWER_TOKENS)]
     rows = []
     for name in tqdm(methods, desc="one edit per method", disable=not progress):
+        start = time.perf_counter()
         try:  # no trained parts for this model (RECIPE's modules, MEND's network): its row says why
             editor = METHODS[name](model, tokenizer, **settings.get(name, {}))
         except UsageError as e:
             rows.append({"method": name, "summary": METHODS[name].summary, "refused": " ".join(str(e).split())})
             continue
         try:
+            editor.prepare()
+            setup_s = time.perf_counter() - start
             (info,) = editor.edit(case)
-        except UsageError as e:  # this method can't make this edit (ROME without a subject): its row says why
+        except UsageError as e:  # this method can't do its setup or this edit (ROME without a subject): its row says why
             model = editor.detach()
             rows.append({"method": name, "summary": editor.summary, "refused": " ".join(str(e).split())})
             continue
@@ -89,10 +90,10 @@ def take_turns(model, tokenizer, case: EditCase = EIFFEL, methods: list[str] | N
         answer_s = (time.perf_counter() - start) / len(prompts)
         model = editor.detach()
         answers = [{"kind": k, "prompt": p, "before": b, "after": a,
-                    "right": _agrees(a, b) if e is None else bool(generation_match(a, e))}
+                    "right": same_answer(a, b if e is None else e)}
                    for k, p, e, b, a in zip(kinds, prompts, expected, before, after)]
-        rows.append({"method": name, "summary": editor.summary, "edit_s": info["edit_s"], "answer_s": answer_s,
-                     "answers": answers})
+        rows.append({"method": name, "summary": editor.summary, "setup_s": setup_s, "edit_s": info["edit_s"],
+                     "answer_s": answer_s, "answers": answers})
     return rows, model
 
 
@@ -111,6 +112,14 @@ def _cell(answer: dict) -> str:
     return f"{'ok' if answer['right'] else '--'} {short(answer['after'])}"
 
 
+def format_model(info: dict) -> str:
+    """`models.describe` as a sentence: "Loaded gemma-3-270m (Gemma3ForCausalLM): 268.1M parameters in
+    18 layers, float32 on cpu, 1,022 MB"."""
+    quant = f", {info['quantization']}" if info["quantization"] else ""
+    return (f"Loaded {info['name']} ({info['architecture']}): {info['parameters_m']}M parameters in {info['layers']} "
+            f"layers, {info['dtype']}{quant} on {info['device']}, {info['memory_mb']:,.0f} MB")
+
+
 def format_tour(case: EditCase, rows: list[dict]) -> str:
     """The rows as text: the unedited answers, one line of answers per method, what each row teaches."""
     kinds = [a["kind"] for a in answered(rows)]
@@ -119,12 +128,16 @@ def format_tour(case: EditCase, rows: list[dict]) -> str:
     lines += [f"  {a['prompt']!r} -> {a['before']!r}" for a in answered(rows)]
     lines += ["", f"One edit: {case.prompt!r} -> {case.target_new!r}, made by each method in turn, then undone.",
               "'ok' = the new answer on the edit prompt and the rephrasing, the new fact's consequence on the "
-              "portability question, the old answer on the unrelated prompt.", "",
-              f"{'method':{w}s} {'edit':>9s}  " + "".join(f"{k:24s}" for k in kinds)]
+              "portability question, the old answer on the unrelated prompt.",
+              "'setup' = one-time work before the first edit: building the editor, loading its trained parts, "
+              "ROME's and MEMIT's layer statistics, AlphaEdit's projectors (cached on disk: seconds on the next run). "
+              "'edit' = the edit itself.", "",
+              f"{'method':{w}s} {'setup':>9s} {'edit':>9s}  " + "".join(f"{k:24s}" for k in kinds)]
     for r in rows:
         if "refused" in r:
-            lines.append(f"{r['method']:{w}s} {'refused':>9s}  {r['refused']}")
+            lines.append(f"{r['method']:{w}s} {'':>9s} {'refused':>9s}  {r['refused']}")
             continue
-        lines.append(f"{r['method']:{w}s} {took(r['edit_s']):>9s}  " + "".join(f"{_cell(a):24s}" for a in r["answers"]))
+        lines.append(f"{r['method']:{w}s} {took(r['setup_s']):>9s} {took(r['edit_s']):>9s}  "
+                     + "".join(f"{_cell(a):24s}" for a in r["answers"]))
     lines += ["", "What each row teaches:"] + [f"  {r['method']:{w}s} {r['summary']}" for r in rows]
     return "\n".join(lines + ["", NEXT_STEPS])

@@ -25,6 +25,9 @@ Choices, and why:
   body), in bf16 autocast on CPU: tracing changes no weight, so nothing is lost to bf16 rounding but
   a little precision in p.
 
+`effect_correlation` says how well the traced effect predicts where a ROME edit works
+(`editors.rome.trace_and_edit`), or why it can't say.
+
 What it does not do: edit anything (ROME uses `subject_span` to find its key token; see editors/rome.py).
 """
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .metrics import plural
 from .models import add_special, cpu_autocast, decoder_of, encode_pair, format_prompt, forward_hooks, logits_at
 
 KINDS = ("hidden", "mlp", "attn")
@@ -190,3 +194,22 @@ def trace(model, tokenizer, prompt: str, subject: str, target: str | None = None
             scores[:, layer] = p.view(n_tok, samples).mean(1).cpu().numpy()
     tokens = [tokenizer.decode([t]) for t in ids[0].tolist()]
     return Trace(prompt, subject, target, kind, window, tokens, (start, end), p_clean, p_corrupt, scores, noise)
+
+
+def effect_correlation(found, against=("reliability", "generality")) -> str:
+    """How well the traced effect predicts each column of `found` (rows of `editors.rome.trace_and_edit`,
+    a list of dicts or a DataFrame), as a sentence. A Pearson correlation needs at least three
+    (fact, layer) pairs, and columns that vary; otherwise it is undefined (nan), and the sentence
+    says why instead (fast mode traces two pairs)."""
+    import pandas as pd
+    found = pd.DataFrame(found)
+    if len(found) < 3:
+        return (f"{plural(len(found), '(fact, layer) pair')}: too few for a correlation, "
+                "which needs at least 3 (trace more facts or layers, fast mode off)")
+    parts = []
+    for column in against:
+        both = found[["traced effect", column]].dropna().astype(float)
+        parts.append(f"{column} {both['traced effect'].corr(both[column]):.2f}"
+                     if len(both) >= 3 and (both.std() > 0).all() else
+                     f"{column} undefined ({'too few values' if len(both) < 3 else 'it does not vary'})")
+    return f"correlation of the traced effect with {', with '.join(parts)}; over {len(found)} (fact, layer) pairs"

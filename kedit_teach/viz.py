@@ -19,6 +19,8 @@ What it does:
 - Locate-then-edit: `trace_heatmap` (a causal trace, token x layer), `norm_lines` (the edited
   layer's weight norm over sequential edits), `collapse_lines` (sequential editing per method).
 - `METHOD_COLORS` / `method_colors`: one colour per method in every chart of the course.
+  Charts of methods put their legend under the plot, and a number-of-edits axis has ticks at
+  the data's N only.
 - The benchmark grid (`grid.run_grid` rows): `grid_lines` (each metric against N, one line per
   method), `grid_bars` (every method at one N).
 Every figure and table names the protocol behind each number (teacher-forced or generation).
@@ -27,6 +29,7 @@ What it does not do: run models, hold widgets or display anything (see `widgets.
 """
 from __future__ import annotations
 
+import math
 from itertools import cycle
 from typing import Callable
 
@@ -38,7 +41,7 @@ from plotly.subplots import make_subplots
 
 from .evaluate import KINDS as PROBE_KINDS
 from .grid import KINDS as GRID_KINDS, PROTOCOLS as GRID_PROTOCOLS, REL_GEN_LOC, lifelong
-from .metrics import PROTOCOLS
+from .metrics import PROTOCOLS, plural
 
 KINDS = (*PROBE_KINDS, "locality_gt")  # locality_gt is a metric of the locality probes, not a probe kind
 STAGES = ("before", "after")
@@ -57,9 +60,12 @@ LABELS = {
 }
 STAGE_COLORS = {"before": "#b0b0b0", "after": "#1f77b4"}
 # One colour per method across the course, so a student finds a method by its colour in every chart.
-METHOD_COLORS = {"noedit": "#7f7f7f", "ice": "#17becf", "ft-l": "#8c564b", "grace": "#2ca02c", "lte": "#9467bd",
-                 "recipe": "#d62728", "serac": "#ff7f0e", "mend": "#e377c2", "rome": "#1f77b4", "memit": "#bcbd22",
-                 "alphaedit": "#393b79"}
+# Chosen to stay apart with all eleven in one chart: every pair is at least 38 apart in CIELAB (21 in
+# CIEDE2000); the earlier pink MEND, navy AlphaEdit and brown FT-L sat 28 from purple LTE, blue ROME
+# and grey NoEdit.
+METHOD_COLORS = {"noedit": "#7f7f7f", "ice": "#17becf", "ft-l": "#6c4516", "grace": "#2ca02c", "lte": "#9467bd",
+                 "recipe": "#d62728", "serac": "#ff7f0e", "mend": "#882255", "rome": "#1f77b4", "memit": "#bcbd22",
+                 "alphaedit": "#000000"}
 
 
 def method_colors(names) -> dict:
@@ -71,6 +77,38 @@ def method_colors(names) -> dict:
 
 def label(value) -> str:
     return LABELS.get(value, str(value))
+
+
+def _legend_below(fig: go.Figure, names) -> None:
+    """A horizontal legend under the plot, the figure made taller by the rows it needs: a legend
+    beside the plot scrolled with nine or more methods and hid the last ones."""
+    names = list(dict.fromkeys(str(n) for n in names))
+    # ~7 px a character plus the line sample, in rows of ~700 px (a notebook's narrowest output)
+    rows = max(1, -(-sum(7 * len(n) + 45 for n in names) // 700))
+    below = 70 + 22 * rows  # the x axis title, then the legend's rows
+    fig.update_layout(legend=dict(orientation="h", yref="container", y=0, yanchor="bottom", x=0, xanchor="left"),
+                      height=fig.layout.height + below - (fig.layout.margin.b or 0),
+                      margin=dict(b=below))
+
+
+def _edit_counts(fig: go.Figure, counts, log: bool = False) -> None:
+    """Ticks at the numbers of edits the data holds, so an axis never shows 1.5 edits or a log axis
+    its "2 5" minor labels (decades instead, when there are too many to label); with a single
+    number of edits every line is one point, and the title says so."""
+    counts = sorted({int(c) for c in counts})
+    if not counts:
+        return
+    if len(counts) <= 12:
+        ticks = counts
+    elif log:
+        ticks = [10 ** k for k in range(int(math.log10(max(counts[0], 1))), int(math.log10(counts[-1])) + 1)]
+    else:
+        ticks = None  # a long linear axis gets integer steps from plotly anyway
+    if ticks is not None:
+        fig.update_xaxes(tickmode="array", tickvals=ticks, ticktext=[f"{t:,}" for t in ticks])
+    if len(counts) == 1:
+        fig.update_layout(title_text=f"{fig.layout.title.text or ''}<br><sup>one point per line: only N = {counts[0]:,} "
+                                     "was measured (fast mode runs one N)</sup>")
 
 
 def _short(text: str, n: int = 32) -> str:
@@ -119,6 +157,8 @@ def grouped_bars(frame: pd.DataFrame, x: str, group: str, col: str | None = None
                     hovertemplate=f"{label(g)}<br>%{{x}}: %{{y:.3f}}<extra></extra>"), row=i, col=j)
     fig.update_layout(title=title, barmode="group", height=140 + 260 * len(rows),
                       legend_title_text=label(group), margin=dict(t=90, b=40))
+    if group == "method":
+        _legend_below(fig, [label(g) for g in groups])
     if y_range is not None:
         fig.update_yaxes(range=list(y_range))
     for i, r in enumerate(rows, 1):
@@ -203,13 +243,21 @@ def before_after_frame(rows: list[dict]) -> pd.DataFrame:
     return long.groupby(keys, sort=False, as_index=False)["value"].mean()
 
 
+SCORE_NAMES = {"teacher_forced": "token accuracy", "teacher_forced_exact": "exact match", "generation": "generation"}
+
+
 def before_after_table(rows: list[dict]) -> pd.DataFrame:
-    """One line per (method, probe): every protocol's score before and after, and the generations."""
-    return pd.DataFrame([{"method": r["method"], "kind": r["kind"], "prompt": r["prompt"],
-                           "target": r["target"],
-                           **{f"{p} {s}": r[s][p] for p in r["after"] for s in STAGES},
-                           "generated before": r.get("generated_before"),
-                           "generated after": r.get("generated_after")} for r in rows])
+    """One line per (method, probe kind): the target, what the model said before and after, each
+    protocol's score before and after (two header rows, e.g. `table["generation", "after"]`), and
+    the probe's prompt last. Answers first and short headers: with the prompt in front and a column
+    per protocol and stage the answers sat beyond the screen's right edge."""
+    protocols = list(rows[0]["after"]) if rows else []
+    return pd.DataFrame([[r["target"], r.get("generated_before"), r.get("generated_after"),
+                           *(round(r[s][p], 2) for p in protocols for s in STAGES), r["prompt"]] for r in rows],
+                         index=pd.MultiIndex.from_tuples([(r["method"], r["kind"]) for r in rows], names=["method", "kind"]),
+                         columns=pd.MultiIndex.from_tuples([("target", ""), ("answer", "before"), ("answer", "after"),
+                                                            *((SCORE_NAMES.get(p, p), s) for p in protocols for s in STAGES),
+                                                            ("prompt", "")]))
 
 
 def before_after(rows: list[dict], protocols=("teacher_forced", "generation"),
@@ -355,12 +403,13 @@ def lifelong_lines(points: list[dict], protocols=("teacher_forced", "generation"
                 x=xs, y=[_number(p["metrics"][protocol].get(kind)) for p in points], mode="lines+markers",
                 name=label(kind), legendgroup=kind, showlegend=j == 1, line=dict(color=colors[kind]),
                 meta={"kind": kind, "protocol": protocol},
-                hovertemplate=f"{label(kind)}<br>%{{x}} edits: %{{y:.3f}}<extra></extra>"), row=1, col=j)
-    fig.update_layout(title=title or f"Lifelong editing: scores of all edits so far (up to {max(xs)} edits)",
+                hovertemplate=f"{label(kind)}<br>N = %{{x}}: %{{y:.3f}}<extra></extra>"), row=1, col=j)
+    fig.update_layout(title=title or f"Lifelong editing: scores of all edits so far (up to {plural(max(xs), 'edit')})",
                       height=420, margin=dict(t=90, b=40), legend_title_text="metric")
     fig.update_yaxes(range=[0, 1.05])
     fig.update_yaxes(title_text="score", col=1)
     fig.update_xaxes(title_text="number of sequential edits")
+    _edit_counts(fig, xs)
     return fig
 
 
@@ -541,13 +590,15 @@ def collapse_lines(curves: dict[str, list[dict]], protocol: str = "teacher_force
         series.append([p["perplexity"] / p["perplexity_unedited"] for p in points])
         for j, ys in enumerate(series, 1):
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name, legendgroup=name,
-                                     showlegend=j == 1, line=dict(color=color),
+                                     showlegend=j == 1, line=dict(color=color), marker_size=8,
                                      meta={"method": name, "panel": (list(kinds) + ["perplexity"])[j - 1]}), row=1, col=j)
     fig.update_layout(title=title or f"Sequential editing ({label(protocol)}): all edits so far",
                       height=380, margin=dict(t=90, b=40), legend_title_text="method")
     for j in (1, 2, 3):
         fig.update_yaxes(range=[0, 1.05], col=j)
     fig.update_xaxes(title_text="edits")
+    _edit_counts(fig, [p["n_edits"] for points in curves.values() for p in points])
+    _legend_below(fig, curves)
     return fig
 
 
@@ -558,11 +609,13 @@ def norm_lines(norms: dict[str, list[float]], original: float | None = None, tit
     fig, colors = go.Figure(), method_colors(norms)
     for name, ys in norms.items():
         fig.add_trace(go.Scatter(x=list(range(1, len(ys) + 1)), y=ys, mode="lines+markers", name=name,
-                                 line=dict(color=colors[name]), meta={"method": name}))
+                                 line=dict(color=colors[name]), marker_size=8, meta={"method": name}))
     if original is not None:
         fig.add_hline(y=original, line_dash="dot", line_color="#888", annotation_text="unedited")
     fig.update_layout(title=title or "Weight norm of the edited layer after each edit", height=380,
                       xaxis_title="number of sequential edits", yaxis_title=yaxis_title, margin=dict(t=70, b=40))
+    _edit_counts(fig, range(1, max(map(len, norms.values()), default=0) + 1))
+    _legend_below(fig, norms)
     return fig
 
 
@@ -588,12 +641,14 @@ def grid_lines(rows: list[dict], data: str, protocol: str = "gen", title: str = 
             points = [(r["n"], _number(r.get(column))) for r in mine if r.get(column) is not None]
             fig.add_trace(go.Scatter(x=[n for n, _ in points], y=[v for _, v in points], mode="lines+markers",
                                      name=method, legendgroup=method, showlegend=j == 1, line=dict(color=color),
-                                     meta={"method": method, "panel": key}), row=1, col=j)
+                                     marker_size=8, meta={"method": method, "panel": key}), row=1, col=j)
     fig.update_layout(title=title or f"{data}: every method against the number of edits "
                                      f"({'generation' if protocol == 'gen' else 'teacher-forced'})",
                       height=380, margin=dict(t=90, b=40), legend_title_text="method")
     fig.update_yaxes(range=[0, 1.05])
     fig.update_xaxes(type="log", title_text="edits")
+    _edit_counts(fig, [r["n"] for r in done], log=True)
+    _legend_below(fig, dict.fromkeys(r["method"] for r in done))
     return fig
 
 
@@ -603,7 +658,7 @@ def grid_bars(rows: list[dict], data: str, n: int, title: str = "") -> go.Figure
     frame = pd.DataFrame([{"method": r["method"], "kind": GRID_KINDS[k], "protocol": proto, "value": r[f"{p}_{k}"]}
                           for r in done for p, proto in GRID_PROTOCOLS.items() for k in REL_GEN_LOC])
     return grouped_bars(frame, x="kind", group="method", col="protocol",
-                        title=title or f"{data}, {n} edits standing together")
+                        title=title or f"{data}, {plural(n, 'edit')} standing together")
 
 
 CONFLICT_COLORS = {"latest": "#1a7f37", "first": "#d4a017", "neither": "#b0b0b0"}
@@ -623,18 +678,21 @@ def _method_lines(frame: pd.DataFrame, x: str, title: str, y_title: str, xaxis: 
     fig, colors = go.Figure(), method_colors(frame["method"])
     for name, part in frame.groupby("method", sort=False):
         fig.add_trace(go.Scatter(x=part[x], y=part["value"], mode="lines+markers", name=name,
-                                 line=dict(color=colors[name]), meta={"method": name}))
+                                 line=dict(color=colors[name]), marker_size=8, meta={"method": name}))
     fig.update_layout(title=title, height=380, legend_title_text="method", xaxis=xaxis,
                       yaxis=dict(range=[0, 1.05], title=y_title))
+    _legend_below(fig, colors)
     return fig
 
 
 def distractor_lines(changed: list[dict], title: str = "") -> go.Figure:
     """`stress.distractors`: per method, the share of unrelated questions whose answer the store
     changed, against the number of stored edits (log axis)."""
-    return _method_lines(pd.DataFrame(changed), "stored",
-                         title or "Questions about unedited subjects: how many answers does the store change?",
-                         "share of answers changed", dict(type="log", title="stored edits (other subjects)"))
+    fig = _method_lines(pd.DataFrame(changed), "stored",
+                        title or "Questions about unedited subjects: how many answers does the store change?",
+                        "share of answers changed", dict(type="log", title="stored edits (other subjects)"))
+    _edit_counts(fig, [r["stored"] for r in changed], log=True)
+    return fig
 
 
 def paraphrase_lines(rows: list[dict], title: str = "") -> go.Figure:

@@ -4,12 +4,17 @@ What it does:
 - `Panel` is the shared shell: a status line (`message`), an output area (`out`), and the latest
   `table` / `figure` kept as attributes so tests can drive a panel headlessly (set `.value`, call
   `.click()`, read the attributes). Every callback is wrapped in `guarded`, so a bad input shows
-  a red message in the panel instead of a traceback.
+  a red message in the panel instead of a traceback. Enter in a panel's text box runs its main
+  action (`_on_enter`).
+- `EditorPanel` is the shell of the panels whose edits stay in one editor (GRACE, LTE, RECIPE,
+  SERAC): it lists the stored edits as the editor holds them, refreshed after every action, every
+  notebook cell and every display, so a cell that resets the editor never leaves a stale list.
 - `edit_report` scores one edit before and after, under every protocol, for several editors.
 - `EditPlayground` (notebook 01) turns typed text into an EditCase and shows `edit_report` as a
   table and a before/after chart.
 - `ArenaPanel` (notebooks 01 and 06): one typed edit, made by every method in turn on the one
-  loaded model (`tour.take_turns`), the answers side by side in `arena_table`, then undone.
+  loaded model (`tour.take_turns`), the answers side by side in `arena_table`, judged by
+  `metrics.same_answer`, then undone.
 - `GracePanel` (notebook 03) edits one GRACE editor click by click and shows Algorithm 1's decision,
   the codebook, and each query's key distance against the radii. `keys_of`, `key_distances` and
   `describe_decision` are the plain functions underneath, for the notebook to call directly.
@@ -36,7 +41,9 @@ import functools
 import html
 import itertools
 import math
+import re
 import time
+import weakref
 from typing import Callable
 
 import ipywidgets as w
@@ -50,23 +57,31 @@ from . import viz
 from .data import EditCase
 from .editors import FAST_SETTINGS, METHODS, Editor, NoEdit
 from .evaluate import probe_result, probes_of, run_probes
-from .metrics import PROTOCOLS
+from .metrics import PROTOCOLS, plural
 from .tour import EIFFEL, answered, take_turns, took
 
 MAX_TOKENS = 300  # longer inputs make a click slow and are almost always a paste accident
 LEVEL_COLORS = {"info": "#444", "busy": "#b36b00", "ok": "#1a7f37", "error": "#c62828"}
 
 
+def _report(panel: "Panel", error: Exception) -> None:
+    # KeyError's str() wraps its message in quotes
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    panel.say(f"{type(error).__name__}: {text}", "error")
+
+
 def guarded(callback: Callable) -> Callable:
-    """Wrap a panel callback so that any error becomes the panel's message, never a traceback."""
+    """Wrap a panel callback so that any error becomes the panel's message, never a traceback, and
+    the panel shows its editor's true state before and after (`Panel.refresh`)."""
     @functools.wraps(callback)
     def run(panel: "Panel", *args):
         try:
+            panel.refresh()
             return callback(panel, *args)
         except Exception as error:  # the student must see what went wrong, in the panel itself
-            # KeyError's str() wraps its message in quotes
-            text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-            panel.say(f"{type(error).__name__}: {text}", "error")
+            _report(panel, error)
+        finally:
+            panel.refresh(outside=False)
     return run
 
 
@@ -101,6 +116,11 @@ class Panel:
         self.level = level
         self.message.value = f'<span style="color:{LEVEL_COLORS[level]}">{html.escape(text)}</span>'
 
+    def refresh(self, outside: bool = True) -> None:
+        """Show the state the panel depends on as it is now; never raises. Nothing to do here: the
+        panels that keep edits in an editor do it (`EditorPanel`). `outside=False`: right after the
+        panel's own action, which reports itself."""
+
     def show(self, table: pd.DataFrame, figure: go.Figure | None) -> None:
         """Replace the output with a table and a figure (None: nothing to draw, e.g. no edits yet)."""
         self.table, self.figure = table, figure
@@ -113,12 +133,37 @@ class Panel:
                                   "metadata": {}},)
 
     def _ipython_display_(self) -> None:
+        self.refresh()
         display(self.widget)
 
 
 def _text_box(description: str, value: str = "", placeholder: str = "") -> w.Text:
     return w.Text(value=value, placeholder=placeholder, description=description,
                   style={"description_width": "160px"}, layout=w.Layout(width="95%"))
+
+
+def _on_enter(action: Callable[[], None], *boxes: w.Text) -> None:
+    """Enter in any of `boxes` runs `action`, like a click on the panel's main button.
+
+    On Enter the front end of ipywidgets 7 (Colab) and 8 alike sends the box a custom "submit"
+    message; `Text.on_submit`, 7's API for it, is deprecated in 8, and 8's advice (observe `value`
+    with continuous_update=False) would also fire when the student merely leaves the box."""
+    def submitted(_box, content, _buffers) -> None:
+        if isinstance(content, dict) and content.get("event") == "submit":
+            action()
+    for box in boxes:
+        box.on_msg(submitted)
+
+
+def _button(description: str, tooltip: str = "", style: str = "") -> w.Button:
+    # ipywidgets' default button width (148 px) cuts a label of more than ~16 characters
+    return w.Button(description=description, tooltip=tooltip, button_style=style,
+                    layout=w.Layout(width=f"{max(148, 9 * len(description) + 32)}px"))
+
+
+def _slider_layout() -> w.Layout:
+    # the default width left a 44 px track beside a 160 px description: too short to aim with
+    return w.Layout(width="95%", max_width="760px")
 
 
 def check_length(tokenizer, what: str, text: str, limit: int = MAX_TOKENS) -> None:
@@ -200,9 +245,9 @@ class EditPlayground(Panel):
                                          "optional: an unrelated fact that must not change")
         self.locality_answer = _text_box("its answer", "Berlin",
                                          "optional: blank = whatever the unedited model says")
-        self.add = w.Button(description="Add edit", button_style="primary",
-                            tooltip="edit with every method, score before and after, then undo")
+        self.add = _button("Add edit", "edit with every method, score before and after, then undo", "primary")
         self.add.on_click(self.on_add)
+        _on_enter(self.on_add, self.prompt, self.target, self.rephrase, self.locality_prompt, self.locality_answer)
         self.widget = w.VBox([self.prompt, self.target, self.rephrase, self.locality_prompt,
                               self.locality_answer, self.add, self.message, self.out])
         self.say(f"Type an edit and click 'Add edit'. Methods: {', '.join(self.editors)}.")
@@ -246,23 +291,41 @@ class EditPlayground(Panel):
 
 # ----------------------------------------------------------------------------- the edit arena (01, 06)
 
+ARENA_RULE = ("✓: the answer's first phrase (up to the first , . ; : ? ! or line break; case and punctuation "
+              "ignored) matches the expected one word for word, as far as the shorter goes. Expected: the new target "
+              "(edit prompt, rephrasing), the given answer (portability), the unedited model's own answer (unrelated)")
+
+
 def arena_table(rows: list[dict]) -> pd.DataFrame:
-    """`tour.take_turns` rows, one per method: each probe's answer after the edit (✓ right, ✗ not),
-    then the edit time and how many probes came out right; a refused edit shows why."""
+    """`tour.take_turns` rows, one per method: each probe's answer after the edit, ✓ when it is
+    `metrics.same_answer` as the one that counts there (`ARENA_RULE`), ✗ if not; then the edit time
+    and how many came out right. A method that refused the edit gets empty cells (`arena_notes`
+    says why)."""
     kinds = [a["kind"] for a in answered(rows)]
     table = []
     for r in rows:
         if "refused" in r:
-            table.append({"method": r["method"], **{k: "" for k in kinds}, "edit": "refused", "right": r["refused"]})
+            table.append({"method": r["method"], **{k: "" for k in kinds}, "edit": "refused", "right": "–"})
             continue
-        table.append({"method": r["method"], **{a["kind"]: f"{'✓' if a['right'] else '✗'} {a['after']}" for a in r["answers"]},
-                      "edit": took(r["edit_s"]), "right": f"{sum(a['right'] for a in r['answers'])}/{len(r['answers'])}"})
+        right = [a["right"] for a in r["answers"]]
+        table.append({"method": r["method"],
+                      **{a["kind"]: f"{'✓' if ok else '✗'} {a['after']}" for a, ok in zip(r["answers"], right)},
+                      "edit": took(r["edit_s"]), "right": f"{sum(right)}/{len(right)}"})
     return pd.DataFrame(table).set_index("method")
+
+
+def arena_notes(rows: list[dict]) -> str:
+    """HTML under the arena's table: the ✓ rule with the unedited answers, and each refusal in full."""
+    before = "; ".join(f"{a['kind']}: {a['before']!r}" for a in answered(rows))
+    notes = [f"<small>{html.escape(ARENA_RULE)}.{' Unedited, the model said ' + html.escape(before) if before else ''}</small>"]
+    notes += [f"<b>{html.escape(r['method'])} refused the edit:</b> {html.escape(r['refused'])}" for r in rows if "refused" in r]
+    return "<br>".join(notes)
 
 
 class ArenaPanel(Panel):
     """Type one edit; every chosen method makes it in turn on the one loaded model (`take_turns`),
-    and the answers are shown side by side, one row per method; then every edit is undone."""
+    and the answers are shown side by side, one row per method, the table growing as each method
+    finishes; then every edit is undone."""
 
     def __init__(self, model, tokenizer, methods: tuple[str, ...] | None = None,
                  settings: dict[str, dict] = FAST_SETTINGS) -> None:
@@ -281,11 +344,16 @@ class ArenaPanel(Panel):
         self.port_prompt = _text_box("portability question", EIFFEL.portability[0][0], "optional: a consequence")
         self.port_answer = _text_box("its answer", EIFFEL.portability[0][1], "needed with the question")
         self.unrelated = _text_box("unrelated prompt", EIFFEL.locality[0][0], "optional: must not change")
-        self.run = w.Button(description="Edit with every method", button_style="primary",
-                            tooltip="each method edits in turn, answers, and is undone")
+        self.run = _button("Edit with every method", "each method edits in turn, answers, and is undone", "primary")
         self.run.on_click(self.on_run)
+        _on_enter(self.on_run, self.prompt, self.subject, self.target, self.rephrase, self.port_prompt,
+                  self.port_answer, self.unrelated)
+        self.progress = w.IntProgress(value=0, min=0, max=1, description="methods done",
+                                      style={"description_width": "160px"}, layout=w.Layout(width="95%"))
+        self.notes = w.HTML()  # the ✓ rule and, in full, why a method refused
         self.widget = w.VBox([self.prompt, self.subject, self.target, self.rephrase, self.port_prompt,
-                              self.port_answer, self.unrelated, self.methods, self.run, self.message, self.out])
+                              self.port_answer, self.unrelated, self.methods, self.run, self.progress,
+                              self.message, self.out, self.notes])
         self.say("Type an edit, pick methods (ctrl/cmd-click), and click 'Edit with every method'.")
 
     def case(self) -> EditCase:
@@ -312,18 +380,102 @@ class ArenaPanel(Panel):
             raise ValueError("pick at least one method")
         self.run.disabled = True
         try:
+            self.rows, self.table, self.figure = [], None, None
+            self.out.outputs, self.notes.value = (), ""  # the last edit's answers must not pass for this one's
             case = self.case()
-            self.say(f"{len(self.methods.value)} methods edit in turn (seconds each; ROME, MEMIT and AlphaEdit "
-                     "take about 20 s on a CPU)…", "busy")
+            methods = list(self.methods.value)
+            self.progress.max, self.progress.value = len(methods), 0
             start = time.perf_counter()
-            self.rows, self.model = take_turns(self.model, self.tokenizer, case, list(self.methods.value),
-                                               self.settings, progress=False)
-            self.show(arena_table(self.rows), None)
-            before = "; ".join(f"{a['kind']}: {a['before']!r}" for a in answered(self.rows))
-            self.say(f"done in {time.perf_counter() - start:.0f} s; the model is as loaded again. "
-                     f"Unedited it said: {before}", "ok")
+            for i, name in enumerate(methods, 1):
+                self.say(f"{name} edits, answers and is undone ({i} of {len(methods)}; "
+                         f"{time.perf_counter() - start:.0f} s so far)…", "busy")
+                # one method per call, so the table and the progress grow as each method finishes
+                rows, self.model = take_turns(self.model, self.tokenizer, case, [name], self.settings, progress=False)
+                self.rows += rows
+                self.progress.value = i
+                self.show(arena_table(self.rows), None)
+                self.notes.value = arena_notes(self.rows)
+            self.say(f"{plural(len(methods), 'method')} done in {time.perf_counter() - start:.0f} s; "
+                     "the model is as loaded again", "ok")
         finally:
             self.run.disabled = False
+
+
+# ----------------------------------------------------------------------------- panels over one editor's edits
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # the EditorPanels to refresh after each notebook cell
+
+
+def refresh_panels(*_result) -> None:
+    """Refresh every EditorPanel still alive. IPython calls it after each cell (`post_run_cell`): a
+    later cell that resets or refills an editor must not leave its panel, further up, listing edits
+    that are gone."""
+    for panel in list(_LIVE):
+        panel.refresh()
+
+
+def _refresh_after_each_cell() -> None:
+    from IPython import get_ipython
+    shell = get_ipython()
+    if shell is not None and refresh_panels not in shell.events.callbacks["post_run_cell"]:
+        shell.events.register("post_run_cell", refresh_panels)
+
+
+class EditorPanel(Panel):
+    """The shell of the panels whose edits stay in one editor until "Reset" (GRACE, LTE, RECIPE,
+    SERAC): `stored` lists the editor's edits as the editor holds them (`editor.cases`), and new
+    edits are numbered `{id_prefix}-{n}` after the editor's, never the panel's own count.
+
+    Other code may change the editor too (a notebook cell resets it, or stores a hundred edits), so
+    the list is read again before and after every action of the panel, after every notebook cell
+    and whenever the panel is displayed. An output drawn from edits that are no longer the editor's
+    is taken away (`_outdated`), and a change made outside the panel is said in its message."""
+
+    id_prefix = "edit"
+
+    def __init__(self, editor) -> None:
+        super().__init__()
+        self.editor = editor
+        self.stored = w.HTML()
+        self._known = self._drawn = self._edits()  # the edits at the last refresh, and under the output
+        self.refresh(outside=False)
+        _LIVE.add(self)
+        _refresh_after_each_cell()
+
+    def _edits(self) -> tuple:
+        return tuple((c.case_id, c.prompt, c.target_new) for c in self.editor.cases.values())
+
+    def _next_id(self) -> str:
+        """One past the highest number among the editor's `{id_prefix}-{n}` edits: no clash with a
+        stored edit, and after a reset the numbering starts again at 1."""
+        pattern = re.compile(rf"{re.escape(self.id_prefix)}-(\d+)")
+        taken = [int(m.group(1)) for m in map(pattern.fullmatch, self.editor.cases) if m]
+        return f"{self.id_prefix}-{max(taken, default=0) + 1}"
+
+    def show(self, table: pd.DataFrame, figure: go.Figure | None) -> None:
+        super().show(table, figure)
+        self._drawn = self._edits()
+
+    def refresh(self, outside: bool = True) -> None:
+        try:
+            edits = self._edits()
+            shown = ", ".join(f"{i} ({p} → {t})" for i, p, t in edits[:5]) + (
+                f" and {len(edits) - 5} more" if len(edits) > 5 else "")
+            self.stored.value = (f"<b>{plural(len(edits), 'edit')} stored:</b> {html.escape(shown)}" if edits else
+                                 "<b>nothing stored</b>: the model answers as unedited")
+            if edits == self._known:
+                return
+            self._known = edits
+            if edits != self._drawn:
+                self._outdated()
+            if outside:
+                self.say(f"the editor was changed outside this panel: {plural(len(edits), 'edit')} stored now", "info")
+        except Exception as error:  # called after every notebook cell: a traceback there would be anyone's guess
+            _report(self, error)
+
+    def _outdated(self) -> None:
+        """Take away (or redraw) the output drawn from edits the editor no longer holds."""
+        raise NotImplementedError
 
 
 # ----------------------------------------------------------------------------- GRACE (notebook 03)
@@ -349,7 +501,7 @@ def key_distances(editor, groups: dict[str, list[str]], entry: int | None = None
             distances = seen["distances"]
             i = min(range(len(distances)), key=distances.__getitem__) if entry is None else entry
             if not 0 <= i < len(seen["eps"]):
-                raise ValueError(f"entry {i} does not exist: the codebook has {len(seen['eps'])} entries")
+                raise ValueError(f"entry {i} does not exist: the codebook has {plural(len(seen['eps']), 'entry', 'entries')}")
             rows.append({"group": group, "prompt": prompt, "distance": distances[i], "entry": i,
                          "eps": seen["eps"][i], "label": seen["labels"][i], "fired": seen["fired"]})
     return rows
@@ -377,17 +529,17 @@ def describe_decision(info: dict, eps_init: float) -> str:
     return words
 
 
-class GracePanel(Panel):
+class GracePanel(EditorPanel):
     """Edit a GRACE editor click by click: Algorithm 1's decision, the codebook, key distances vs radii.
 
     The panel keeps the editor's edits (unlike EditPlayground, which undoes them): the codebook
     grows with every click until "Reset". Probe prompts are only measured, never edited.
     """
 
+    id_prefix = "grace"
+
     def __init__(self, editor) -> None:
-        super().__init__()
-        self.editor = editor
-        self.added = 0  # edits made by this panel; the next one is "grace-{added + 1}"
+        super().__init__(editor)
         self.prompt = _text_box("edit prompt x*", "The Eiffel Tower is located in the city of")
         self.target = _text_box("new target y*", "Rome")
         self.probes = w.Textarea(
@@ -400,27 +552,31 @@ class GracePanel(Panel):
         lowest, highest = min(-1.0, math.floor(exponent)), max(1.3, math.ceil(exponent))
         self.eps = w.FloatLogSlider(value=editor.eps_init, base=10, min=lowest, max=highest, step=0.01,
                                     description="ε_init", readout_format=".2f",
-                                    style={"description_width": "160px"}, layout=w.Layout(width="60%"))
+                                    style={"description_width": "160px"}, layout=_slider_layout())
         self.eps.observe(self.on_eps, names="value")
-        self.add = w.Button(description="Add edit", button_style="primary",
-                            tooltip="run Algorithm 1 for this edit: add, expand or split")
-        self.measure = w.Button(description="Measure probes", tooltip="redraw the distances, no edit")
-        self.reset = w.Button(description="Reset", button_style="warning", tooltip="empty the codebook")
+        self.add = _button("Add edit", "run Algorithm 1 for this edit: add, expand or split", "primary")
+        self.measure = _button("Measure probes", "redraw the distances, no edit")
+        self.reset = _button("Reset", "empty the codebook", "warning")
         self.remove_id = w.Text(placeholder="case id, e.g. grace-1", description="remove",
                                 layout=w.Layout(width="300px"))
-        self.remove = w.Button(description="Remove", tooltip="rebuild the codebook without this edit")
+        self.remove = _button("Remove", "rebuild the codebook without this edit")
         self.add.on_click(self.on_add)
         self.measure.on_click(self.on_measure)
         self.reset.on_click(self.on_reset)
         self.remove.on_click(self.on_remove)
+        _on_enter(self.on_add, self.prompt, self.target)
+        _on_enter(self.on_remove, self.remove_id)
         self.widget = w.VBox([self.prompt, self.target, self.probes, self.eps,
                               w.HBox([self.add, self.measure, self.reset]),
-                              w.HBox([self.remove_id, self.remove]), self.message, self.out])
+                              w.HBox([self.remove_id, self.remove]), self.stored, self.message, self.out])
         self.say(f"Type an edit and click 'Add edit'. ε_init = {editor.eps_init:.3g}; "
-                 f"the codebook has {len(editor.adapter.eps)} entries.")
+                 f"the codebook has {plural(len(editor.adapter.eps), 'entry', 'entries')}.")
 
     def _case(self) -> EditCase:
-        return new_edit(self.editor, self.prompt.value, self.target.value, f"grace-{self.added + 1}")
+        return new_edit(self.editor, self.prompt.value, self.target.value, self._next_id())
+
+    def _outdated(self) -> None:
+        self.show(self.editor.codebook(), None)
 
     def _probes(self) -> list[str]:
         """The non-blank probe lines; checked before anything changes, so a bad one edits nothing."""
@@ -429,7 +585,7 @@ class GracePanel(Panel):
             check_length(self.editor.tokenizer, "probe prompt", p)
         return probes
 
-    def _refresh(self, probes: list[str]) -> None:
+    def _draw(self, probes: list[str]) -> None:
         """Show the codebook and, if it has entries, the edit prompt's and the probes' distances."""
         table, figure = self.editor.codebook(), None
         if len(table):
@@ -446,8 +602,7 @@ class GracePanel(Panel):
             start = time.perf_counter()
             case, probes = self._case(), self._probes()
             (info,) = self.editor.edit(case)
-            self.added += 1
-            self._refresh(probes)
+            self._draw(probes)
             self.say(f"{case.case_id}: {describe_decision(info, self.editor.eps_init)} "
                      f"[{time.perf_counter() - start:.1f} s]", "ok")
         finally:
@@ -457,7 +612,7 @@ class GracePanel(Panel):
     def on_measure(self, _button=None) -> None:
         if not len(self.editor.adapter.eps):
             raise ValueError("the codebook is empty: add an edit first")
-        self._refresh(self._probes())
+        self._draw(self._probes())
         self.say("distances measured; the codebook did not change", "ok")
 
     @guarded
@@ -476,7 +631,7 @@ class GracePanel(Panel):
     def on_remove(self, _button=None) -> None:
         case_id, probes = self.remove_id.value.strip(), self._probes()
         self.editor.remove(case_id)  # an unknown id raises KeyError, which lists the edited ids
-        self._refresh(probes)
+        self._draw(probes)
         self.say(f"removed {case_id}: the codebook was rebuilt from the other edits", "ok")
 
 
@@ -488,46 +643,47 @@ def retrieval_table(info: dict) -> pd.DataFrame:
                          "score": [round(r["score"], 4) for r in rows]})
 
 
-class StorePanel(Panel):
-    """The shell of the LTE and RECIPE panels: type edits into the editor's store, ask a query, see
-    what the model received and answered; remove one edit or reset. Subclasses add their controls
-    and draw what retrieval found (`_answer`)."""
-
-    id_prefix = "edit"
+class StorePanel(EditorPanel):
+    """The shell of the LTE, RECIPE and SERAC panels: type edits into the editor's store, ask a query,
+    see what the model received and answered; remove one edit or reset. Subclasses add their
+    controls and draw what retrieval found (`_answer`)."""
 
     def __init__(self, editor, max_new_tokens: int = 12) -> None:
-        super().__init__()
-        self.editor, self.max_new_tokens = editor, max_new_tokens
-        self.added = 0
+        super().__init__(editor)
+        self.max_new_tokens = max_new_tokens
         self.prompt = _text_box("edit prompt x*", "The Eiffel Tower is located in the city of")
         self.target = _text_box("new target y*", "Rome")
         self.query = _text_box("query", "Where is the Eiffel Tower? It is in the city of")
-        self.add = w.Button(description="Add edit", button_style="primary", tooltip="insert into the store")
-        self.ask = w.Button(description="Ask", tooltip="retrieve for the query, then generate")
-        self.reset = w.Button(description="Reset", button_style="warning", tooltip="empty the store")
+        self.add = _button("Add edit", "insert into the store", "primary")
+        self.ask = _button("Ask", "retrieve for the query, then generate")
+        self.reset = _button("Reset", "empty the store", "warning")
         self.remove_id = w.Text(placeholder=f"case id, e.g. {self.id_prefix}-1", description="remove",
                                 layout=w.Layout(width="300px"))
-        self.remove = w.Button(description="Remove", tooltip="delete this edit from the store")
+        self.remove = _button("Remove", "delete this edit from the store")
         self.seen = w.HTML()  # the exact input the model received, and its answer
         for button, fn in ((self.add, self.on_add), (self.ask, self.on_ask), (self.reset, self.on_reset),
                            (self.remove, self.on_remove)):
             button.on_click(fn)
+        _on_enter(self.on_add, self.prompt, self.target)
+        _on_enter(self.on_ask, self.query)
+        _on_enter(self.on_remove, self.remove_id)
 
     def _layout(self, controls: list[w.Widget]) -> None:
         self.widget = w.VBox([self.prompt, self.target, w.HBox([self.add]), self.query, *controls,
                               w.HBox([self.ask, self.reset]), w.HBox([self.remove_id, self.remove]),
-                              self.message, self.seen, self.out])
+                              self.stored, self.message, self.seen, self.out])
 
-    def _stored(self) -> int:
-        return len(self.editor.memory)
+    def _outdated(self) -> None:
+        # what retrieval found for the last query was found among other edits: ask again
+        self.seen.value = ""
+        self.table, self.figure, self.out.outputs = None, None, ()
 
     @guarded
     def on_add(self, _button=None) -> None:
-        case = new_edit(self.editor, self.prompt.value, self.target.value, f"{self.id_prefix}-{self.added + 1}")
+        case = new_edit(self.editor, self.prompt.value, self.target.value, self._next_id())
         (info,) = self.editor.edit(case)
-        self.added += 1
         self.say(f"{case.case_id} stored: \"{case.descriptor}\" ({info['edit_s'] * 1000:.1f} ms; "
-                 f"{self._stored()} edits stored). No weights changed.", "ok")
+                 f"{plural(len(self.editor.cases), 'edit')} stored). No weights changed.", "ok")
 
     @guarded
     def on_ask(self, _button=None) -> None:
@@ -571,7 +727,7 @@ class StorePanel(Panel):
     def on_remove(self, _button=None) -> None:
         case_id = self.remove_id.value.strip()
         self.editor.remove(case_id)
-        self.say(f"removed {case_id}; {self._stored()} edits left in the store", "ok")
+        self.say(f"removed {case_id}; {plural(len(self.editor.cases), 'edit')} left in the store", "ok")
 
 
 class LTEPanel(StorePanel):
@@ -586,10 +742,10 @@ class LTEPanel(StorePanel):
     def __init__(self, editor, max_new_tokens: int = 12) -> None:
         super().__init__(editor, max_new_tokens)
         self.k = w.IntSlider(value=editor.k, min=1, max=5, description="top-k",
-                             style={"description_width": "160px"})
+                             style={"description_width": "160px"}, layout=_slider_layout())
         self.k.observe(self.on_k, names="value")
         self._layout([self.k])
-        self.say(f"memory: {len(editor.memory)} edits; {'aligned' if editor.aligned else 'unaligned'} model. "
+        self.say(f"memory: {plural(len(editor.cases), 'edit')}; {'aligned' if editor.aligned else 'unaligned'} model. "
                  "Add edits, then ask a query.")
 
     def _answer(self, query: str) -> str:
@@ -597,7 +753,7 @@ class LTEPanel(StorePanel):
         self._seen(info["model_input"], {"and answered": self.editor.generate(query, self.max_new_tokens)})
         table = retrieval_table(info)
         self.show(table, viz.retrieval_bars(info["retrieved"], self.editor.memory.metric) if len(table) else None)
-        return (f"top-{len(table)} of {info['memory_size']} edits retrieved" if len(table) else
+        return (f"top-{len(table)} of {plural(info['memory_size'], 'edit')} retrieved" if len(table) else
                 "the memory is empty, so the query went in alone (and the adapter stayed off)")
 
     def _empty_table(self) -> pd.DataFrame:
@@ -632,11 +788,12 @@ class RECIPEPanel(StorePanel):
                                     description="gate", style={"description_width": "160px"})
         self.threshold = w.FloatSlider(value=editor.threshold, min=-5.0, max=15.0, step=0.1,
                                        description="threshold", disabled=editor.use_sentinel,
-                                       style={"description_width": "160px"}, continuous_update=False)
+                                       style={"description_width": "160px"}, continuous_update=False,
+                                       layout=_slider_layout())
         self.gate.observe(self.on_gate, names="value")
         self.threshold.observe(self.on_gate, names="value")
         self._layout([w.HBox([self.gate]), self.threshold])
-        self.say(f"{len(editor.memory)} edits stored; the LLM's weights are frozen. Add knowledge, then ask a query.")
+        self.say(f"{plural(len(editor.cases), 'edit')} stored; the LLM's weights are frozen. Add knowledge, then ask a query.")
 
     def _answer(self, query: str) -> str:
         info = self.editor.inspect(query)
@@ -682,10 +839,11 @@ class SERACPanel(StorePanel):
     def __init__(self, editor, max_new_tokens: int = 12) -> None:
         super().__init__(editor, max_new_tokens)
         self.threshold = w.FloatSlider(value=editor.threshold, min=0.0, max=1.0, step=0.05, description="threshold",
-                                       style={"description_width": "160px"}, continuous_update=False)
+                                       style={"description_width": "160px"}, continuous_update=False,
+                                       layout=_slider_layout())
         self.threshold.observe(self.on_threshold, names="value")
         self._layout([self.threshold])
-        self.say(f"{len(editor.memory)} edits stored; the base model's weights are frozen. Add edits, then ask a query.")
+        self.say(f"{plural(len(editor.cases), 'edit')} stored; the base model's weights are frozen. Add edits, then ask a query.")
 
     def _answer(self, query: str) -> str:
         info = self.editor.inspect(query)
@@ -734,8 +892,9 @@ class TracePanel(Panel):
         self.target = _text_box("answer to trace", "", "empty: the model's own next token")
         self.kind = w.ToggleButtons(options=list(tracing.KINDS), value="hidden", description="state",
                                     style={"description_width": "160px"})
-        self.button = w.Button(description="trace", button_style="primary")
+        self.button = _button("trace", "corrupt the subject, restore one state at a time", "primary")
         self.button.on_click(lambda _b: self.on_trace())
+        _on_enter(self.on_trace, self.prompt, self.subject, self.target)
         self.widget = w.VBox([self.prompt, self.subject, self.target, self.kind, self.button, self.message, self.out])
         self.say("type a prompt and its subject, then trace (about 20 s per trace on 2 CPU cores)")
 

@@ -1,4 +1,4 @@
-"""Add cells from `bench` results folders to the committed CPU reference run (notebook 06, README).
+"""Add cells from `bench` results folders to the committed CPU reference run (notebook 06, RESULTS.md).
 
 A cell run again replaces its row; every other row stays as it was. `--only` keeps the new rows of
 some cells only (e.g. N = 1000 when a folder also holds the N = 1 cell its estimate needed, which

@@ -3,6 +3,8 @@
 What it does, for each notebooks/*.ipynb:
 - the first cell is markdown and its first line is the Colab badge (`course.colab_badge`),
 - the first code cell is exactly `course.SETUP_CELL`,
+- every cell carries its RISE slide type (`course.slide_type`) and the notebook RISE's settings,
+  so any notebook presents as slides (seminar mode),
 - outputs, execution counts and saved widget state are stripped (outputs go stale and bloat diffs;
   `tests/test_notebooks.py` fails on any that get committed).
 A notebook is rewritten only if something changed. `--check` changes nothing and exits 1 if a
@@ -23,7 +25,7 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kedit_teach.course import SETUP_CELL, colab_badge  # noqa: E402
+from kedit_teach.course import RISE_SETTINGS, SETUP_CELL, colab_badge, slide_type  # noqa: E402
 
 NOTEBOOKS = ROOT / "notebooks"
 BADGE_IMAGE = "colab-badge.svg"
@@ -40,11 +42,13 @@ def sync(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
     if code is None:
         cells.insert(1, code := nbformat.v4.new_code_cell())
     code.source = SETUP_CELL
-    for cell in cells:
+    for i, cell in enumerate(cells):
         cell.metadata.pop("execution", None)
+        cell.metadata["slideshow"] = {"slide_type": slide_type(cell, i)}
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     nb.metadata.pop("widgets", None)
+    nb.metadata["rise"] = dict(RISE_SETTINGS)
     return nb
 
 

@@ -2,6 +2,7 @@ import io
 import json
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,20 @@ def test_knowedit_counterfact():
     assert sum(len(c.portability) > 0 for c in cases) == 1420
     assert cases[0].portability[1] == ("The name of the country which Gorsedd of Brittany is associated with is",
                                        "Franche-Comté")
+
+
+def test_training_loads_drop_empty_answers_quietly():
+    """Training data loses its empty-answer probes without a warning (a red box in notebooks 04
+    and 05); a scored load still says so, and any other warning still shows."""
+    from kedit_teach.data import dropping_quietly
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with dropping_quietly():
+            quiet = load_knowedit(shared("knowedit/train_cf.json"))
+            warnings.warn("another warning")
+    assert [str(w.message) for w in seen] == ["another warning"]
+    with pytest.warns(UserWarning, match="dropped 2 "):
+        assert len(load_knowedit(shared("knowedit/train_cf.json"))) == len(quiet)
 
 
 def test_knowedit_recent_alias_lists():

@@ -263,3 +263,19 @@ def test_costs_sum_the_done_cells_up_to_max_n_and_count_the_skipped():
     assert table.loc["rome", "skipped"] == 1 and table.loc["rome", "teach, min"] == 0.0
     assert table.loc["all", "total, min"] == 13.5 and table.loc["all", "skipped"] == 1
     assert grid.costs(rows, max_n=1000).loc["all", "total, min"] == 113.5
+
+
+def test_skipped_cells_name_their_data_set_and_provenance_is_two_lines():
+    summary = grid.load_summary()
+    table = grid.skipped(summary["rows"])
+    assert list(table.columns) == ["data", "method", "mode", "n", "reason"]
+    assert len(table) == sum(r["status"] == "skipped" for r in summary["rows"])
+    # the same method skipped on two data sets for two reasons: only the data column tells them apart
+    assert {"counterfact", "teach"} <= set(table.data) and table.reason.str.len().min() > 0
+    line = grid.provenance(summary)
+    reruns = summary["machine"]["reruns"]
+    assert line.count("\n") == 1 and f"{len(reruns)} later runs" in line and "grid.reruns(summary)" in line
+    assert all(r["why"] not in line for r in reruns)  # the long reasons stay in the table
+    assert list(grid.reruns(summary)["why"]) == [r["why"] for r in reruns]
+    first_run = {**summary, "machine": {**summary["machine"], "reruns": []}}
+    assert "\n" not in grid.provenance(first_run) and grid.reruns(first_run).empty

@@ -5,9 +5,9 @@ import pytest
 
 import torch
 
-from kedit_teach.metrics import (TokenScore, generate_greedy, generation_match, next_token_probs, ngram_entropy, repetition,
-                                 word_recall,
-                                 normalize, pack_targets, target_budget, teacher_forced)
+from kedit_teach.metrics import (TokenScore, generate_greedy, generation_match, next_token_probs, ngram_entropy,
+                                 normalize, pack_targets, plural, repetition, same_answer, target_budget, teacher_forced,
+                                 word_recall)
 
 PROMPTS = ["The Eiffel Tower is located in the city of", "The capital of Japan is",
            "Michel Rocard is a native speaker of"]
@@ -110,3 +110,25 @@ def test_next_token_probs_are_the_full_softmax_and_greedy_takes_the_first(gemma_
     assert probs == pytest.approx(logits.softmax(-1)[ids].tolist(), abs=1e-6)
     first, = model.generate(**tok(PROMPTS[0], return_tensors="pt"), max_new_tokens=1, do_sample=False)[:, -1]
     assert first.item() == ids[0]
+
+
+@pytest.mark.parametrize("answer, expected, same", [
+    ("Tokyo. It is the largest", "Tokyo, and the capital of", True),  # ROME's and the unedited model's
+    ("Tokyo", "Tokyo, and the capital of", True),
+    ("Berlin\nThe Brandenburg", "Berlin, Germany", True),
+    (" rome, Italy", "Rome", True),
+    ("New York City", "New York", True),
+    ("Rome, Italy", "Paris", False),
+    ("Romeo and Juliet", "Rome", False),
+    ("New Jersey", "New York", False),
+    ("3.5 million people", "3.7 million", False),  # a decimal point is no clause boundary
+    ("", "Paris", False),
+    (", Paris", "Paris", True),
+])
+def test_same_answer_compares_the_first_phrase(answer, expected, same):
+    assert same_answer(answer, expected) is same and same_answer(expected, answer) is same
+
+
+def test_plural():
+    assert [plural(n, "edit") for n in (0, 1, 2)] == ["0 edits", "1 edit", "2 edits"]
+    assert plural(1, "entry", "entries") == "1 entry" and plural(3, "entry", "entries") == "3 entries"

@@ -180,3 +180,52 @@ def test_nan_logits_fail_loudly(gemma_tiny):
         model.get_decoder().layers[0].mlp.down_proj.weight.fill_(float("nan"))
     with pytest.raises(ModelLoadError, match="NaN/inf logits"):
         models.check_finite(model, tok)
+
+
+@pytest.fixture(scope="module")
+def image_token_dir(tiny_dirs, tmp_path_factory):
+    """The tiny Gemma-3 with <start_of_image> as a plain added token: what the tokenizer converted
+    from Gemma-3's GGUF has."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_dirs["gemma3"])
+    tok.add_tokens(["<start_of_image>"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_dirs["gemma3"])
+    model.resize_token_embeddings(len(tok))
+    path = tmp_path_factory.mktemp("tiny-image-token")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _wants(model, token_id: int):
+    """Make `token_id` the model's first choice at every position, by far."""
+    def push(module, args, out):
+        out[..., token_id] += 1e4
+        return out
+    model.get_output_embeddings().register_forward_hook(push)
+
+
+def test_image_tokens_are_special_and_never_generated(image_token_dir):
+    from transformers import AutoTokenizer
+
+    from kedit_teach.metrics import generate_greedy
+    image = AutoTokenizer.from_pretrained(image_token_dir).convert_tokens_to_ids("<start_of_image>")
+    model, tok = load_model(str(image_token_dir))
+    assert tok.convert_tokens_to_ids("<start_of_image>") == image  # flagged special, same id
+    assert tok.decode(tok("Rome")["input_ids"][1:] + [image], skip_special_tokens=True) == "Rome"
+    suppressed = model.generation_config.suppress_tokens
+    assert image in suppressed and tok.pad_token_id in suppressed and tok.eos_token_id not in suppressed
+    _wants(model, image)
+    enc = models.encode_prompts(tok, ["The capital of Japan is"], model.device)
+    width = enc["input_ids"].shape[1]
+    for sampled in ({"do_sample": False}, {"do_sample": True, "top_k": 5}):  # editors' greedy; layer_stats' samples
+        out = model.generate(**enc, max_new_tokens=4, pad_token_id=tok.pad_token_id, **sampled)
+        assert image not in out[0, width:].tolist()
+    assert "<start_of_image>" not in generate_greedy(model, tok, ["The capital of Japan is"], 4)[0]
+
+
+def test_suppressing_tokens_does_not_hide_nan_logits(gemma_tiny):
+    """check_finite reads the raw logits: suppressed tokens' -inf scores are not overflow."""
+    model, tok = gemma_tiny
+    assert model.generation_config.suppress_tokens  # <pad>, <bos>, <unk>
+    models.check_finite(model, tok)

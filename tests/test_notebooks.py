@@ -20,10 +20,13 @@ import torch
 
 from kedit_teach.course import REPO, SETUP_CELL, colab_badge, colab_url, fast_mode, pick_preset
 
+from .notebook_checks import BROWSER_RUNS, browser_will_run, red_outputs
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 by_name = pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 FIX = "run `python scripts/sync_notebooks.py`"
+HANG_LIMIT = 1800  # seconds a single cell may take before the test calls it hung
 
 
 def test_there_are_notebooks():
@@ -40,6 +43,17 @@ def test_setup_cell_badge_and_no_outputs(path):
     for i, cell in enumerate(code):
         assert cell.outputs == [] and cell.execution_count is None, f"code cell {i} has outputs; {FIX}"
     assert "widgets" not in nb.metadata, FIX
+
+
+@by_name
+def test_every_section_is_a_slide(path):
+    """Seminar mode: RISE shows the title and each numbered section as one slide."""
+    nb = nbformat.read(path, as_version=4)
+    kinds = [c.metadata.get("slideshow", {}).get("slide_type") for c in nb.cells]
+    sections = [c for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## ")]
+    assert kinds.count("slide") == 1 + len(sections) >= 3, FIX
+    assert kinds[0] == "slide" and kinds[[c.source for c in nb.cells].index(SETUP_CELL)] == "-", FIX
+    assert nb.metadata["rise"]["scroll"] is True, FIX  # a section is longer than one screen
 
 
 def test_sync_script_finds_nothing_to_change():
@@ -117,9 +131,14 @@ def test_pick_preset(monkeypatch):
 def test_notebook_runs_top_to_bottom(path, monkeypatch):
     from nbclient import NotebookClient
 
+    if path.name in BROWSER_RUNS and browser_will_run():
+        pytest.skip("tests/test_browser.py runs this notebook top to bottom in JupyterLab")
     monkeypatch.setenv("KEDIT_FAST", "1")  # the kernel inherits this process's environment
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
-    NotebookClient(nb, timeout=300, kernel_name="python3",
+    # Correctness, not speed: the limit only catches a hung cell. A student's laptop at load 4-7
+    # took over 300 s for one cell; speed targets live in scripts/time_notebooks.py.
+    NotebookClient(nb, timeout=HANG_LIMIT, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     print(f"{path.name}: {time.perf_counter() - start:.0f} s")
+    assert not red_outputs(nb), f"errors or stderr (red boxes in JupyterLab): {red_outputs(nb)}"

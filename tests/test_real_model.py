@@ -96,3 +96,27 @@ def test_shipped_lte_adapter_edits_and_reset_is_bit_exact(encoder):
     editor.reset()
     with editor._batch_context(None):
         assert torch.equal(target_logits(editor.model, batch), before)
+
+
+def test_image_tokens_are_special_and_never_generated(real):
+    """After ROME's Eiffel edit the model went on "Rome, Italy<start_of_image><start_of_image>...":
+    the GGUF-converted tokenizer did not flag the image tokens special, and nothing forbade them."""
+    from kedit_teach.editors import ROME
+    from kedit_teach.models import encode_prompts
+    from kedit_teach.tour import EIFFEL
+    model, tok = real
+    image = tok.convert_tokens_to_ids("<start_of_image>")
+    assert image not in (None, tok.unk_token_id)
+    assert tok.added_tokens_decoder[image].special
+    rome = tok("Rome, Italy", add_special_tokens=False)["input_ids"]
+    assert tok.decode(rome + [image], skip_special_tokens=True) == "Rome, Italy"
+    assert {image, tok.convert_tokens_to_ids("<end_of_image>")} <= set(model.generation_config.suppress_tokens)
+    editor = ROME(model, tok)
+    try:
+        editor.edit(EIFFEL)
+        enc = encode_prompts(tok, [EIFFEL.prompt], model.device)
+        out = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+        assert image not in out[0, enc["input_ids"].shape[1]:].tolist()
+        assert editor.generate(EIFFEL.prompt, 12).strip().startswith("Rome")
+    finally:
+        editor.detach()

@@ -8,8 +8,11 @@ through the panel lands on the real Gemma-3-270M.
 """
 from __future__ import annotations
 
+import html
 import inspect
+import itertools
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -20,6 +23,8 @@ import torch
 from kedit_teach import viz, widgets
 from kedit_teach.data import EditCase
 from kedit_teach.editors import GRACE
+from kedit_teach.metrics import same_answer
+from kedit_teach.tour import probes as arena_probes
 from kedit_teach.widgets import (ArenaPanel, EditPlayground, GracePanel, LTEPanel, Panel, RECIPEPanel, SERACPanel, TracePanel, describe_decision,
                                  guarded, key_distances, keys_of, strongest_states)
 
@@ -89,7 +94,11 @@ def test_before_after_figure_averages_probes_of_a_kind():
     assert fig.layout.yaxis3.title.text == "generation<br>greedy generate()"
     assert "locality<br>(unchanged)" in viz.metrics_bar(RESULTS).layout.xaxis.ticktext
     table = viz.before_after_table(ROWS)
-    assert len(table) == len(ROWS) and table["teacher_forced after"].tolist()[-1] == 0.0
+    assert len(table) == len(ROWS) and table["token accuracy", "after"].tolist()[-1] == 0.0
+    # answers right after the target and the prompt, the widest column, last: no scrolling to the answers
+    assert list(table.columns[:3]) == [("target", ""), ("answer", "before"), ("answer", "after")]
+    assert table.columns[-1] == ("prompt", "") and table.index.names == ["method", "kind"]
+    assert table.loc[("ice", "generality"), ("prompt", "")].tolist() == ["generality prompt", "another rephrasing"]
 
 
 def test_next_token_bars_show_spaces_and_rank():
@@ -126,17 +135,15 @@ def test_add_edit_shows_table_and_figure_and_leaves_editors_reset(playground):
     playground.add.click()
     assert playground.level == "ok" and "playground-1 done" in playground.message.value
     table = playground.table
-    assert table["method"].unique().tolist() == ["noedit", "ice", "ft-l"]
-    assert table[table.method == "ice"]["kind"].tolist() == ["reliability", "generality", "locality",
-                                                             "locality_gt"]
-    noedit = table[table.method == "noedit"]
-    assert (noedit["teacher_forced before"] == noedit["teacher_forced after"]).all()
-    assert (table[table.kind == "locality"]["teacher_forced before"] == 1.0).all()
+    assert table.index.unique("method").tolist() == ["noedit", "ice", "ft-l"]
+    assert table.loc["ice"].index.tolist() == ["reliability", "generality", "locality", "locality_gt"]
+    noedit = table.loc["noedit"]
+    assert (noedit["token accuracy", "before"] == noedit["token accuracy", "after"]).all()
+    assert (table.xs("locality", level="kind")["token accuracy", "before"] == 1.0).all()
     fig = playground.figure
     assert len(fig.data) == 3 * 2 * 2  # methods x protocols x (before, after)
     (bar,) = bars(fig, method="ft-l", protocol="generation", stage="after")
-    row = table[(table.method == "ft-l") & (table.kind == "reliability")]
-    assert bar.y[0] == row["generation after"].item()
+    assert bar.y[0] == table.loc[("ft-l", "reliability"), ("generation", "after")]
     assert all(not e.cases for e in playground.editors.values())
     assert not playground.add.disabled
 
@@ -153,9 +160,9 @@ def test_blank_locality_answer_scores_against_the_unedited_model(playground):
     playground.add.click()
     assert playground.level == "ok"
     table = playground.table
-    assert "locality_gt" not in set(table["kind"])
+    assert "locality_gt" not in table.index.unique("kind")
     said = playground.editors["noedit"].generate("The capital of Japan is", 5).strip().split("\n")[0].strip()
-    assert set(table[table.kind == "locality"]["target"]) == {said}
+    assert set(table.xs("locality", level="kind")["target"]) == {said}
 
 
 def test_unicode_edit_is_shown(playground):
@@ -163,7 +170,7 @@ def test_unicode_edit_is_shown(playground):
     playground.target.value = "Zürich 🗼"
     playground.add.click()
     assert playground.level == "ok"
-    assert set(playground.table[playground.table.kind == "reliability"]["target"]) == {"Zürich 🗼"}
+    assert set(playground.table.xs("reliability", level="kind")["target"]) == {"Zürich 🗼"}
 
 
 @pytest.mark.parametrize("box, value, expected", [
@@ -389,7 +396,7 @@ def test_grace_panel_bad_input_gives_a_visible_message(grace_panel, box, value, 
     getattr(grace_panel, box).value = value
     grace_panel.add.click()  # must not raise
     assert grace_panel.level == "error" and expected in grace_panel.message.value.replace("&#x27;", "'")
-    assert not grace_panel.editor.cases and grace_panel.added == 0 and not grace_panel.add.disabled
+    assert not grace_panel.editor.cases and not grace_panel.add.disabled
 
 
 def test_grace_panel_unicode_and_measure(grace_panel):
@@ -421,9 +428,9 @@ def test_ice_edit_through_the_playground_is_reliable_on_the_real_model(real):
     panel.target.value = "Rome"
     panel.add.click()
     assert panel.level == "ok", panel.message.value
-    rel = panel.table[panel.table.kind == "reliability"].set_index("method")
-    assert rel.loc["ice", "teacher_forced after"] == 1.0
-    assert rel.loc["noedit", "teacher_forced after"] == rel.loc["noedit", "teacher_forced before"] < 1.0
+    rel = panel.table.xs("reliability", level="kind")["token accuracy"]
+    assert rel.loc["ice", "after"] == 1.0
+    assert rel.loc["noedit", "after"] == rel.loc["noedit", "before"] < 1.0
 
 
 # ----------------------------------------------------------------------------- LTE figures and panel
@@ -497,7 +504,7 @@ def test_lte_panel_bad_edits_give_a_visible_message(lte_panel, box, value, expec
     getattr(lte_panel, box).value = value
     lte_panel.add.click()
     assert lte_panel.level == "error" and expected in lte_panel.message.value.replace("&#x27;", "'")
-    assert not lte_panel.editor.cases and lte_panel.added == 0
+    assert not lte_panel.editor.cases
 
 
 def test_lte_panel_bad_queries_duplicates_and_unicode(lte_panel):
@@ -713,6 +720,31 @@ def test_grid_lines_draw_single_and_sequential_cells_done_on_a_log_axis():
     assert list(rel.x) == [1, 10] and list(rel.y) == [0.9, 0.4]  # no batch cell, no skipped cell
     (q,) = [t for t in fig.data if t.meta == {"method": "ice", "panel": "questions"}]
     assert list(q.x) == [10, 100] and fig.layout.xaxis.type == "log"
+    # ticks at the data's N only: no "2 5" minor labels between the decades
+    assert list(fig.layout.xaxis4.tickvals) == [1, 10, 100] and list(fig.layout.xaxis4.ticktext) == ["1", "10", "100"]
+
+
+def test_grid_lines_in_fast_mode_have_whole_edit_counts_and_say_when_lines_are_single_points():
+    fast = [grid_row(m, mode, n, 0.5) for m in ("ice", "grace") for mode, n in (("single", 1), ("sequential", 2))]
+    assert list(viz.grid_lines(fast, "teach").layout.xaxis.tickvals) == [1, 2]  # not 1.2, 1.4, ...
+    single = viz.grid_lines([r for r in fast if r["n"] == 1], "teach")
+    assert list(single.layout.xaxis.tickvals) == [1] and "only N = 1 was measured" in single.layout.title.text
+    assert all(t.mode == "lines+markers" for t in single.data)  # a one-point line is its marker
+    curve = viz.collapse_lines({"ROME": [{**CURVE[0], "perplexity": 1.0, "perplexity_unedited": 1.0}]})
+    assert list(curve.layout.xaxis.tickvals) == [1] and "only N = 1" in curve.layout.title.text
+    many = [grid_row("ice", "sequential", n, 0.5) for n in (1, 2, 3, 5, 7, 10, 20, 30, 50, 70, 100, 200, 500, 1000)]
+    assert list(viz.grid_lines(many, "teach").layout.xaxis.tickvals) == [1, 10, 100, 1000]  # too many: decades
+
+
+def test_every_method_in_one_chart_has_a_legend_below_that_fits():
+    from kedit_teach.editors import METHODS
+    rows = [grid_row(m, mode, n, 0.5) for m in METHODS for mode, n in (("single", 1), ("sequential", 10))]
+    for fig in (viz.grid_lines(rows, "teach"), viz.grid_bars(rows, "teach", 10)):
+        legend = fig.layout.legend
+        assert (legend.orientation, legend.yref, legend.y, legend.yanchor) == ("h", "container", 0, "bottom")
+        assert fig.layout.margin.b >= 70 + 22 * 2  # the axis title, then two rows of eleven names
+        assert sum(t.showlegend is not False for t in fig.data) == len(METHODS)
+    assert viz.grid_lines(rows, "teach").layout.height > viz.grid_lines(rows[:2], "teach").layout.height
 
 
 def test_grid_bars_show_every_method_at_one_n():
@@ -722,9 +754,26 @@ def test_grid_bars_show_every_method_at_one_n():
     assert list(ice.y) == [0.8, 0.8, 0.8]
 
 
-def test_a_method_keeps_its_colour_in_every_chart_whatever_the_order():
+def cielab(colour: str) -> np.ndarray:
+    """sRGB hex -> CIELAB (D65), where a distance of ~2 is just noticeable."""
+    rgb = np.array([int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ linear
+    t = xyz / [0.95047, 1.0, 1.08883]
+    f = np.where(t > 216 / 24389, np.cbrt(t), (24389 / 27 * t + 16) / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_every_method_has_its_own_clearly_distinct_colour():
     from kedit_teach.editors import METHODS
-    assert set(METHODS) <= set(viz.METHOD_COLORS) and len(set(viz.METHOD_COLORS.values())) == len(viz.METHOD_COLORS)
+    assert set(METHODS) <= set(viz.METHOD_COLORS)
+    closest = min((np.linalg.norm(cielab(a) - cielab(b)), m, n) for (m, a), (n, b) in
+                  itertools.combinations(viz.METHOD_COLORS.items(), 2))
+    # the former palette's pink MEND and purple LTE, navy AlphaEdit and blue ROME were 28-29 apart
+    assert closest[0] > 35, closest
+
+
+def test_a_method_keeps_its_colour_in_every_chart_whatever_the_order():
     lines = viz.grid_lines(GRID_ROWS[::-1], "teach")  # rome first here, ice first in grid_bars
     bars_ = viz.grid_bars(GRID_ROWS, "teach", 10)
     norms = viz.norm_lines({"ROME": [1.0], "serac-prompt": [1.0], "serac-lte": [1.0]})
@@ -793,9 +842,14 @@ def test_arena_shows_every_method_in_one_row_and_leaves_the_model_as_loaded(aren
     assert arena.level == "ok", arena.message.value
     assert list(arena.table.index) == ["ice", "grace", "rome", "mend"]
     assert list(arena.table.columns) == ["edit prompt", "rephrasing", "portability", "unrelated", "edit", "right"]
-    assert arena.table.loc["rome", "edit"] == "refused" and "subject" in arena.table.loc["rome", "right"]
-    assert arena.table.loc["mend", "edit"] == "refused" and "train mend" in arena.table.loc["mend", "right"]
+    assert arena.table.loc["rome", "edit"] == "refused" and arena.table.loc["rome", "right"] == "–"
+    # each refusal in full under the table, not cut short in a column
+    refusals = {r["method"]: r["refused"] for r in arena.rows if "refused" in r}
+    assert set(refusals) == {"rome", "mend"} and "train mend" in refusals["mend"] and "subject" in refusals["rome"]
+    assert all(html.escape(why) in arena.notes.value for why in refusals.values())
     assert arena.table.loc["ice", "edit prompt"][0] in "✓✗" and arena.table.loc["ice", "right"].endswith("/4")
+    assert widgets.ARENA_RULE in arena.notes.value.replace("&#x27;", "'")  # the ✓ rule, said under the table
+    assert arena.progress.value == arena.progress.max == 4 and "4 methods done" in arena.message.value
     after_names, after = snapshot(arena.model)
     assert after_names == names and all(torch.equal(after[k], weights[k]) for k in weights)
 
@@ -813,3 +867,137 @@ def test_arena_without_methods_says_so(arena):
     arena.methods.value = ()
     arena.run.click()
     assert arena.level == "error" and "pick at least one method" in arena.message.value
+
+
+def fake_turns(calls: list, panel: ArenaPanel):
+    """take_turns without a model: records what the panel showed when each method began, refuses ROME
+    with a long reason, and has every other method answer the unrelated prompt with "Tokyo"."""
+    def take_turns(model, tokenizer, case, methods, settings, progress):
+        calls.append({"table": panel.table, "outputs": panel.out.outputs, "message": panel.message.value,
+                      "done": panel.progress.value})
+        (name,) = methods
+        if name == "rome":
+            return [{"method": name, "summary": "", "refused": "ROME reads the subject's last token, " * 8}], model
+        after = {"edit prompt": "Rome, Italy", "rephrasing": "Paris, France", "portability": "Italy",
+                 "unrelated": "Tokyo. It is the largest"}
+        before = {k: "Tokyo, and the capital of" if k == "unrelated" else "Paris" for k, _, _ in arena_probes(case)}
+        answers = [{"kind": k, "prompt": p, "before": before[k], "after": after[k],
+                    "right": same_answer(after[k], expected or before[k])} for k, p, expected in arena_probes(case)]
+        return [{"method": name, "summary": "", "edit_s": 0.5, "answer_s": 0.1, "answers": answers}], model
+    return take_turns
+
+
+def test_arena_clears_the_last_edit_and_shows_each_method_as_it_finishes(arena, monkeypatch):
+    calls = []
+    monkeypatch.setattr(widgets, "take_turns", fake_turns(calls, arena))
+    monkeypatch.setattr(widgets, "unedited_answer", lambda editor, prompt: "Tokyo")
+    arena.run.click()
+    assert arena.level == "ok", arena.message.value
+    assert [c["done"] for c in calls] == [0, 1, 2, 3]
+    assert "ice edits, answers and is undone (1 of 4" in calls[0]["message"] and "(3 of 4" in calls[2]["message"]
+    assert calls[0]["table"] is None and list(calls[2]["table"].index) == ["ice", "grace"]
+    # the unrelated answer says Tokyo as the unedited model did: the same answer, whatever follows it
+    assert arena.table.loc["ice", "unrelated"] == "✓ Tokyo. It is the largest"
+    assert arena.table.loc["ice", "rephrasing"] == "✗ Paris, France" and arena.table.loc["ice", "right"] == "3/4"
+    assert html.escape("ROME reads the subject's last token, " * 8) in arena.notes.value
+    press_enter(arena.target)  # a second edit, by Enter: the first one's table goes at once
+    assert len(calls) == 8 and calls[4]["table"] is None and calls[4]["outputs"] == () and calls[4]["done"] == 0
+
+
+def press_enter(box) -> None:
+    """The message a browser's Enter in a text box sends (the front ends of ipywidgets 7 and 8 alike)."""
+    box._handle_msg({"content": {"data": {"method": "custom", "content": {"event": "submit"}}}, "buffers": []})
+
+
+def test_enter_in_a_text_box_runs_the_panels_main_action(lte_panel, playground):
+    press_enter(lte_panel.target)
+    assert lte_panel.editor.memory.ids == ["lte-1"] and "; 1 edit stored)" in lte_panel.message.value
+    lte_panel.query.value = "Where is the Eiffel Tower?"
+    press_enter(lte_panel.query)
+    assert lte_panel.level == "ok" and list(lte_panel.table["case_id"]) == ["lte-1"]
+    lte_panel.remove_id.value = "lte-1"
+    press_enter(lte_panel.remove_id)
+    assert not lte_panel.editor.cases and "0 edits left" in lte_panel.message.value
+    lte_panel.query._handle_msg({"content": {"data": {"method": "custom", "content": {"event": "blur"}}}, "buffers": []})
+    assert "0 edits left" in lte_panel.message.value  # any other message from the box runs nothing
+    press_enter(playground.locality_answer)
+    assert [c.case_id for c, _ in playground.history] == ["playground-1"]
+
+
+@pytest.mark.parametrize("name", ["grace_panel", "lte_panel", "recipe_panel", "serac_panel"])
+def test_a_panel_lists_the_editors_edits_even_when_a_cell_changes_them(request, name):
+    panel = request.getfixturevalue(name)
+    prefix = panel.id_prefix
+    panel.add.click()
+    panel.prompt.value, panel.target.value = "Toyota was founded in", "Germany"
+    panel.add.click()
+    assert panel.level == "ok", panel.message.value
+    assert f"2 edits stored:</b> {prefix}-1 (The Eiffel" in panel.stored.value and f"{prefix}-2 (Toyota" in panel.stored.value
+    if name != "grace_panel":
+        panel.ask.click()
+        assert len(panel.table) and panel.seen.value
+    panel.editor.reset()  # a later notebook cell, not the panel
+    widgets.refresh_panels()  # what IPython runs after every cell
+    assert "nothing stored" in panel.stored.value and panel.level == "info"
+    assert "changed outside this panel: 0 edits stored now" in panel.message.value
+    if name == "grace_panel":
+        assert panel.table.empty and panel.figure is None  # the codebook as it is now
+    else:
+        assert panel.table is None and panel.out.outputs == () and not panel.seen.value  # scores among gone edits
+    panel.add.click()  # the numbering follows the editor: recipe-3 would pretend two edits exist
+    assert f"{prefix}-1" in panel.message.value and "1 edit stored:</b>" in panel.stored.value
+    if name != "grace_panel":
+        assert "; 1 edit stored)" in panel.message.value
+    outside = EditCase(case_id=f"{prefix}-7", subject="", prompt="The capital of Japan is", target_new="Rome")
+    panel.editor.edit(outside)
+    panel._ipython_display_()  # displayed again in a later cell: the list is read again first
+    assert f"2 edits stored:</b> {prefix}-1" in panel.stored.value and f"{prefix}-7 (The capital" in panel.stored.value
+    panel.prompt.value = "The Louvre is located in the city of"
+    panel.add.click()
+    assert f"{prefix}-8" in panel.message.value and sorted(panel.editor.cases) == [f"{prefix}-{i}" for i in (1, 7, 8)]
+
+
+def test_panels_refresh_after_every_notebook_cell(monkeypatch, lte_panel):
+    from IPython.core.events import EventManager, available_events
+    shell = SimpleNamespace(events=EventManager(None, available_events))
+    monkeypatch.setattr("IPython.get_ipython", lambda: shell)
+    widgets._refresh_after_each_cell()
+    widgets._refresh_after_each_cell()  # every panel asks; the hook is registered once
+    assert shell.events.callbacks["post_run_cell"] == [widgets.refresh_panels]
+    lte_panel.add.click()
+    lte_panel.editor.reset()
+    shell.events.trigger("post_run_cell", None)
+    assert "nothing stored" in lte_panel.stored.value and "changed outside" in lte_panel.message.value
+
+
+def widgets_in(widget):
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from widgets_in(child)
+
+
+@pytest.mark.parametrize("name", ["arena", "playground", "grace_panel", "lte_panel", "recipe_panel", "serac_panel"])
+def test_buttons_show_their_whole_label_and_sliders_are_wide_enough_to_aim(request, name):
+    import ipywidgets
+    sliders = (ipywidgets.IntSlider, ipywidgets.FloatSlider, ipywidgets.FloatLogSlider)
+    parts = list(widgets_in(request.getfixturevalue(name).widget))
+    buttons = [p for p in parts if isinstance(p, ipywidgets.Button)]
+    assert buttons
+    for button in buttons:
+        # ~7 px a character of the 13 px font, and the padding; the default 148 px cut "Edit with
+        # every method" to "Edit with every m…"
+        assert int(button.layout.width.removesuffix("px")) >= 7 * len(button.description) + 30, button.description
+    # the default width left the threshold slider a 44 px track beside its 160 px description
+    assert all(s.layout.width == "95%" for s in parts if isinstance(s, sliders))
+
+
+def test_effect_correlation_says_when_there_are_too_few_pairs_instead_of_nan():
+    from kedit_teach.tracing import effect_correlation
+    two = [{"traced effect": 0.1, "reliability": 1.0, "generality": 0.5},
+           {"traced effect": 0.3, "reliability": 1.0, "generality": 0.7}]
+    assert "nan" not in effect_correlation(two) and "2 (fact, layer) pairs: too few" in effect_correlation(two)
+    five = [{"traced effect": e, "reliability": r, "generality": 1.0} for e, r in
+            ((0.1, 0.0), (0.2, 0.0), (0.3, 1.0), (0.4, 1.0), (0.5, 1.0))]
+    said = effect_correlation(five)
+    assert said.startswith("correlation of the traced effect with reliability 0.87,") and "5 (fact, layer) pairs" in said
+    assert "generality undefined (it does not vary)" in said

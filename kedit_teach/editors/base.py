@@ -51,6 +51,7 @@ class Editor:
         self.detached = False
         self._off = False  # inside unedited(): editors that act at query time (LTE, RECIPE) stand aside
         self._acting = False  # in _by_prefix: the batch being run holds prompts the editor acts on
+        self._count = None  # inside counting(): told the rows of each batch score() and generate() run
 
     @classmethod
     def unsupported(cls, model) -> str | None:
@@ -113,6 +114,23 @@ class Editor:
         return contextlib.nullcontext()
 
     @contextlib.contextmanager
+    def _each_batch(self, key_positions: torch.Tensor):
+        with self._batch_context(key_positions):
+            yield
+        if self._count is not None:
+            self._count(len(key_positions))
+
+    @contextlib.contextmanager
+    def counting(self, update):
+        """Within this block, update(rows) is called as each batch that score() or generate() runs
+        is done: a progress bar's update, for work that is one long call."""
+        self._count = update
+        try:
+            yield
+        finally:
+            self._count = None
+
+    @contextlib.contextmanager
     def unedited(self):
         """Within this block the model behaves as before any edit (for pre-edit reference scores).
 
@@ -125,6 +143,11 @@ class Editor:
             self._off = False
 
     # ------------------------------------------------------------------ the interface
+    def prepare(self) -> None:
+        """Do now the one-time work the first edit would otherwise do (ROME's and MEMIT's layer
+        statistics, AlphaEdit's projectors), so that it can be timed apart from the edit; nothing by
+        default. Calling it again costs nothing."""
+
     def edit(self, cases: EditCase | list[EditCase]) -> list[dict]:
         if self.detached:
             raise RuntimeError(f"this {self.name} editor was detached from its model; build a new one on it")
@@ -203,7 +226,7 @@ class Editor:
         texts = self.model_inputs(prompts)
         return self._by_prefix(prompts, lambda idx, pre: teacher_forced(
             self.model, self.tokenizer, [texts[i] for i in idx], [targets[i] for i in idx],
-            on_batch=self._batch_context, prefixes=pre, **kw))
+            on_batch=self._each_batch, prefixes=pre, **kw))
 
     def generate(self, prompt: str | list[str], max_new_tokens: int | list[int] = 20, **kw):
         prompts = [prompt] if isinstance(prompt, str) else prompt
@@ -211,7 +234,7 @@ class Editor:
         budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
         out = self._by_prefix(prompts, lambda idx, pre: generate_greedy(
             self.model, self.tokenizer, [texts[i] for i in idx], [budgets[i] for i in idx],
-            on_batch=self._batch_context, prefixes=pre, **kw))
+            on_batch=self._each_batch, prefixes=pre, **kw))
         return out[0] if isinstance(prompt, str) else out
 
     def inspect(self, prompt: str) -> dict:

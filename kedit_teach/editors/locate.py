@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import EditCase
-from ..layer_stats import regularized, second_moment
+from ..layer_stats import regularized, second_moment, second_moments
 from ..metrics import TargetBatch, pack_targets
 from ..models import decoder_of, format_prompt, forward_hooks, logits_at
 from ..tracing import subject_span
@@ -136,6 +136,15 @@ class LocateEditor(WeightEditor):
                 "n_prefixes": self.n_prefixes, "seed": self.seed}
 
     # ------------------------------------------------------------------ what an update needs
+    def prepare(self) -> None:
+        """The templates, and C of every edited layer: one pass over the corpus for all of them
+        (the first edit would make one per layer), cached on disk."""
+        self.templates()
+        if self.mom2:
+            second_moments(self.model, self.tokenizer, self.layers, corpus=self.corpus, n_keys=self.n_keys)
+        for layer in self.layers:
+            self.moment(layer)
+
     def moment(self, layer: int) -> torch.Tensor:
         """C of `layer` with a small ridge (`layer_stats.regularized`); the identity with mom2=False,
         as in EasyEdit's Llama configs."""

@@ -158,6 +158,11 @@ class AlphaEdit(MEMIT):
     def config(self):
         return {**super().config(), "threshold": self.threshold, "l2": self.l2}
 
+    def prepare(self):
+        super().prepare()
+        for layer in self.layers:
+            self.projector(layer)
+
     def projector(self, layer: int) -> tuple[torch.Tensor, float]:
         """(P, share of directions kept) for `layer`, cached per model and layer."""
         if layer not in self._P:
