@@ -58,9 +58,8 @@ def take_turns(model, tokenizer, case: EditCase = EIFFEL, methods: list[str] | N
     "edit_s" (the edit alone), "answer_s" (time per probe of the batched generation after the edit),
     "answers": [{"kind", "prompt", "before", "after", "right"}]}, one answer per `probes(case)`;
     "right": whether the answer is `metrics.same_answer` as the one that counts there (the unedited
-    answer, for the unrelated prompt). A method that
-    refuses the edit (a bad-input error) gets {"method", "summary", "refused": why} instead, and the
-    others go on.
+    answer, for the unrelated prompt). A method that refuses the edit (a bad-input error) gets
+    {"method", "summary", "refused": why} instead, and the others go on.
     settings: constructor options per method (default FAST_SETTINGS). methods: default, every method
     but NoEdit that can edit this model (`Editor.unsupported`).
     """
