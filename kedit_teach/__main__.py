@@ -335,6 +335,10 @@ def cmd_bench(args) -> int:
     from . import grid, timing
     from .models import load_model
 
+    chosen = grid.GRIDS["full" if args.full else "course"]
+    for name in ("data", "n", "single_n"):  # what the flags leave open
+        if getattr(args, name) is None:
+            setattr(args, name, chosen[name])
     try:
         cells = grid.plan(args.methods, args.n, args.data)
     except ValueError as e:
@@ -351,10 +355,11 @@ def cmd_bench(args) -> int:
     if args.cell_budget:
         budget = args.cell_budget * 60
     else:  # a GPU's edit times make the CPU's budget meaningless
-        budget = None if torch.cuda.is_available() else grid.CPU_CELL_BUDGET_S
+        budget = None if torch.cuda.is_available() else chosen["cell_budget"] * 60
     rows = []
     if not args.timing_only:
-        rows = grid.run_grid(model, tok, cells, args.out, seed=args.seed, single_n=args.single_n, budget_s=budget)
+        rows = grid.run_grid(model, tok, cells, args.out, seed=args.seed, single_n=args.single_n, budget_s=budget,
+                             single_fluency_n=chosen["single_fluency_n"])
         print(grid.markdown(rows))
         print(f"what each method's cells cost (wall time, minutes):\n{grid.costs(rows, max(args.n)).to_string()}\n")
         print(f"wrote {args.out}/cells/*.json, grid.csv, grid.md and summary.json")
@@ -439,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import grid
     from .data import BENCHMARKS
     from .editors import METHODS
     from .evaluate import MODES
@@ -485,13 +491,24 @@ def _parser() -> argparse.ArgumentParser:
 
     be = command("bench", help="the benchmark grid: methods x numbers of edits x data sets; see kedit_teach/grid.py")
     be.add_argument("--methods", nargs="+", default=list(METHODS), help=f"default: all of {', '.join(METHODS)}")
-    be.add_argument("--n", type=COUNT, nargs="+", default=[1, 10, 100], help="numbers of edits (1 = single editing)")
-    be.add_argument("--data", nargs="+", default=["teach", "counterfact"],
-                    help="teach (its held-out cases), counterfact, zsre (from ../shared/data) or data specs as in eval")
+    course, full = grid.GRIDS["course"], grid.GRIDS["full"]
+    be.add_argument("--full", action="store_true",
+                    help=f"the reference run's grid: data {' '.join(full['data'])}, N {' '.join(map(str, full['n']))}, "
+                         f"{full['single_n']} single edits, fluency after single edits too (about 3 hours on 2 CPU "
+                         "cores; without it, about 17 minutes)")
+    be.add_argument("--n", type=COUNT, nargs="+", default=None,
+                    help=f"numbers of edits, 1 = single editing (default: {' '.join(map(str, course['n']))}; "
+                         f"with --full, {' '.join(map(str, full['n']))})")
+    be.add_argument("--data", nargs="+", default=None,
+                    help="teach (its held-out cases), counterfact, zsre (from ../shared/data) or data specs as in "
+                         f"eval (default: {' '.join(course['data'])}; with --full, {' '.join(full['data'])})")
     be.add_argument("--out", default="artifacts/bench", help="folder for the cells and tables; done cells are reused")
-    be.add_argument("--single-n", type=COUNT, default=10, help="cases edited one at a time in the N = 1 cells")
+    be.add_argument("--single-n", type=COUNT, default=None,
+                    help=f"cases edited one at a time in the N = 1 cells (default: {course['single_n']}; "
+                         f"with --full, {full['single_n']})")
     be.add_argument("--cell-budget", type=POSITIVE, default=None,
-                    help="minutes of estimated edit time above which a cell is skipped (default 5 on CPU, none on a GPU)")
+                    help=f"minutes of estimated edit time above which a cell is skipped (default on a CPU "
+                         f"{course['cell_budget']:g}, with --full {full['cell_budget']:g}; none on a GPU)")
     be.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
     be.add_argument("--quant", default=None, choices=["4bit", "8bit"], help=quant_help)
     be.add_argument("--seed", type=int, default=0, help=seed_help)

@@ -63,18 +63,31 @@ def take_turns(model, tokenizer, case: EditCase = EIFFEL, methods: list[str] | N
     settings: constructor options per method (default FAST_SETTINGS). methods: default, every method
     but NoEdit that can edit this model (`Editor.unsupported`).
     """
-    if methods is None:  # every method that can edit this model (4-bit weights turn ROME and MEMIT away)
-        methods = [m for m, cls in METHODS.items() if m != "noedit" and cls.unsupported(model) is None]
+    methods = editing_methods(model) if methods is None else methods
+    rows = []
+    for row, model in tqdm(turns(model, tokenizer, case, methods, settings), total=len(methods),
+                           desc="one edit per method", disable=not progress):
+        rows.append(row)
+    return rows, model
+
+
+def editing_methods(model) -> list[str]:
+    """Every method but NoEdit that can edit this model (4-bit weights turn ROME and MEMIT away)."""
+    return [m for m, cls in METHODS.items() if m != "noedit" and cls.unsupported(model) is None]
+
+
+def turns(model, tokenizer, case: EditCase, methods: list[str], settings: dict[str, dict] | None = None):
+    """`take_turns` one method at a time: yields (its row, the model as loaded) as each finishes, so
+    a panel can show each row as it comes. The unedited answers are asked once, before the first."""
     settings = FAST_SETTINGS if settings is None else settings
     kinds, prompts, expected = zip(*probes(case))
     before = [_first_line(a) for a in NoEdit(model, tokenizer).generate(list(prompts), ANSWER_TOKENS)]
-    rows = []
-    for name in tqdm(methods, desc="one edit per method", disable=not progress):
+    for name in methods:
         start = time.perf_counter()
         try:  # no trained parts for this model (RECIPE's modules, MEND's network): its row says why
             editor = METHODS[name](model, tokenizer, **settings.get(name, {}))
         except UsageError as e:
-            rows.append({"method": name, "summary": METHODS[name].summary, "refused": " ".join(str(e).split())})
+            yield {"method": name, "summary": METHODS[name].summary, "refused": " ".join(str(e).split())}, model
             continue
         try:
             editor.prepare()
@@ -82,7 +95,7 @@ def take_turns(model, tokenizer, case: EditCase = EIFFEL, methods: list[str] | N
             (info,) = editor.edit(case)
         except UsageError as e:  # this method can't do its setup or this edit (ROME without a subject): its row says why
             model = editor.detach()
-            rows.append({"method": name, "summary": editor.summary, "refused": " ".join(str(e).split())})
+            yield {"method": name, "summary": editor.summary, "refused": " ".join(str(e).split())}, model
             continue
         start = time.perf_counter()
         after = [_first_line(a) for a in editor.generate(list(prompts), ANSWER_TOKENS)]
@@ -91,9 +104,8 @@ def take_turns(model, tokenizer, case: EditCase = EIFFEL, methods: list[str] | N
         answers = [{"kind": k, "prompt": p, "before": b, "after": a,
                     "right": same_answer(a, b if e is None else e)}
                    for k, p, e, b, a in zip(kinds, prompts, expected, before, after)]
-        rows.append({"method": name, "summary": editor.summary, "setup_s": setup_s, "edit_s": info["edit_s"],
-                     "answer_s": answer_s, "answers": answers})
-    return rows, model
+        yield {"method": name, "summary": editor.summary, "setup_s": setup_s, "edit_s": info["edit_s"],
+               "answer_s": answer_s, "answers": answers}, model
 
 
 def answered(rows: list[dict]) -> list[dict]:

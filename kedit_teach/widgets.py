@@ -58,7 +58,7 @@ from .data import EditCase
 from .editors import FAST_SETTINGS, METHODS, Editor, NoEdit
 from .evaluate import probe_result, probes_of, run_probes
 from .metrics import PROTOCOLS, plural
-from .tour import EIFFEL, answered, take_turns, took
+from .tour import EIFFEL, answered, took, turns
 
 MAX_TOKENS = 300  # longer inputs make a click slow and are almost always a paste accident
 LEVEL_COLORS = {"info": "#444", "busy": "#b36b00", "ok": "#1a7f37", "error": "#c62828"}
@@ -386,12 +386,12 @@ class ArenaPanel(Panel):
             methods = list(self.methods.value)
             self.progress.max, self.progress.value = len(methods), 0
             start = time.perf_counter()
+            each = turns(self.model, self.tokenizer, case, methods, self.settings)
             for i, name in enumerate(methods, 1):
                 self.say(f"{name} edits, answers and is undone ({i} of {len(methods)}; "
                          f"{time.perf_counter() - start:.0f} s so far)…", "busy")
-                # one method per call, so the table and the progress grow as each method finishes
-                rows, self.model = take_turns(self.model, self.tokenizer, case, [name], self.settings, progress=False)
-                self.rows += rows
+                row, self.model = next(each)  # one method at a time: the table and the progress grow
+                self.rows.append(row)
                 self.progress.value = i
                 self.show(arena_table(self.rows), None)
                 self.notes.value = arena_notes(self.rows)

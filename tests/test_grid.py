@@ -50,7 +50,8 @@ def test_grid_runs_resumes_and_leaves_the_model_as_loaded(gemma_tiny, tmp_path, 
     names, weights = snapshot(model)
     cells = grid.plan(["noedit", "ice", "grace"], [1, 2, 100], ["teach"])
     settings = {"grace": {"n_iter": 2}}
-    rows = grid.run_grid(model, tok, cells, tmp_path, settings=settings, single_n=2, progress=False)
+    rows = grid.run_grid(model, tok, cells, tmp_path, settings=settings, single_n=2, progress=False,
+                         single_fluency_n=0)
     assert [(r["method"], r["mode"], r["n"]) for r in rows] == [(c.method, c.mode, c.n) for c in cells]
     done = [r for r in rows if r["status"] == "done"]
     assert {(r["mode"], r["n"]) for r in done} == {("single", 1), ("sequential", 2)}
@@ -64,6 +65,8 @@ def test_grid_runs_resumes_and_leaves_the_model_as_loaded(gemma_tiny, tmp_path, 
     seq = results["teach-noedit-sequential-n2"]
     assert seq["metrics"]["teacher_forced"]["locality"] == 1.0 and seq["general"]["n_questions"] == len(general.questions())
     assert results["teach-noedit-single-n1"]["general"] is None and seq["grid"]["peak_memory_mb"] > 0
+    # the course grid's fluency: with the edits in place, not after each single edit
+    assert results["teach-noedit-single-n1"]["fluency"]["n"] == 0 and seq["fluency"]["n"] == 2
 
     with open(tmp_path / "grid.csv") as f:
         table = list(csv.DictReader(f))
@@ -121,6 +124,21 @@ def test_bench_cli_bad_input(capsys, tmp_path):
     assert "unknown method(s) wise" in cli_error(capsys, "bench", "--methods", "wise", "--out", str(tmp_path))
     line = cli_error(capsys, "bench", "--data", f"counterfact:{tmp_path / 'nope.json'}", "--out", str(tmp_path))
     assert "nope.json does not exist" in line
+
+
+def test_bench_runs_the_course_grid_and_the_reference_grid_with_full(monkeypatch, capsys, tmp_path):
+    planned = []
+
+    def plan(methods, ns, datasets):  # stop before the model loads, with what the flags chose
+        planned.append((ns, datasets))
+        raise ValueError("planned")
+    monkeypatch.setattr(grid, "plan", plan)
+    for argv in ([], ["--full"], ["--full", "--n", "1000"], ["--data", "zsre"]):
+        cli_error(capsys, "bench", "--out", str(tmp_path), *argv)
+    course, full = grid.GRIDS["course"], grid.GRIDS["full"]
+    assert planned == [(course["n"], course["data"]), (full["n"], full["data"]), ([1000], full["data"]),
+                       (course["n"], ["zsre"])]
+    assert 100 not in course["n"] and "teach" not in course["data"] and course["single_n"] < full["single_n"]
 
 
 def test_perplexity_in_chunks_equals_one_block(gemma_tiny):

@@ -870,29 +870,33 @@ def test_arena_without_methods_says_so(arena):
 
 
 def fake_turns(calls: list, panel: ArenaPanel):
-    """take_turns without a model: records what the panel showed when each method began, refuses ROME
+    """tour.turns without a model: records what the panel showed when each method began, refuses ROME
     with a long reason, and has every other method answer the unrelated prompt with "Tokyo"."""
-    def take_turns(model, tokenizer, case, methods, settings, progress):
-        calls.append({"table": panel.table, "outputs": panel.out.outputs, "message": panel.message.value,
-                      "done": panel.progress.value})
-        (name,) = methods
-        if name == "rome":
-            return [{"method": name, "summary": "", "refused": "ROME reads the subject's last token, " * 8}], model
-        after = {"edit prompt": "Rome, Italy", "rephrasing": "Paris, France", "portability": "Italy",
-                 "unrelated": "Tokyo. It is the largest"}
+    def turns(model, tokenizer, case, methods, settings):
+        calls.append({"started": list(methods)})  # one generator per click: the unedited answers once
         before = {k: "Tokyo, and the capital of" if k == "unrelated" else "Paris" for k, _, _ in arena_probes(case)}
-        answers = [{"kind": k, "prompt": p, "before": before[k], "after": after[k],
-                    "right": same_answer(after[k], expected or before[k])} for k, p, expected in arena_probes(case)]
-        return [{"method": name, "summary": "", "edit_s": 0.5, "answer_s": 0.1, "answers": answers}], model
-    return take_turns
+        for name in methods:
+            calls.append({"table": panel.table, "outputs": panel.out.outputs, "message": panel.message.value,
+                          "done": panel.progress.value})
+            if name == "rome":
+                yield {"method": name, "summary": "", "refused": "ROME reads the subject's last token, " * 8}, model
+                continue
+            after = {"edit prompt": "Rome, Italy", "rephrasing": "Paris, France", "portability": "Italy",
+                     "unrelated": "Tokyo. It is the largest"}
+            answers = [{"kind": k, "prompt": p, "before": before[k], "after": after[k],
+                        "right": same_answer(after[k], expected or before[k])} for k, p, expected in arena_probes(case)]
+            yield {"method": name, "summary": "", "edit_s": 0.5, "answer_s": 0.1, "answers": answers}, model
+    return turns
 
 
 def test_arena_clears_the_last_edit_and_shows_each_method_as_it_finishes(arena, monkeypatch):
     calls = []
-    monkeypatch.setattr(widgets, "take_turns", fake_turns(calls, arena))
+    monkeypatch.setattr(widgets, "turns", fake_turns(calls, arena))
     monkeypatch.setattr(widgets, "unedited_answer", lambda editor, prompt: "Tokyo")
     arena.run.click()
     assert arena.level == "ok", arena.message.value
+    started, calls[:] = [c for c in calls if "started" in c], [c for c in calls if "started" not in c]
+    assert len(started) == 1 and len(started[0]["started"]) == 4  # every method in one pass
     assert [c["done"] for c in calls] == [0, 1, 2, 3]
     assert "ice edits, answers and is undone (1 of 4" in calls[0]["message"] and "(3 of 4" in calls[2]["message"]
     assert calls[0]["table"] is None and list(calls[2]["table"].index) == ["ice", "grace"]
@@ -901,6 +905,7 @@ def test_arena_clears_the_last_edit_and_shows_each_method_as_it_finishes(arena, 
     assert arena.table.loc["ice", "rephrasing"] == "✗ Paris, France" and arena.table.loc["ice", "right"] == "3/4"
     assert html.escape("ROME reads the subject's last token, " * 8) in arena.notes.value
     press_enter(arena.target)  # a second edit, by Enter: the first one's table goes at once
+    calls[:] = [c for c in calls if "started" not in c]
     assert len(calls) == 8 and calls[4]["table"] is None and calls[4]["outputs"] == () and calls[4]["done"] == 0
 
 
