@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from kedit_teach import layer_stats
 from kedit_teach.data import EditCase
 from kedit_teach.editors.memit import MEMIT, AlphaEdit, default_memit_layers, mlp_shift
+from kedit_teach.layer_stats import second_moment
 from kedit_teach.metrics import target_nll
 from .test_rome import EIFFEL, LOOSE, TEXTS, TOYOTA
 
@@ -43,6 +46,16 @@ def test_the_shift_is_found_through_gemmas_norm_after_the_mlp(gemma_tiny):
     assert torch.equal(mlp_shift(None, m, shift), shift)  # Llama, Qwen: the MLP output is added as it is
 
 
+def test_prepare_reads_each_cached_layer_once(gemma_tiny, monkeypatch):
+    model, tok = gemma_tiny
+    MEMIT(model, tok, layers=[0, 1], **SMALL).prepare()  # computes and caches C
+    reads = []
+    monkeypatch.setattr(layer_stats, "load_file", lambda f: reads.append(f) or load_file(f))
+    memit = MEMIT(model, tok, layers=[0, 1], **SMALL)
+    memit.prepare()
+    assert len(reads) == 2 and set(memit._moments) == {0, 1}
+
+
 def test_memit_solve_fits_the_keys_and_alphaedit_stays_in_the_null_space(gemma_tiny, tmp_path):
     model, tok = gemma_tiny
     g = torch.Generator().manual_seed(1)
@@ -50,7 +63,8 @@ def test_memit_solve_fits_the_keys_and_alphaedit_stays_in_the_null_space(gemma_t
     memit = MEMIT(model, tok, layers=[1], **{**SMALL, "lam": 1e-8})
     delta = memit.solve(1, K, R)
     assert delta.shape == (64, 128) and torch.allclose(K @ delta.T, R, atol=1e-5)  # lambda -> 0: exact fit
-    middle = float(torch.linalg.eigvalsh(memit.raw_moment(1)).median())  # the tiny model's keys are short
+    C = second_moment(model, tok, 1, corpus=memit.corpus, n_keys=memit.n_keys).C  # the tiny model's keys are short
+    middle = float(torch.linalg.eigvalsh(C).median())
     alpha = AlphaEdit(model, tok, layers=[1], **SMALL, threshold=middle)
     P, kept = alpha.projector(1)
     assert 0.4 < kept < 0.6 and torch.allclose(P @ P, P, atol=1e-5)

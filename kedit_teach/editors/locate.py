@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import EditCase
-from ..layer_stats import regularized, second_moment, second_moments
+from ..layer_stats import LayerStats, regularized, second_moment, second_moments
 from ..metrics import TargetBatch, pack_targets
 from ..models import decoder_of, format_prompt, forward_hooks, logits_at
 from ..tracing import subject_span
@@ -140,22 +140,21 @@ class LocateEditor(WeightEditor):
         """The templates, and C of every edited layer: one pass over the corpus for all of them
         (the first edit would make one per layer), cached on disk."""
         self.templates()
-        if self.mom2:
-            second_moments(self.model, self.tokenizer, self.layers, corpus=self.corpus, n_keys=self.n_keys)
+        stats = second_moments(self.model, self.tokenizer, self.layers, corpus=self.corpus,
+                               n_keys=self.n_keys) if self.mom2 else {}
         for layer in self.layers:
-            self.moment(layer)
+            self.moment(layer, stats.get(layer))
 
-    def moment(self, layer: int) -> torch.Tensor:
+    def moment(self, layer: int, stats: LayerStats | None = None) -> torch.Tensor:
         """C of `layer` with a small ridge (`layer_stats.regularized`); the identity with mom2=False,
-        as in EasyEdit's Llama configs."""
+        as in EasyEdit's Llama configs. stats: the layer's statistics, if already at hand."""
         if layer not in self._moments:
-            d_k = self.linears[layer].in_features
-            self._moments[layer] = (regularized(self.raw_moment(layer), self.ridge) if self.mom2
-                                    else torch.eye(d_k, dtype=torch.float64))
+            if not self.mom2:
+                self._moments[layer] = torch.eye(self.linears[layer].in_features, dtype=torch.float64)
+            else:
+                stats = stats or second_moment(self.model, self.tokenizer, layer, corpus=self.corpus, n_keys=self.n_keys)
+                self._moments[layer] = regularized(stats.C, self.ridge)
         return self._moments[layer]
-
-    def raw_moment(self, layer: int) -> torch.Tensor:
-        return second_moment(self.model, self.tokenizer, layer, corpus=self.corpus, n_keys=self.n_keys).C
 
     def templates(self) -> list[str]:
         """"{}" and n_prefixes short prefixes the model writes itself, half of 5 tokens and half of 10
