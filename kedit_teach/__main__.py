@@ -128,7 +128,7 @@ def cmd_train(args) -> int:
     given = {**{f"--no-{f}": (getattr(args, f"no_{f.replace('-', '_')}"), ("lte",)) for f in lte_flags},
              **{f"--{f.replace('_', '-')}": (getattr(args, f) not in (None, False), ("recipe",))
                 for f in ("d_rep", "finetune_encoder", "prompts_only", "prompt_lr", "loc_weight", "retrieval_only", "bank",
-                          "neighbours", "fluency_weight", "query_layers", "queries_only")},
+                          "neighbours", "fluency_weight", "query_layers", "queries_only", "prompt_tokens")},
              "--resume": (args.resume is not None, ("recipe", "serac", "mend")),
              "--encoder-lr": (args.encoder_lr is not None, ("recipe", "serac")),
              "--rank": (args.rank is not None, ("mend",)), "--c-edit": (args.c_edit is not None, ("mend",))}
@@ -165,8 +165,6 @@ def train_lte(args) -> int:
 def train_recipe(args) -> int:
     """Train (or go on training) RECIPE's modules; every --checkpoint-every steps the modules so far are
     saved to --out with a record marked partial, and the same command with --resume <out> goes on."""
-    import time
-
     from . import prompt_learning as pl
     from .models import load_model
 
@@ -182,24 +180,29 @@ def train_recipe(args) -> int:
                          "(or a modules folder)")
     examples, data = pl.training_examples(args.data, n=args.cases, seed=args.seed)
     model, tok = load_model(args.model, quantization=args.quant)
-    before, start, done, earlier = None, 0, {}, 0.0
+    stopped, earlier = None, None  # a stopped run's record; the record of the modules training went on from
     if args.resume:
-        modules, before = pl.load_modules(pl.default_path(args.model) if args.resume == "default" else args.resume, model)
-        if "partial" in before:  # a stopped run: go on with its own settings, from its last checkpoint
-            start, done, earlier = before["steps"], before["loss"], before["seconds"]
-            cfg = pl.TrainConfig(**before["train"])
-            before = before.get("resumed_from")
-            print(f"going on from step {start} of {cfg.steps} ({args.resume})")
+        modules, earlier = pl.load_modules(pl.default_path(args.model) if args.resume == "default" else args.resume, model)
+        if "partial" in earlier:  # a stopped run: go on with its own settings, from its last checkpoint
+            stopped, earlier = earlier, earlier.get("resumed_from")
+            cfg = pl.TrainConfig(**stopped["train"])
+            print(f"going on from step {stopped['steps']} of {cfg.steps} ({args.resume})")
         if args.query_layers is not None and args.query_layers != modules.config.query_layers:
             if modules.config.query_layers:
                 raise UsageError(f"these modules already have {modules.config.query_layers} query layer(s); "
                                  "drop --query-layers or train new modules")
             modules.add_query_layers(args.query_layers)
+        if args.prompt_tokens is not None and args.prompt_tokens != modules.config.n_prompt_tokens:
+            if stopped:
+                raise UsageError("--prompt-tokens widens finished modules; a stopped run goes on as it was: drop it")
+            modules.widen_prompts(args.prompt_tokens)
     else:
         modules = pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=args.d_rep or pl.ModuleConfig.d_rep,
                                                              finetune_encoder=args.finetune_encoder,
-                                                             query_layers=args.query_layers or 0))
-    if not start:
+                                                             query_layers=args.query_layers or 0,
+                                                             n_prompt_tokens=args.prompt_tokens
+                                                             or pl.ModuleConfig.n_prompt_tokens))
+    if not stopped:
         given = {k: v for k, v in (("lr", args.lr), ("prompt_lr", args.prompt_lr), ("loc_weight", args.loc_weight),
                                    ("bank", args.bank), ("neighbours", args.neighbours),
                                    ("fluency_weight", args.fluency_weight), ("steps", args.steps),
@@ -207,14 +210,6 @@ def train_recipe(args) -> int:
         cfg = pl.TrainConfig(batch_size=args.batch_size or 8, prompt_learning=not args.prompts_only, seed=args.seed,
                              edit_loss=not (args.retrieval_only or args.queries_only),
                              queries_only=args.queries_only, **given)
-    out = Path(args.out or pl.trained_path(args.model))
-    begun = time.perf_counter() - earlier  # the record counts the stopped part's time too
-
-    def record(curves: dict, partial: bool) -> dict:
-        joined = {k: done.get(k, []) + v for k, v in curves.items()}
-        r = pl.make_record(modules, args.model, cfg, data, joined, time.perf_counter() - begun, resumed_from=before)
-        return {**r, "partial": True} if partial else r
-
     features = pl.stored_features(modules)  # f_rm's features of texts an earlier run encoded
     known = len(features)
 
@@ -224,21 +219,20 @@ def train_recipe(args) -> int:
             pl.store_features(modules, features)
             known = len(features)
 
-    def checkpoint(step: int, curves: dict) -> None:
+    def train(start: int, every: int, callback) -> dict:
+        def checkpoint(step: int, curves: dict) -> None:
+            keep_features()
+            callback(step, curves)
+        curves = pl.train_modules(modules, model, tok, examples, cfg, callback=checkpoint, every=every,
+                                  start=start, cache=features)
         keep_features()
-        if step < cfg.steps:
-            pl.save_modules(modules, out, record(curves, partial=True))
+        return curves
 
-    curves = pl.train_modules(modules, model, tok, examples, cfg, callback=checkpoint, every=args.checkpoint_every,
-                              start=start, cache=features)
-    keep_features()
-    pl.save_modules(modules, out, record(curves, partial=False))
-    n = min(20, len(curves["total"]))
     print(json.dumps(data, indent=1))
-    print("losses, mean of the first and last", n, "steps:",
-          ", ".join(f"{k} {sum(v[:n]) / n:.3f} -> {sum(v[-n:]) / n:.3f}" for k, v in curves.items() if v))
-    print(f"wrote {out}")
-    return 0
+    return _checkpointed(train, lambda curves, seconds: pl.make_record(modules, args.model, cfg, data, curves, seconds,
+                                                                       resumed_from=earlier),
+                         lambda out, r: pl.save_modules(modules, out, r), Path(args.out or pl.trained_path(args.model)), args.checkpoint_every,
+                         cfg.steps, stopped)
 
 
 def _resumed(args, load, default_path):
@@ -253,7 +247,7 @@ def _resumed(args, load, default_path):
 
 def _checkpointed(train, record, save, out: Path, every: int, steps: int, before: dict | None) -> int:
     """train(start, every, callback) -> curves, saved to `out` marked partial every `every` steps and
-    whole at the end, with the stopped run's curves and seconds in front (SERAC's and MEND's runs)."""
+    whole at the end, with the stopped run's (`before`) curves and seconds in front."""
     import time
     start, done = (before["steps"], before["loss"]) if before else (0, {})
     begun = time.perf_counter() - (before["seconds"] if before else 0.0)
@@ -264,9 +258,9 @@ def _checkpointed(train, record, save, out: Path, every: int, steps: int, before
 
     curves = train(start, every, lambda step, c: step < steps and keep(c, partial=True))
     keep(curves, partial=False)
-    n = min(20, len(curves["loss"]))
-    print("losses, mean of the first and last", n, "steps:",
-          ", ".join(f"{k} {sum(v[:n]) / n:.4g} -> {sum(v[-n:]) / n:.4g}" for k, v in curves.items()))
+    mean = lambda v: f"{sum(v) / len(v):.4g}"  # noqa: E731
+    print("losses, mean of the first and last 20 steps that have them:",
+          ", ".join(f"{k} {mean(v[:20])} -> {mean(v[-20:])}" for k, v in curves.items() if v))
     print(f"wrote {out}")
     return 0
 
@@ -564,6 +558,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="recipe: the weight of L_flu, the KL to the unedited model past the answer (default 0: off)")
     tr.add_argument("--query-layers", type=COUNT_OR_0, default=None,
                     help="recipe: fine-tune MiniLM's top N layers for queries alone (keys and prompts keep the frozen one; default 0)")
+    tr.add_argument("--prompt-tokens", type=COUNT, default=None,
+                    help="recipe: prompt vectors per edit (default 3); with --resume, widens trained modules' prompts")
     tr.add_argument("--queries-only", action="store_true",
                     help="recipe: train the query side alone (MLP_Q, the sentinel, the query layers); keys and prompts stay")
     tr.add_argument("--encoder-lr", type=POSITIVE, default=None,

@@ -69,6 +69,9 @@ Choices, and why (each measured on CPU; the numbers are in RESULTS.md's RECIPE s
   --prompts-only`): L_edit at every step, keys, queries and the sentinel untouched. The retrieval
   part has had many more steps than the prompts by then, and on held-out edits every reliability
   miss came with the right prompt attached.
+- Prompts can be widened for such a run (`train recipe --resume ... --prompt-tokens 6`): three
+  vectors carry a ZsRE answer's first three tokens, not the rest; six, after 600 steps, lifted ZsRE's
+  held-out reliability from 0.80 to 0.87 (teacher-forced) and 0.56 to 0.68 (generated).
 
 What it does not do: store edits or run the LLM at inference (see editors/recipe.py).
 """
@@ -183,6 +186,22 @@ class PromptGenerator(nn.Module):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
 
+    def widen(self, n: int) -> None:
+        """Grow to n prompt vectors: the first ones keep their trained weights, the new ones start at
+        zero, so each new vector begins as the embedding of the answer's next token."""
+        if n <= self.n:
+            raise ValueError(f"n_prompt_tokens={n}: the prompts already have {self.n} vectors; widen only grows")
+        for name in ("out",) + (("anchor",) if self.anchored else ()):
+            old = getattr(self, name)
+            grown = nn.Linear(old.in_features, n * self.hidden).to(old.weight)
+            with torch.no_grad():
+                for p, q in ((grown.weight, old.weight), (grown.bias, old.bias)):
+                    p.zero_()
+                    p[:len(q)] = q
+            setattr(self, name, grown)
+        self.log_gain = nn.Parameter(torch.cat([self.log_gain.data, torch.zeros(n - self.n).to(self.log_gain)]))
+        self.n = n
+
     def forward(self, r: torch.Tensor, anchors: torch.Tensor | None = None) -> torch.Tensor:
         x = r + F.relu(self.block(r))
         if self.anchored:
@@ -290,6 +309,14 @@ class RecipeModules(nn.Module):
         self.config = replace(self.config, query_layers=n)
         self.query_encoder = copy.deepcopy(self.encoder).requires_grad_(False).eval()
         self.query_top.requires_grad_(True)
+        return self
+
+    def widen_prompts(self, n: int) -> "RecipeModules":
+        """Longer prompts for trained modules (`train recipe --resume ... --prompt-tokens n`): with 3
+        vectors, a ZsRE answer of 4 or more tokens came out exactly 0.08-0.41 of the time (1 or 2
+        tokens: 0.85-0.88), own prompt attached. Keys and decisions stay; MLP_P needs training."""
+        self.mlp_p.widen(n)
+        self.config = replace(self.config, n_prompt_tokens=n)
         return self
 
     @property

@@ -209,6 +209,25 @@ def test_untrained_prompts_are_the_answers_embeddings_on_the_token_sphere(module
     assert plain.knowledge(plain.features(["a fact"]))[1].shape == (1, 3, model.config.hidden_size)
 
 
+def test_widened_prompts_keep_the_trained_vectors_and_start_the_new_ones_on_the_answer(tiny_model, encoder):
+    model, tok = tiny_model
+    modules = pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=32), encoder)  # its own: it changes shape
+    torch.manual_seed(0)
+    for p in modules.mlp_p.parameters():  # as if trained: no zero layer left
+        torch.nn.init.normal_(p, std=0.05)
+    answers = ["Rome", "Tokyo Paris Lisbon Oslo Bern"]
+    f = modules.features(["a fact", "another fact"])
+    before = modules.knowledge(f, pl.answer_anchors(model, tok, answers, 3))[1]
+    modules.widen_prompts(5)
+    anchors = pl.answer_anchors(model, tok, answers, 5)
+    keys, after = modules.knowledge(f, anchors)
+    assert after.shape == (2, 5, model.config.hidden_size) and modules.config.n_prompt_tokens == 5
+    torch.testing.assert_close(after[:, :3], before)
+    torch.testing.assert_close(after[:, 3:], torch.nn.functional.normalize(anchors[:, 3:], dim=-1) * modules.config.prompt_norm)
+    with pytest.raises(ValueError, match="widen only grows"):
+        modules.widen_prompts(4)
+
+
 def test_the_sentinel_goes_below_the_embedding_layer_and_learns(modules):
     modules.sentinel.grad = None
     modules.r_sentinel().sum().backward()
@@ -613,6 +632,10 @@ def test_train_cli_writes_modules_a_record_and_the_default_path(tiny_dirs, tmp_p
     assert grown["modules"]["query_layers"] == 1 and grown["train"]["queries_only"] and grown["train"]["encoder_lr"] == 1e-4
     assert "run 3: 2 steps (the query side alone (L_pl): MLP_Q, the sentinel and MiniLM's top 1 layer(s)" in \
         pl.training_summary(grown)
+    wide = tmp_path / "wide"
+    main(["train", "recipe", "--model", model, "--data", f"counterfact:{data}", "--steps", "1", "--resume", str(more),
+          "--prompts-only", "--prompt-tokens", "5", "--out", str(wide)])
+    assert pl.read_record(wide)["modules"]["n_prompt_tokens"] == 5 == pl.load_modules(wide)[0].mlp_p.n
     mods = pl.load_modules(queries)[0]
     assert torch.equal(mods.trained_state()["mlp_k.inp.weight"], pl.load_modules(more)[0].trained_state()["mlp_k.inp.weight"])
     assert "already have 1 query layer(s)" in cli_error(
@@ -636,7 +659,7 @@ def test_encoded_training_texts_are_kept_for_the_next_run(modules, tmp_path, mon
     assert pl.stored_features(modules) == {}  # a damaged store is only a slower start
 
 
-def test_a_stopped_training_run_goes_on_from_its_checkpoint(tiny_dirs, tmp_path, monkeypatch):
+def test_a_stopped_training_run_goes_on_from_its_checkpoint(tiny_dirs, tmp_path, monkeypatch, capsys):
     from kedit_teach.__main__ import main
     monkeypatch.setenv("KEDIT_CACHE", str(tmp_path / "cache"))
     data = training_file(tmp_path / "train.json", 300)
@@ -646,6 +669,7 @@ def test_a_stopped_training_run_goes_on_from_its_checkpoint(tiny_dirs, tmp_path,
         main(args + ["--steps", "6", "--checkpoint-every", "4", "--bank", "32", "--fluency-weight", "0.5"])
     stopped = pl.read_record(out)
     assert stopped["partial"] and stopped["steps"] == 4 and len(stopped["loss"]["so"]) == 4
+    assert "a stopped run goes on as it was" in cli_error(capsys, *args[:-2], "--resume", str(out), "--prompt-tokens", "5")
     main(["train", "recipe", "--model", model, "--data", f"counterfact:{data}", "--out", str(out), "--resume", str(out)])
     done = pl.read_record(out)
     assert "partial" not in done and done["steps"] == 6 and len(done["loss"]["so"]) == 6
