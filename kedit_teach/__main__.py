@@ -229,10 +229,10 @@ def train_recipe(args) -> int:
         return curves
 
     print(json.dumps(data, indent=1))
-    return _checkpointed(train, lambda curves, seconds: pl.make_record(modules, args.model, cfg, data, curves, seconds,
-                                                                       resumed_from=earlier),
-                         lambda out, r: pl.save_modules(modules, out, r), Path(args.out or pl.trained_path(args.model)), args.checkpoint_every,
-                         cfg.steps, stopped)
+    record = lambda curves, seconds: pl.make_record(  # noqa: E731
+        modules, args.model, cfg, data, curves, seconds, resumed_from=earlier)
+    return _checkpointed(train, record, lambda out, r: pl.save_modules(modules, out, r),
+                         Path(args.out or pl.trained_path(args.model)), args.checkpoint_every, cfg.steps, stopped)
 
 
 def _resumed(args, load, default_path):

@@ -187,8 +187,8 @@ class PromptGenerator(nn.Module):
                 nn.init.zeros_(layer.bias)
 
     def widen(self, n: int) -> None:
-        """Grow to n prompt vectors: the first ones keep their trained weights, the new ones start at
-        zero, so each new vector begins as the embedding of the answer's next token."""
+        """Grow to n prompt vectors: the first ones keep their trained weights, the new ones' start
+        at zero, so with answer anchors each new vector begins as the answer's next token embedding."""
         if n <= self.n:
             raise ValueError(f"n_prompt_tokens={n}: the prompts already have {self.n} vectors; widen only grows")
         for name in ("out",) + (("anchor",) if self.anchored else ()):

@@ -11,7 +11,7 @@ from kedit_teach.data import EditCase
 from kedit_teach.editors.memit import MEMIT, AlphaEdit, default_memit_layers, mlp_shift
 from kedit_teach.layer_stats import second_moment
 from kedit_teach.metrics import target_nll
-from .test_rome import EIFFEL, LOOSE, TEXTS, TOYOTA
+from .test_rome import EIFFEL, LOOSE, TOYOTA
 
 SMALL = {**LOOSE, "lam": 10.0}  # the tiny models' 256 keys, not the 15000 of the default
 
