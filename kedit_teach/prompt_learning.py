@@ -858,8 +858,8 @@ def training_stages(record: dict) -> list[dict]:
 
 def training_summary(record: dict) -> str:
     """One line per training run that made the modules, e.g. for a notebook to print."""
-    lines = []
-    for i, r in enumerate(training_stages(record), 1):
+    lines, stages = [], training_stages(record)
+    for i, r in enumerate(stages, 1):
         t = r["train"]
         negatives = "".join([f", a bank of {t['bank']} more keys" if t.get("bank") else "",
                              f", {t['neighbours']} mined look-alikes per seed" if t.get("neighbours") else ""])
@@ -879,6 +879,9 @@ def training_summary(record: dict) -> str:
             what += f", L_loc weighted {t.get('loc_weight', 1.0):g}"  # runs before the setting existed used 1
             what += f", L_flu weighted {t['fluency_weight']:g}" if t.get("fluency_weight") else ""
         through = f", {t['batch_size']} edits through the LLM per step" if t.get("edit_loss", True) else ""
+        width, before = r["modules"]["n_prompt_tokens"], stages[i - 2]["modules"]["n_prompt_tokens"] if i > 1 else None
+        if before is not None and width != before:
+            what = f"prompts widened from {before} to {width} vectors, " + what
         lines.append(f"run {i}: {r['steps']} steps ({what}){through}, "
                      f"{r['seconds'] / 60:.0f} min, {r['data']['examples']} training examples, seed {t['seed']}")
     return "\n".join(lines)

@@ -14,13 +14,14 @@ from dataclasses import asdict
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from kedit_teach import prompt_learning as pl
 from kedit_teach.data import EditCase
 from kedit_teach.editors import RECIPE, EditorStateError
 from kedit_teach.metrics import generate_greedy, splice_prefixes, teacher_forced
-from kedit_teach.models import encode_prompts, format_prompt, hidden_states, load_model, logits_at
+from kedit_teach.models import encode_prompts, fast_bf16, format_prompt, hidden_states, load_model, logits_at
 
 from .conftest import cli_error, shared
 
@@ -150,7 +151,7 @@ def test_pool_ignores_padding(modules):
     batched = modules.features([short, long])
     tol = 5e-2 if pl.fast_bf16(modules.encoder) else 1e-5  # bfloat16 kernels differ by batch shape
     torch.testing.assert_close(batched[0], alone[0], atol=tol, rtol=tol)
-    assert torch.nn.functional.cosine_similarity(batched[:1], alone).item() > 0.9999
+    assert F.cosine_similarity(batched[:1], alone).item() > 0.9999
     assert alone.shape == (1, 3 * 384)
 
 
@@ -378,10 +379,14 @@ def test_query_layers_start_as_f_rm_train_on_cached_states_and_leave_keys_and_pr
     texts = ["Where is the Eiffel Tower?", "a", "Who founded Toyota, and in which year was it founded?"]
     plain = mods.query_features(texts)
     mods.add_query_layers(1)
-    torch.testing.assert_close(mods.query_features(texts), plain)  # a copy of f_rm: no decision changes yet
+    copied = mods.query_features(texts)  # a copy of f_rm: no decision changes yet
+    if fast_bf16(encoder):  # the frozen f_rm runs a bfloat16 trace there, the trained copy fp32
+        assert F.cosine_similarity(copied, plain).min() > 0.999
+    else:
+        torch.testing.assert_close(copied, plain)
     states = mods.lower_states(texts)
     assert [len(s) for s in states] == mods.tokens(texts)["attention_mask"].sum(1).tolist()  # padding dropped
-    torch.testing.assert_close(mods.query_layers_pass(states, chunk=2), plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mods.query_layers_pass(states, chunk=2), copied, atol=1e-5, rtol=1e-5)
     shipped = [k for k in mods.trained_state() if k.startswith("query_encoder.")]
     assert shipped and all(k.startswith("query_encoder.encoder.layer.5.") for k in shipped)  # the top layer alone
     keep = {k: v.clone() for k, v in mods.trained_state().items() if k.startswith(("mlp_k.", "mlp_p."))}
@@ -636,6 +641,8 @@ def test_train_cli_writes_modules_a_record_and_the_default_path(tiny_dirs, tmp_p
     main(["train", "recipe", "--model", model, "--data", f"counterfact:{data}", "--steps", "1", "--resume", str(more),
           "--prompts-only", "--prompt-tokens", "5", "--out", str(wide)])
     assert pl.read_record(wide)["modules"]["n_prompt_tokens"] == 5 == pl.load_modules(wide)[0].mlp_p.n
+    assert "run 3: 1 steps (prompts widened from 3 to 5 vectors, MLP_P alone" in pl.training_summary(pl.read_record(wide))
+    assert "widened" not in pl.training_summary(grown)
     mods = pl.load_modules(queries)[0]
     assert torch.equal(mods.trained_state()["mlp_k.inp.weight"], pl.load_modules(more)[0].trained_state()["mlp_k.inp.weight"])
     assert "already have 1 query layer(s)" in cli_error(
