@@ -73,7 +73,6 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """(url, served root) of a JupyterLab server on 127.0.0.1 serving a copy of the course."""
-    _ensure_chromium()
     port = _free_port()
     # Serve a copy: JupyterLab autosaves, and the repo's notebooks must stay output-free.
     root = tmp_path_factory.mktemp("course")
@@ -114,6 +113,7 @@ def lab(tmp_path_factory):
 def chromium():
     from playwright.sync_api import sync_playwright
 
+    _ensure_chromium()  # before the launch: on a fresh machine the browser is not there yet
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(
