@@ -879,9 +879,9 @@ def training_summary(record: dict) -> str:
             what += f", L_loc weighted {t.get('loc_weight', 1.0):g}"  # runs before the setting existed used 1
             what += f", L_flu weighted {t['fluency_weight']:g}" if t.get("fluency_weight") else ""
         through = f", {t['batch_size']} edits through the LLM per step" if t.get("edit_loss", True) else ""
-        width, before = r["modules"]["n_prompt_tokens"], stages[i - 2]["modules"]["n_prompt_tokens"] if i > 1 else None
-        if before is not None and width != before:
-            what = f"prompts widened from {before} to {width} vectors, " + what
+        width = r["modules"]["n_prompt_tokens"]
+        if i > 1 and stages[i - 2]["modules"]["n_prompt_tokens"] != width:
+            what = f"prompts widened from {stages[i - 2]['modules']['n_prompt_tokens']} to {width} vectors, " + what
         lines.append(f"run {i}: {r['steps']} steps ({what}){through}, "
                      f"{r['seconds'] / 60:.0f} min, {r['data']['examples']} training examples, seed {t['seed']}")
     return "\n".join(lines)

@@ -21,7 +21,7 @@ from kedit_teach import prompt_learning as pl
 from kedit_teach.data import EditCase
 from kedit_teach.editors import RECIPE, EditorStateError
 from kedit_teach.metrics import generate_greedy, splice_prefixes, teacher_forced
-from kedit_teach.models import encode_prompts, fast_bf16, format_prompt, hidden_states, load_model, logits_at
+from kedit_teach.models import encode_prompts, format_prompt, hidden_states, load_model, logits_at
 
 from .conftest import cli_error, shared
 
@@ -380,7 +380,7 @@ def test_query_layers_start_as_f_rm_train_on_cached_states_and_leave_keys_and_pr
     plain = mods.query_features(texts)
     mods.add_query_layers(1)
     copied = mods.query_features(texts)  # a copy of f_rm: no decision changes yet
-    if fast_bf16(encoder):  # the frozen f_rm runs a bfloat16 trace there, the trained copy fp32
+    if pl.fast_bf16(encoder):  # the frozen f_rm runs a bfloat16 trace there, the trained copy fp32
         assert F.cosine_similarity(copied, plain).min() > 0.999
     else:
         torch.testing.assert_close(copied, plain)
