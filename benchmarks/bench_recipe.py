@@ -10,7 +10,9 @@
                                                 training with a memory bank, mined neighbours, more locality
                                                 prompts, all three, or none
     python -m benchmarks.bench_recipe fluency   generations with every edit stored: fluency, repetition, the
-                                                new answer said, against the unedited model and ICE
+                                                new answer said, the old one said after it, against the unedited
+                                                model and ICE, RECIPE's prompt kept to the end or dropped after
+                                                the answer (until_answer)
     python -m benchmarks.bench_recipe compare   [--n 100] [--methods recipe lte grace serac] [--data ... teach]
                                                 sequential CounterFact edits (and ZsRE's held-out part with
                                                 portability; the held-out teaching cases), all protocols
@@ -201,18 +203,21 @@ def fluency(args) -> None:
     for data in args.data:
         cases = load_cases(specs[data], n=64 if data == "teach" else args.n, seed=None if data == "teach" else 0)
         print(f"\n{data}: {len(cases)} edit prompts, {args.tokens} new tokens each, every edit stored")
-        print("| editor | fluency (x100) | vs unedited | repetition (3-grams) | begins with the new answer |")
-        print("|---|---|---|---|---|")
+        print("| editor | fluency (x100) | vs unedited | repetition (3-grams) | begins with the new answer "
+              "| names the old answer after the new |")
+        print("|---|---|---|---|---|---|")
         rows = {}
         for label, make in (("unedited", lambda: NoEdit(model, tok)), ("ICE", lambda: ICE(model, tok)),
-                            ("RECIPE", lambda: _recipe(model, tok, modules=args.modules))):
+                            ("RECIPE", lambda: _recipe(model, tok, modules=args.modules)),
+                            ("RECIPE until the answer", lambda: _recipe(model, tok, modules=args.modules, until_answer=True))):
             editor = make()
             editor.edit(cases)
             rows[label] = r = fluency_report(editor, cases, args.tokens)
             model = editor.detach()
             r["ratio"] = r["fluency_x100"] / rows["unedited"]["fluency_x100"]
-            print(f"| {label} | {r['fluency_x100']:.1f} | {r['ratio']:.3f} | {r['repetition']:.3f} | {r['answer']:.2f} |",
-                  flush=True)
+            old = "–" if r["old_after_new"] is None else f"{r['old_after_new']:.2f}"
+            print(f"| {label} | {r['fluency_x100']:.1f} | {r['ratio']:.3f} | {r['repetition']:.3f} | {r['answer']:.2f} "
+                  f"| {old} |", flush=True)
         for label, r in rows.items():
             print(f"  {label}: {cases[0].prompt} |{r['texts'][0][:120]!r}")
         out[data] = rows

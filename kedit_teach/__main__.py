@@ -61,7 +61,8 @@ def _editor_options(args) -> dict:
     """Method-specific options of `eval`; using one with another method is an error, not a no-op."""
     given = {"lte": {"--no-align": args.no_align, "--k": args.k is not None, "--adapter": args.adapter is not None},
              "recipe": {"--no-sentinel": args.no_sentinel, "--threshold": args.threshold is not None,
-                        "--no-prompts": args.no_prompts, "--modules": args.modules is not None},
+                        "--no-prompts": args.no_prompts, "--until-answer": args.until_answer,
+                        "--modules": args.modules is not None},
              "rome": {"--layer": args.layer is not None, "--reference-keys": args.reference_keys}}
     for method, flags in given.items():
         if args.method != method and any(flags.values()):
@@ -74,7 +75,7 @@ def _editor_options(args) -> dict:
         if args.threshold is not None and not args.no_sentinel:
             raise UsageError("--threshold replaces the sentinel: pass it together with --no-sentinel")
         return {"modules": args.modules or "default", "sentinel": not args.no_sentinel,
-                "threshold": args.threshold or 0.0, "prompts": not args.no_prompts}
+                "threshold": args.threshold or 0.0, "prompts": not args.no_prompts, "until_answer": args.until_answer}
     if args.method == "rome":
         return {"layer": args.layer, "consistent_key": not args.reference_keys}
     return {}
@@ -476,6 +477,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-sentinel", action="store_true", help="recipe: a fixed --threshold instead of the sentinel")
     ev.add_argument("--threshold", type=float, default=None, help="recipe, with --no-sentinel: the fixed gate (default 0)")
     ev.add_argument("--no-prompts", action="store_true", help="recipe: retrieve but attach no continuous prompt")
+    ev.add_argument("--until-answer", action="store_true",
+                    help="recipe: generation drops the prompt once it has said the new answer (not in the paper)")
     ev.add_argument("--modules", default=None, help="recipe: modules folder (default: the shipped ones)")
     ev.add_argument("--layer", type=COUNT_OR_0, default=None,
                     help="rome: the edited layer (default: one eighth up, layer 2 of Gemma-3-270M)")
@@ -489,7 +492,7 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--full", action="store_true",
                     help=f"the reference run's grid: data {' '.join(full['data'])}, N {' '.join(map(str, full['n']))}, "
                          f"{full['single_n']} single edits, fluency after single edits too (about 3 hours on 2 CPU "
-                         "cores; without it, about 17 minutes)")
+                         "cores; without it, about 18 minutes)")
     be.add_argument("--n", type=COUNT, nargs="+", default=None,
                     help=f"numbers of edits, 1 = single editing (default: {' '.join(map(str, course['n']))}; "
                          f"with --full, {' '.join(map(str, full['n']))})")

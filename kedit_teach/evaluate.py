@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .data import EditCase
 from .editors.base import EditorStateError
 from .metrics import (TokenScore, generation_match, ngram_entropy, normalize, perplexity, plural, repetition,
-                      target_budget)
+                      said_after, says, target_budget)
 
 MODES = ("single", "sequential", "batch")
 KINDS = ("reliability", "generality", "locality", "portability")
@@ -149,11 +149,16 @@ def fluency(texts: list[str]) -> dict:
 def fluency_report(editor, cases: list[EditCase], max_new_tokens: int = 60) -> dict:
     """Greedy generations from the edit prompts with the editor's edits in place: fluency (n-gram
     entropy x 100), repetition (3-grams said before), the share that begins with the new answer,
-    and the texts themselves, so a table can show the words beside the numbers."""
+    "old_after_new": of the texts that say the new answer, the share that name the old one after it
+    ("Rome, Italy. It stands in Paris"; cases with a ground truth only), and the texts themselves,
+    so a table can show the words beside the numbers."""
     texts = fluency_texts(editor, cases, max_new_tokens)
     n = max(len(texts), 1)
+    told = [said_after(t, c.target_new, c.ground_truth) for t, c in zip(texts, cases)
+            if c.ground_truth and says(t, c.target_new)]
     return {"fluency_x100": fluency(texts)["x100"], "repetition": sum(map(repetition, texts)) / n,
-            "answer": sum(generation_match(t, c.target_new) for t, c in zip(texts, cases)) / n, "texts": texts}
+            "answer": sum(generation_match(t, c.target_new) for t, c in zip(texts, cases)) / n,
+            "old_after_new": sum(told) / len(told) if told else None, "texts": texts}
 
 
 def evaluate(editor, cases: list[EditCase], mode: str = "single", batch_size: int = 16,

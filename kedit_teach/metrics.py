@@ -13,7 +13,8 @@ scored positions. The target is always tokenised as a continuation of the prompt
 Both protocols take optional `prefixes`: per row, a few vectors in the input-embedding space that go
 in right after <bos> (RECIPE's continuous prompts). They enter through `inputs_embeds`, and the
 attention mask and padding are rebuilt around them, so left-padded generation with a KV cache and
-right-padded scoring stay consistent (`splice_prefixes`).
+right-padded scoring stay consistent (`splice_prefixes`). Generation can also drop a row's vectors
+once it has said a given text (`until`): the row then goes on from its words alone.
 
 What it does not do: decide what text reaches the model (editors do, via `format_prompt` and their
 own context), or aggregate results per metric (see `evaluate.py`).
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
+from transformers import StoppingCriteria
 
 from .models import decoder_of, encode_pair, encode_prompts, hidden_states, logits_at
 
@@ -205,17 +207,39 @@ def next_token_probs(model, tokenizer, text: str, k: int = 10) -> list[tuple[str
     return [(tokenizer.decode([i]), p) for i, p in zip(top.indices.tolist(), top.values.tolist())]
 
 
+class _Said(StoppingCriteria):
+    """A stopping rule for `model.generate`: row r stops once its new text says `texts[r]`
+    (`says`); `steps[r]` records how many tokens it had then. Rows without a text never stop."""
+
+    def __init__(self, tokenizer, texts: list[str | None], skip: int):
+        self.tokenizer, self.texts, self.skip = tokenizer, texts, skip
+        self.steps: list[int | None] = [None] * len(texts)
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kw) -> torch.Tensor:
+        new = input_ids[:, self.skip:]
+        for r, text in enumerate(self.texts):
+            if text is not None and self.steps[r] is None and says(
+                    self.tokenizer.decode(new[r], skip_special_tokens=True), text):
+                self.steps[r] = new.shape[1]
+        return torch.tensor([s is not None for s in self.steps], device=input_ids.device)
+
+
 @torch.no_grad()
 def generate_greedy(model, tokenizer, texts: list[str], max_new_tokens: int | list[int],
                     batch_size: int = 16, desc: str | None = None,
-                    on_batch: BatchHook = _no_hook, prefixes: Prefixes | None = None) -> list[str]:
+                    on_batch: BatchHook = _no_hook, prefixes: Prefixes | None = None,
+                    until: list[str | None] | None = None) -> list[str]:
     """Greedy continuations (new text only) of formatted prompts, batched with left padding.
 
     max_new_tokens may differ per prompt; a batch decodes to its longest and each row is cut back.
     With prefixes the prompt goes in as `inputs_embeds` (the prefill); later steps use the KV cache.
+    until: per row, a text after which its prefix is dropped. Once the row has said it, the prompt
+    and the words so far are decoded on as plain text, for the rest of the row's budget: the vectors
+    did their work, and from there the model writes as it would after those words.
     """
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(texts)
     outputs: list[str] = []
+    going_on: dict[int, int] = {}  # row -> tokens left, for rows that said their `until` text early
     for start in _batches(len(texts), batch_size, desc):
         chunk, budget = texts[start:start + batch_size], budgets[start:start + batch_size]
         enc = encode_prompts(tokenizer, chunk, model.device)
@@ -225,11 +249,19 @@ def generate_greedy(model, tokenizer, texts: list[str], max_new_tokens: int | li
             embeds, mask, _ = splice_prefixes(model, enc["input_ids"], enc["attention_mask"],
                                               prefixes[start:start + batch_size], left_pad=True)
             inputs, skip = {"inputs_embeds": embeds, "attention_mask": mask}, 0  # from embeddings: new ones only
+        said = None if prefixes is None or until is None else _Said(tokenizer, until[start:start + batch_size], skip)
         with on_batch(torch.full((len(chunk),), width - 1)):  # left padding: prompts end at the last column
             out = model.generate(**inputs, max_new_tokens=max(budget), do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
+                                 pad_token_id=tokenizer.pad_token_id, stopping_criteria=[said] if said else None)
         new = out[:, skip:]
         outputs += [tokenizer.decode(row[:b], skip_special_tokens=True) for row, b in zip(new, budget)]
+        if said:
+            going_on |= {start + r: b - s for r, (s, b) in enumerate(zip(said.steps, budget)) if s is not None and s < b}
+    if going_on:
+        rest = generate_greedy(model, tokenizer, [texts[i] + outputs[i] for i in going_on], list(going_on.values()),
+                               batch_size, on_batch=on_batch)
+        for i, more in zip(going_on, rest):
+            outputs[i] += more
     return outputs
 
 
@@ -249,6 +281,20 @@ def normalize(text: str) -> str:
 def plural(n: int, noun: str, nouns: str | None = None) -> str:
     """ "1 edit", "3 edits"; `nouns` where the plural is not noun + "s" ("entry", "entries")."""
     return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
+
+def says(text: str, answer: str) -> bool:
+    """Whether `text` says `answer` as whole words, case and punctuation folded ("... in Rome, the"
+    says "Rome"; "Romania" does not)."""
+    said = normalize(answer)
+    return bool(said) and f" {said} " in f" {normalize(text)} "
+
+
+def said_after(text: str, first: str, then: str) -> bool:
+    """Whether `text` says `then` after it has said `first` (both as whole words, as in `says`)."""
+    folded, said = f" {normalize(text)} ", f" {normalize(first)} "
+    at = folded.find(said) if normalize(first) else -1
+    return at >= 0 and says(folded[at + len(said) - 1:], then)
 
 
 def generation_match(output: str, target: str) -> float:

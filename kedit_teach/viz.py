@@ -200,11 +200,12 @@ def cost_table(results: dict[str, dict]) -> pd.DataFrame:
 
 def fluency_tables(reports: dict[str, dict], prompts: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """For `evaluate.fluency_report` results per editor: (one row per editor: fluency, its ratio to
-    the first editor's, repetition, the share that begins with the new answer; one row per prompt:
-    what each editor wrote)."""
+    the first editor's, repetition, the share that begins with the new answer, the share that names
+    the old answer after the new; one row per prompt: what each editor wrote)."""
     first = next(iter(reports.values()))["fluency_x100"]
     summary = pd.DataFrame({name: {"fluency_x100": r["fluency_x100"], "vs_" + next(iter(reports)): r["fluency_x100"] / first,
-                                   "repetition": r["repetition"], "says_new_answer": r["answer"]}
+                                   "repetition": r["repetition"], "says_new_answer": r["answer"],
+                                   "old_after_new": r.get("old_after_new")}
                             for name, r in reports.items()}).T
     texts = pd.DataFrame({name: r["texts"] for name, r in reports.items()}, index=prompts)
     return summary, texts

@@ -790,9 +790,12 @@ class RECIPEPanel(StorePanel):
                                        description="threshold", disabled=editor.use_sentinel,
                                        style={"description_width": "160px"}, continuous_update=False,
                                        layout=_slider_layout())
+        self.until = w.Checkbox(value=editor.until_answer, indent=False,
+                                description="drop the prompt once the answer is said (not in the paper)")
         self.gate.observe(self.on_gate, names="value")
         self.threshold.observe(self.on_gate, names="value")
-        self._layout([w.HBox([self.gate]), self.threshold])
+        self.until.observe(self.on_until, names="value")
+        self._layout([w.HBox([self.gate]), self.threshold, self.until])
         self.say(f"{plural(len(editor.cases), 'edit')} stored; the LLM's weights are frozen. Add knowledge, then ask a query.")
 
     def _answer(self, query: str) -> str:
@@ -819,6 +822,12 @@ class RECIPEPanel(StorePanel):
         self.editor.threshold = self.threshold.value
         self.say("the Knowledge Sentinel decides: attach only if the best match beats r~q·rΘ" if self.editor.use_sentinel
                  else f"a fixed threshold decides: attach if the best match scores above {self.editor.threshold:.2f}", "info")
+
+    @guarded
+    def on_until(self, _change=None) -> None:
+        self.editor.until_answer = self.until.value
+        self.say("generation drops the prompt once it has said the new answer, and the model writes on from the words"
+                 if self.until.value else "the prompt stays attached to the end of every generation", "info")
 
 
 def scope_table(info: dict) -> pd.DataFrame:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from kedit_teach.metrics import (TokenScore, generate_greedy, generation_match, next_token_probs, ngram_entropy,
-                                 normalize, pack_targets, plural, repetition, same_answer, target_budget, teacher_forced,
-                                 word_recall)
+                                 normalize, pack_targets, plural, repetition, said_after, same_answer, says, target_budget,
+                                 teacher_forced, word_recall)
 
 PROMPTS = ["The Eiffel Tower is located in the city of", "The capital of Japan is",
            "Michel Rocard is a native speaker of"]
@@ -81,6 +81,15 @@ def test_word_recall_is_the_in_order_share_of_the_targets_words():
     assert word_recall("where London College University at education received He", target) == pytest.approx(1 / 8)
     assert word_recall("x He y received z education at University College London where", target) == 1.0
     assert word_recall("", target) == 0.0 and word_recall("anything", "...") == 0.0
+
+
+def test_says_whole_words_and_said_after_keeps_the_order():
+    assert says("Madrid, Spain. Madrid is", "madrid") and says("in New  York.", "New York")
+    assert not says("Romania", "Rome") and not says("anything", "") and not says("New Yorker", "New York")
+    assert said_after("Rome, Italy. It stands in Paris", "Rome", "Paris")
+    assert not said_after("Paris. Now Rome", "Rome", "Paris")  # the old answer came first
+    assert not said_after("It stands in Paris", "Rome", "Paris")  # the new one never came
+    assert said_after("Rome Rome Paris", "Rome", "Paris") and not said_after("Rome and Romeo", "Rome", "Romeo x")
 
 
 def test_repetition_counts_3grams_said_before():

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from kedit_teach import prompt_learning as pl
 from kedit_teach.data import EditCase
 from kedit_teach.editors import RECIPE, EditorStateError
-from kedit_teach.metrics import generate_greedy, splice_prefixes, teacher_forced
+from kedit_teach.metrics import generate_greedy, normalize, repetition, says, splice_prefixes, teacher_forced
 from kedit_teach.models import encode_prompts, format_prompt, hidden_states, load_model, logits_at
 
 from .conftest import cli_error, shared
@@ -129,18 +129,38 @@ def test_generation_with_a_prefix_and_kv_cache_equals_a_manual_greedy_loop(tiny_
     p = [prefix(model, 3, 3), None]
     got = generate_greedy(model, tok, texts, 6, prefixes=p)
     for text, vectors, out in zip(texts, p, got):
-        embed = model.get_input_embeddings()
-        ids = torch.tensor([tok(text)["input_ids"]])
-        seq = embed(ids)[0]
-        if vectors is not None:
-            seq = torch.cat([seq[:1], vectors, seq[1:]])
-        new = []
-        with torch.no_grad():
-            for _ in range(6):  # no cache: the whole sequence every step
-                nxt = int(logits_at(model, hidden_states(model, inputs_embeds=seq[None]))[0, -1].argmax())
-                new.append(nxt)
-                seq = torch.cat([seq, embed(torch.tensor([nxt]))])
-        assert out == tok.decode(new, skip_special_tokens=True)
+        assert out == tok.decode(embed_greedy(model, tok, text, vectors, 6), skip_special_tokens=True)
+
+
+def embed_greedy(model, tok, text: str, vectors: torch.Tensor | None, steps: int) -> list[int]:
+    """Greedy new ids for `text` with `vectors` after <bos>: no cache, the whole sequence every step."""
+    embed = model.get_input_embeddings()
+    seq = embed(torch.tensor([tok(text)["input_ids"]]))[0]
+    if vectors is not None:
+        seq = torch.cat([seq[:1], vectors, seq[1:]])
+    new = []
+    with torch.no_grad():
+        for _ in range(steps):
+            nxt = int(logits_at(model, hidden_states(model, inputs_embeds=seq[None]))[0, -1].argmax())
+            new.append(nxt)
+            seq = torch.cat([seq, embed(torch.tensor([nxt]))])
+    return new
+
+
+def test_until_drops_the_prefix_once_the_text_is_said_and_goes_on_from_the_words(tiny_model):
+    model, tok = tiny_model
+    texts = [format_prompt(tok, t) for t in ("Rome is the capital of", "The Colosseum is in", "Paris")]
+    p, budget = [prefix(model, 3, 4), prefix(model, 3, 5), prefix(model, 3, 6)], 10
+    kept = generate_greedy(model, tok, texts, budget, prefixes=p)
+    new = embed_greedy(model, tok, texts[0], p[0], budget)
+    word = next(w for j in range(1, budget) for w in normalize(tok.decode(new[:j], skip_special_tokens=True)).split())
+    got = generate_greedy(model, tok, texts, budget, prefixes=p, until=[word, None, "never said in any output"])
+    assert got[1:] == kept[1:]  # no text, or a text never said: the prefix stays to the end
+    # where the row first says the word, it goes on as plain text from the prompt and its words so far
+    step = next(j for j in range(1, budget + 1) if says(tok.decode(new[:j], skip_special_tokens=True), word))
+    said = tok.decode(new[:step], skip_special_tokens=True)
+    assert step < budget and got[0] == said + generate_greedy(model, tok, [texts[0] + said], budget - step)[0]
+    assert got[0] != kept[0]
 
 
 # ----------------------------------------------------------------------------- the modules
@@ -520,6 +540,24 @@ def test_mixed_batches_split_attached_and_plain_rows(tiny_model, modules):
     assert mixed[0] == alone[0]
 
 
+def test_until_answer_lets_go_of_attached_prompts_only(tiny_model, modules):
+    model, tok = tiny_model
+    editor = RECIPE(model, tok, modules=modules, sentinel=False, threshold=-1e9)
+    editor.edit(EDIT)
+    prompts = [EDIT.prompt, "Paris"]
+    assert editor.prefix_until(prompts) is None and "until_answer" not in editor.config()
+    kept = editor.generate(prompts, 8)
+    editor.until_answer = True
+    assert editor.prefix_until(prompts) == ["Rome", "Rome"] and editor.config()["until_answer"] is True
+    editor.threshold = 1e9  # nothing attached: nothing to let go of, and the plain path as before
+    assert editor.prefix_until(prompts) == [None, None]
+    assert editor.generate(prompts, 8) == RECIPE(model, tok, modules=modules).generate(prompts, 8)
+    editor.threshold = -1e9
+    with editor.unedited():
+        assert editor.prefix_until(prompts) is None
+    assert editor.generate(prompts, 8) == kept  # the random prompts never say "Rome": they stay to the end
+
+
 def test_remove_save_load_and_refused_states(tmp_path, tiny_model, modules, encoder):
     editor = RECIPE(*tiny_model, modules=modules, sentinel=False, threshold=-1e9)
     editor.edit(cases(4))
@@ -579,7 +617,10 @@ def test_eval_cli_recipe_flags_and_modes(tiny_dirs, tmp_path, modules, capsys):
     assert "together with --no-sentinel" in cli_error(
         capsys, "eval", "--method", "recipe", "--threshold", "1", "--model", model)
     folder = pl.save_modules(modules, tmp_path / "modules", {"modules": asdict(modules.config)})
-    for mode, extra in (("sequential", []), ("batch", ["--no-sentinel", "--threshold", "-100"]), ("single", ["--no-prompts"])):
+    assert "--until-answer only applies to --method recipe" in cli_error(
+        capsys, "eval", "--method", "ice", "--until-answer", "--model", model)
+    for mode, extra in (("sequential", ["--until-answer"]), ("batch", ["--no-sentinel", "--threshold", "-100"]),
+                        ("single", ["--no-prompts"])):
         out = tmp_path / f"{mode}.json"
         main(["eval", "--method", "recipe", "--modules", str(folder), "--n", "3", "--fluency-n", "0", "--mode", mode,
               "--model", model, "--json", str(out), *extra])
@@ -589,7 +630,8 @@ def test_eval_cli_recipe_flags_and_modes(tiny_dirs, tmp_path, modules, capsys):
     assert result["config"]["prompts"] is False
     # with every prompt attached (threshold -100), the batch run's unrelated probes change; without prompts none do
     batch = json.loads((tmp_path / "batch.json").read_text())
-    assert batch["config"]["threshold"] == -100.0
+    assert batch["config"]["threshold"] == -100.0 and "until_answer" not in batch["config"]
+    assert json.loads((tmp_path / "sequential.json").read_text())["config"]["until_answer"] is True
     assert result["metrics"]["teacher_forced"]["locality"] == 1.0
 
 
@@ -734,6 +776,21 @@ def test_a_students_own_edits_work_as_statements_and_as_questions(real):
         assert sum(hits) >= 3, list(zip(said, hits))  # the unedited model knows none of these subjects
         unrelated = ["The capital of Japan is", "Water is made of hydrogen and"]
         assert recipe.generate(unrelated, 8) == plain.generate(unrelated, 8)
+
+
+@pytest.mark.real
+def test_until_answer_says_the_students_answers_and_stops_the_loops_after_them(real):
+    model, tok = real
+    recipe = RECIPE(model, tok)
+    recipe.edit([EditCase(case_id=f"s{i}", subject=row[0], prompt=row[2], target_new=row[3]) for i, row in enumerate(STUDENT)])
+    questions = [row[2] for row in STUDENT]
+    kept = recipe.generate(questions, 30)
+    recipe.until_answer = True
+    freed = recipe.generate(questions, 30)
+    said = [says(s, row[3]) for row, s in zip(STUDENT, freed)]
+    assert said == [says(s, row[3]) for row, s in zip(STUDENT, kept)] and sum(said) >= 3, freed
+    # the prompt kept to the end loops on 3 of the 4 ("Norway Norway Norway ...")
+    assert sum(map(repetition, freed)) < sum(map(repetition, kept)) / 2, (kept, freed)
 
 
 @pytest.mark.real

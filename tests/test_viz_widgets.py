@@ -592,6 +592,10 @@ def test_recipe_panel_add_ask_shows_scores_gate_and_both_answers(recipe_panel):
     assert recipe_panel.editor.use_sentinel and recipe_panel.threshold.disabled
     recipe_panel.ask.click()
     assert "sentinel" in recipe_panel.message.value
+    recipe_panel.until.value = True
+    assert recipe_panel.editor.until_answer and "drops the prompt" in recipe_panel.message.value
+    recipe_panel.until.value = False
+    assert not recipe_panel.editor.until_answer and "stays attached" in recipe_panel.message.value
 
 
 @pytest.fixture

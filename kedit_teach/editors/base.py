@@ -10,8 +10,9 @@
 A subclass implements the method-specific hooks: `_apply`, `_remove`, `_reset`, `_detach` (remove
 modules it put into the model), and optionally
 `model_inputs` (how a raw prompt becomes model input text), `prompt_prefixes` (vectors put in front
-of it through `inputs_embeds`, RECIPE's continuous prompts), `_state` / `_load_state` (tensors to
-save), `_check_saved` (refuse a saved state before anything is replaced) and `inspect`.
+of it through `inputs_embeds`, RECIPE's continuous prompts), `prefix_until` (a text after which
+generation drops those vectors), `_state` / `_load_state` (tensors to save), `_check_saved`
+(refuse a saved state before anything is replaced) and `inspect`.
 
 What it does not do: evaluation loops or aggregation (see `evaluate.py`).
 """
@@ -88,6 +89,11 @@ class Editor:
 
     def prompt_prefixes(self, prompts: list[str]) -> list[torch.Tensor | None] | None:
         """Per raw prompt, vectors to put in front of its embedded text (None: nothing, the default)."""
+        return None
+
+    def prefix_until(self, prompts: list[str]) -> list[str | None] | None:
+        """Per raw prompt, a text after which generation drops its prefix vectors and goes on from
+        the words alone (`metrics.generate_greedy`); None (the default): they stay to the end."""
         return None
 
     def acts_on(self, prompts: list[str]) -> list[bool] | None:
@@ -232,9 +238,10 @@ class Editor:
         prompts = [prompt] if isinstance(prompt, str) else prompt
         texts = self.model_inputs(prompts)
         budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+        until = self.prefix_until(prompts)
         out = self._by_prefix(prompts, lambda idx, pre: generate_greedy(
             self.model, self.tokenizer, [texts[i] for i in idx], [budgets[i] for i in idx],
-            on_batch=self._each_batch, prefixes=pre, **kw))
+            on_batch=self._each_batch, prefixes=pre, until=None if until is None else [until[i] for i in idx], **kw))
         return out[0] if isinstance(prompt, str) else out
 
     def inspect(self, prompt: str) -> dict:

@@ -21,6 +21,11 @@ so the model answers it exactly as before, and `reset()` restores the original o
 Ablations (the deck's Table 4): `sentinel=False` gates with a fixed `threshold` on the same
 scores; `prompts=False` retrieves but attaches nothing; both together.
 
+Not in the paper: `until_answer=True` drops the prompt from a generation once it has said the
+attached knowledge's new answer, and the model writes on from the words alone. A prompt built on
+the answer's embeddings keeps pulling towards it ("Norway Norway Norway"); L_flu trains the prompts
+to let go past the answer, and this rule lets go exactly. Scoring is unchanged.
+
 What it does not do: train the modules (see `prompt_learning.py`).
 """
 from __future__ import annotations
@@ -55,17 +60,19 @@ class RECIPE(Editor):
     trained = ("modules", "RECIPE modules", "RECIPE(model, tok, modules=<their folder>)")
 
     def __init__(self, model, tokenizer, modules: str | Path | pl.RecipeModules = "default",
-                 sentinel: bool = True, threshold: float = 0.0, prompts: bool = True, encoder=None):
+                 sentinel: bool = True, threshold: float = 0.0, prompts: bool = True, encoder=None,
+                 until_answer: bool = False):
         """modules: "default" (yours from `train recipe`, else the ones shipped for this preset),
         a folder, or RecipeModules. sentinel=False gates with `threshold` instead (Table 4, "- KS");
-        prompts=False retrieves but attaches nothing ("- CPT")."""
+        prompts=False retrieves but attaches nothing ("- CPT"); until_answer=True: generation drops
+        the prompt once it has said the new answer."""
         super().__init__(model, tokenizer)
         if isinstance(modules, pl.RecipeModules):
             pl.check_fits(modules.config, model, "these modules")
             self.modules, self.record = modules, None
         else:
             self.modules, self.record = pl.load_modules(self._modules_path(modules), model, encoder)
-        self.use_prompts = prompts
+        self.use_prompts, self.until_answer = prompts, bool(until_answer)
         self._sentinel, self._threshold = sentinel, float(threshold)
         self.memory = VectorMemory(dim=self.modules.key_dim, metric="dot")
         self._prompts: dict[str, torch.Tensor] = {}
@@ -110,7 +117,9 @@ class RECIPE(Editor):
 
     def config(self):
         return {"modules": self._fingerprint, "sentinel": self.use_sentinel,
-                "threshold": None if self.use_sentinel else self.threshold, "prompts": self.use_prompts}
+                "threshold": None if self.use_sentinel else self.threshold, "prompts": self.use_prompts,
+                # named only when on, so saves and results from before the option keep their config
+                **({"until_answer": True} if self.until_answer else {})}
 
     # ------------------------------------------------------------------ the repository
     def _apply(self, cases):
@@ -178,6 +187,11 @@ class RECIPE(Editor):
         if self._off or not self.use_prompts or not len(self.memory):
             return None
         return [None if d.attached is None else self._prompts[d.attached] for d in self.retrieve(prompts)]
+
+    def prefix_until(self, prompts):
+        if not self.until_answer or self.prompt_prefixes(prompts) is None:
+            return None
+        return [None if d.attached is None else self.cases[d.attached].target_new for d in self.retrieve(prompts)]
 
     def inspect(self, prompt):
         """Similarities to the closest stored knowledge, the sentinel's, the decision, the prompt
