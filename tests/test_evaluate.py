@@ -105,7 +105,7 @@ def test_eval_cli_lte_options(tiny_dirs, tmp_path, capsys):
 def test_fluency_report_shows_the_words_beside_the_numbers(gemma_tiny):
     from kedit_teach import viz
     from kedit_teach.evaluate import fluency_report
-    from kedit_teach.metrics import ngram_entropy, repetition
+    from kedit_teach.metrics import ngram_entropy, repetition, said_after, says
     plain, ice = NoEdit(*gemma_tiny), ICE(*gemma_tiny)
     ice.edit(CASE)
     reports = {"unedited": fluency_report(plain, [CASE], 12), "ICE": fluency_report(ice, [CASE], 12)}
@@ -113,9 +113,13 @@ def test_fluency_report_shows_the_words_beside_the_numbers(gemma_tiny):
         (text,) = r["texts"]
         assert r["fluency_x100"] == pytest.approx(100 * ngram_entropy(text)) and r["repetition"] == repetition(text)
         assert r["answer"] in (0.0, 1.0)
+        # the old answer after the new: only where the text says the new one and the case has an old one
+        said = says(text, CASE.target_new) and CASE.ground_truth
+        assert r["old_after_new"] == (float(said_after(text, CASE.target_new, CASE.ground_truth)) if said else None)
     assert reports["ICE"]["texts"] == ice.generate([CASE.prompt], 12)
     summary, texts = viz.fluency_tables(reports, [CASE.prompt])
     assert list(summary.index) == ["unedited", "ICE"] and summary.loc["unedited", "vs_unedited"] == 1.0
+    assert "old_after_new" in summary.columns
     assert texts.loc[CASE.prompt, "ICE"] == reports["ICE"]["texts"][0]
 
 
