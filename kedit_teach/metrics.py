@@ -293,7 +293,7 @@ def says(text: str, answer: str) -> bool:
 def said_after(text: str, first: str, then: str) -> bool:
     """Whether `text` says `then` after it has said `first` (both as whole words, as in `says`)."""
     folded, said = f" {normalize(text)} ", f" {normalize(first)} "
-    at = folded.find(said) if normalize(first) else -1
+    at = folded.find(said) if said.strip() else -1
     return at >= 0 and says(folded[at + len(said) - 1:], then)
 
 

@@ -859,7 +859,7 @@ def training_stages(record: dict) -> list[dict]:
 def training_summary(record: dict) -> str:
     """One line per training run that made the modules, e.g. for a notebook to print."""
     lines, stages = [], training_stages(record)
-    for i, r in enumerate(stages, 1):
+    for i, (before, r) in enumerate(zip([None, *stages], stages), 1):
         t = r["train"]
         negatives = "".join([f", a bank of {t['bank']} more keys" if t.get("bank") else "",
                              f", {t['neighbours']} mined look-alikes per seed" if t.get("neighbours") else ""])
@@ -879,9 +879,9 @@ def training_summary(record: dict) -> str:
             what += f", L_loc weighted {t.get('loc_weight', 1.0):g}"  # runs before the setting existed used 1
             what += f", L_flu weighted {t['fluency_weight']:g}" if t.get("fluency_weight") else ""
         through = f", {t['batch_size']} edits through the LLM per step" if t.get("edit_loss", True) else ""
-        width = r["modules"]["n_prompt_tokens"]
-        if i > 1 and stages[i - 2]["modules"]["n_prompt_tokens"] != width:
-            what = f"prompts widened from {stages[i - 2]['modules']['n_prompt_tokens']} to {width} vectors, " + what
+        width, was = r["modules"]["n_prompt_tokens"], before and before["modules"]["n_prompt_tokens"]
+        if before and was != width:
+            what = f"prompts widened from {was} to {width} vectors, " + what
         lines.append(f"run {i}: {r['steps']} steps ({what}){through}, "
                      f"{r['seconds'] / 60:.0f} min, {r['data']['examples']} training examples, seed {t['seed']}")
     return "\n".join(lines)
