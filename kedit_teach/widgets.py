@@ -790,7 +790,7 @@ class RECIPEPanel(StorePanel):
                                        description="threshold", disabled=editor.use_sentinel,
                                        style={"description_width": "160px"}, continuous_update=False,
                                        layout=_slider_layout())
-        self.until = w.Checkbox(value=editor.until_answer, indent=False,
+        self.until = w.Checkbox(value=editor.until_answer, indent=False, layout=w.Layout(width="auto"),  # whole label
                                 description="drop the prompt once the answer is said (not in the paper)")
         self.gate.observe(self.on_gate, names="value")
         self.threshold.observe(self.on_gate, names="value")
