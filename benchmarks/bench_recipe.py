@@ -6,6 +6,9 @@
                                                 part and the held-out teaching cases stored: own knowledge for
                                                 edit prompts and rephrasings, nothing for locality prompts
                                                 ([--methods recipe serac]: SERAC's scope classifier beside it)
+    python -m benchmarks.bench_recipe relation  what the relation check costs a query, with ZsRE's held-out
+                                                edits stored (its decisions: sentinel --methods recipe
+                                                recipe-relation)
     python -m benchmarks.bench_recipe options   [--steps 3000]  the sentinel's rates after retrieval-only
                                                 training with a memory bank, mined neighbours, more locality
                                                 prompts, all three, or none
@@ -129,13 +132,40 @@ def sentinel(args) -> None:
     from kedit_teach.models import load_model
     model, tok = load_model()
     make = {"recipe": lambda: _recipe(model, tok, modules=args.modules),
+            "recipe-relation": lambda: _recipe(model, tok, modules=args.modules, relation_check=True),
             "serac": lambda: SERAC(model, tok, classifier=args.classifier)}
     results = {}
     for method in args.methods:
         results[method] = _sentinel_rates(make[method](), args.data, args.stored)
-        _print_decisions(results[method], "sentinel" if method == "recipe" else "SERAC's classifier (p > 0.5)")
+        rule = {"recipe": "sentinel", "recipe-relation": "+ relation check"}.get(method, "SERAC's classifier (p > 0.5)")
+        _print_decisions(results[method], rule)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "sentinel.json").write_text(json.dumps(results["recipe"] if args.methods == ["recipe"] else results, indent=1))
+
+
+def relation(args) -> None:
+    """What the relation check costs a query: with ZsRE's held-out edits stored, score + 8 generated
+    tokens per probe (edit prompts, rephrasings, locality prompts; five rounds), RECIPE with the check
+    and without it against the unedited model, in alternation."""
+    from kedit_teach import timing
+    from kedit_teach.data import load_cases
+    from kedit_teach.editors import NoEdit
+    from kedit_teach.models import load_model
+    model, tok = load_model()
+    cases = load_cases("zsre-held-out")
+    recipe, noedit = _recipe(model, tok), NoEdit(model, tok)
+    recipe.edit(cases)
+    rounds = timing.probes(cases, rounds=6, per_round=64)
+    timing.measure(recipe, noedit, rounds[:1])  # warm-up: the first passes
+    recipe.relation_check = True  # loaded now, so its loading is not timed
+    recipe.relation_check = False
+    print(f"{len(cases)} ZsRE edits stored; seconds per probe (score + 8 tokens), median of 5 rounds of 64:")
+    for on in (False, True):
+        recipe.relation_check = on  # clears the cached decisions, so every round decides afresh
+        r, base = timing.measure(recipe, noedit, rounds[1:])
+        checked = sum(d.relation is not None for prompts, _ in rounds[1:] for d in recipe.retrieve(prompts))
+        print(f"  RECIPE{' + relation check' if on else ''}: {1000 * r:.1f} ms vs {1000 * base:.1f} ms unedited = "
+              f"{r / base:.3f}x" + (f" ({checked} of {5 * 64} probes named a stored subject)" if on else ""), flush=True)
 
 
 def _print_decisions(sweeps: dict, rule: str) -> None:
@@ -314,9 +344,11 @@ def main() -> None:
     s.add_argument("--stored", type=int, default=None, help="edits stored (default: CounterFact 1,000, ZsRE's held-out part, teach 64)")
     s.add_argument("--data", nargs="+", default=list(SENTINEL_DATA), choices=list(SENTINEL_DATA))
     s.add_argument("--modules", default="default", help="a modules folder (default: the ones RECIPE loads)")
-    s.add_argument("--methods", nargs="+", default=["recipe"], choices=["recipe", "serac"])
+    s.add_argument("--methods", nargs="+", default=["recipe"], choices=["recipe", "recipe-relation", "serac"],
+                   help="recipe-relation: RECIPE's sentinel with the relation check (relation_check.py)")
     s.add_argument("--classifier", default="default", help="serac: a classifier folder (default: the one SERAC loads)")
     s.set_defaults(fn=sentinel)
+    sub.add_parser("relation").set_defaults(fn=relation)
     o = sub.add_parser("options")
     o.add_argument("--steps", type=int, default=3000)
     o.add_argument("--bank", type=int, default=4096)

@@ -62,7 +62,7 @@ def _editor_options(args) -> dict:
     given = {"lte": {"--no-align": args.no_align, "--k": args.k is not None, "--adapter": args.adapter is not None},
              "recipe": {"--no-sentinel": args.no_sentinel, "--threshold": args.threshold is not None,
                         "--no-prompts": args.no_prompts, "--until-answer": args.until_answer,
-                        "--modules": args.modules is not None},
+                        "--relation-check": args.relation_check, "--modules": args.modules is not None},
              "rome": {"--layer": args.layer is not None, "--reference-keys": args.reference_keys}}
     for method, flags in given.items():
         if args.method != method and any(flags.values()):
@@ -75,7 +75,8 @@ def _editor_options(args) -> dict:
         if args.threshold is not None and not args.no_sentinel:
             raise UsageError("--threshold replaces the sentinel: pass it together with --no-sentinel")
         return {"modules": args.modules or "default", "sentinel": not args.no_sentinel,
-                "threshold": args.threshold or 0.0, "prompts": not args.no_prompts, "until_answer": args.until_answer}
+                "threshold": args.threshold or 0.0, "prompts": not args.no_prompts, "until_answer": args.until_answer,
+                "relation_check": args.relation_check}
     if args.method == "rome":
         return {"layer": args.layer, "consistent_key": not args.reference_keys}
     return {}
@@ -137,7 +138,8 @@ def cmd_train(args) -> int:
     if wrong:
         whats = next(iter(wrong.values()))
         raise UsageError(f"{', '.join(wrong)} only applies to " + " and ".join(f"`train {w}`" for w in whats))
-    return {"lte": train_lte, "recipe": train_recipe, "serac": train_serac, "mend": train_mend}[args.what](args)
+    return {"lte": train_lte, "recipe": train_recipe, "serac": train_serac, "mend": train_mend,
+            "relation": train_relation}[args.what](args)
 
 
 def train_lte(args) -> int:
@@ -289,6 +291,30 @@ def train_serac(args) -> int:
         lambda curves, seconds: scope.make_record(clf, cfg, data, curves, seconds),
         lambda out, r: scope.save_classifier(clf, out, r),
         Path(args.out or scope.trained_path()), args.checkpoint_every, cfg.steps, before)
+
+
+def train_relation(args) -> int:
+    """Train RECIPE's relation check (relation_check.py) over the shipped modules' f_rm, on RECIPE's
+    training data and split; seconds on a CPU, so no checkpoints."""
+    import time
+
+    from . import prompt_learning as pl
+    from . import relation_check as rc
+
+    examples, data = pl.training_examples(args.data, n=args.cases, seed=args.seed)
+    modules, _ = pl.load_modules(pl.default_path(args.model))
+    head = rc.RelationHead(seed=args.seed)
+    cfg = rc.RelationTrainConfig(seed=args.seed, **_given(args, "steps", "batch_size", "lr"))
+    start = time.perf_counter()
+    result = rc.train_relation_check(head, modules.features, examples, cfg)
+    out = rc.save_check(head, Path(args.out or rc.trained_path()),
+                        rc.make_record(head, cfg, data, result, time.perf_counter() - start))
+    held = result["held_out"]
+    print(f"{result['pairs']} pairs; on the {result['held_out_pairs']} whose templates it did not train on, at the "
+          f"threshold {held['threshold']}: same relation accepted {held['same relation accepted']:.3f}, "
+          f"another relation refused {held['another relation refused']:.3f}")
+    print(f"wrote {out}")
+    return 0
 
 
 def train_mend(args) -> int:
@@ -479,6 +505,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-prompts", action="store_true", help="recipe: retrieve but attach no continuous prompt")
     ev.add_argument("--until-answer", action="store_true",
                     help="recipe: generation drops the prompt once it has said the new answer (not in the paper)")
+    ev.add_argument("--relation-check", action="store_true",
+                    help="recipe: a query naming a stored subject gets its prompt only if it asks the same relation "
+                         "(not in the paper; relation_check.py)")
     ev.add_argument("--modules", default=None, help="recipe: modules folder (default: the shipped ones)")
     ev.add_argument("--layer", type=COUNT_OR_0, default=None,
                     help="rome: the edited layer (default: one eighth up, layer 2 of Gemma-3-270M)")
@@ -518,8 +547,9 @@ def _parser() -> argparse.ArgumentParser:
     be.set_defaults(fn=cmd_bench)
 
     tr = command("train", help="train LTE's adapter (alignment.py), RECIPE's modules (prompt_learning.py), "
-                               "SERAC's scope classifier (scope.py) or MEND's network (mend.py)")
-    tr.add_argument("what", choices=["lte", "recipe", "serac", "mend"], help="what to train")
+                               "SERAC's scope classifier (scope.py), MEND's network (mend.py) or RECIPE's "
+                               "relation check (relation_check.py)")
+    tr.add_argument("what", choices=["lte", "recipe", "serac", "mend", "relation"], help="what to train")
     tr.add_argument("--model", default=DEFAULT_MODEL, help=model_help + " (serac trains no LLM part: unused)")
     tr.add_argument("--quant", default=None, choices=["4bit", "8bit"], help=quant_help)
     tr.add_argument("--data", action="append", default=None,
@@ -527,17 +557,18 @@ def _parser() -> argparse.ArgumentParser:
                          "recipe: those and KnowEdit recent_train (plus the bundled cases not evaluated on)")
     tr.add_argument("--cases", type=COUNT, default=None,
                     help="training cases sampled from the data (default: lte: 1500, others: all)")
-    tr.add_argument("--steps", type=COUNT, default=None, help="default: lte: 400, recipe: 2000, serac, mend: 1000")
+    tr.add_argument("--steps", type=COUNT, default=None, help="default: lte: 400, recipe: 2000, serac, mend: 1000, relation: 1500")
     tr.add_argument("--batch-size", type=COUNT, default=None,
-                    help="lte, recipe, mend: edits through the LLM per step (default 8); serac: edits per step (default 128)")
+                    help="lte, recipe, mend: edits through the LLM per step (default 8); serac: edits per step (default 128); "
+                         "relation: pairs per step (default 512)")
     tr.add_argument("--lr", type=POSITIVE, default=None,
-                    help="default: lte: 4e-4, recipe: 1e-3, serac (scale and bias): 1e-2, mend (g): 1e-4")
+                    help="default: lte: 4e-4, recipe: 1e-3, serac (scale and bias): 1e-2, mend (g): 1e-4, relation: 1e-3")
     tr.add_argument("--rank", type=COUNT, default=None, help="mend: width of g's low-rank layers (default 64)")
     tr.add_argument("--c-edit", type=WEIGHT, default=None,
                     help="mend: the weight of the edit loss beside the locality KL's 1 (default 1; the reference: 0.1)")
     tr.add_argument("--seed", type=int, default=0, help=seed_help)
     tr.add_argument("--out", default=None,
-                    help="output folder (default: <cache>/<lte|recipe|mend>/<model> or <cache>/serac/classifier, "
+                    help="output folder (default: <cache>/<lte|recipe|mend>/<model>, <cache>/serac/classifier or <cache>/relation_check, "
                          "loaded by default from then on)")
     for flag in ("threefold", "in-scope", "out-of-scope", "free-text"):
         tr.add_argument(f"--no-{flag}", action="store_true", help=f"lte ablation: without {flag}")

@@ -554,6 +554,7 @@ class TrainingExample:
     q_l: str
     a_l: str
     more_locality: tuple[str, ...] = ()
+    subject: str = ""  # read by the relation check's training (relation_check.py), not by RECIPE's
 
 
 def training_example(case: EditCase) -> TrainingExample | None:
@@ -568,7 +569,8 @@ def training_example(case: EditCase) -> TrainingExample | None:
         return None
     (q_g, a_g), (q_l, a_l) = general[0], case.locality[0]
     more = tuple(dict.fromkeys(q for q, _ in case.locality[1:] if q != q_l))
-    return TrainingExample(case.case_id, case.descriptor, case.prompt, case.target_new, q_g, a_g, q_l, a_l, more)
+    return TrainingExample(case.case_id, case.descriptor, case.prompt, case.target_new, q_g, a_g, q_l, a_l, more,
+                           case.subject)
 
 
 def default_sources() -> list[str]:

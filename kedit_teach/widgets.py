@@ -58,6 +58,7 @@ from .data import EditCase
 from .editors import FAST_SETTINGS, METHODS, Editor, NoEdit
 from .evaluate import probe_result, probes_of, run_probes
 from .metrics import PROTOCOLS, plural
+from .relation_check import names
 from .tour import EIFFEL, answered, took, turns
 
 MAX_TOKENS = 300  # longer inputs make a click slow and are almost always a paste accident
@@ -172,11 +173,15 @@ def check_length(tokenizer, what: str, text: str, limit: int = MAX_TOKENS) -> No
         raise ValueError(f"the {what} is {n} tokens long; keep it under {limit} tokens")
 
 
-def new_edit(editor: Editor, prompt: str, target: str, case_id: str) -> EditCase:
+def new_edit(editor: Editor, prompt: str, target: str, case_id: str, subject: str = "") -> EditCase:
     """A panel's typed edit as an EditCase, refused if too long or already made on this editor."""
     check_length(editor.tokenizer, "edit prompt", prompt)
     check_length(editor.tokenizer, "new target", target)
-    case = EditCase(case_id=case_id, subject="", source="panel", prompt=prompt, target_new=target)
+    check_length(editor.tokenizer, "subject", subject)
+    if subject and not names(prompt, subject):
+        raise ValueError(f"the subject {subject!r} is not in the edit prompt; type it as the prompt writes it, "
+                         "or clear the subject box")
+    case = EditCase(case_id=case_id, subject=subject, source="panel", prompt=prompt, target_new=target)
     for earlier in editor.cases.values():
         if (earlier.prompt, earlier.target_new) == (case.prompt, case.target_new):
             raise ValueError(f"this edit was already added as {earlier.case_id}; change the prompt "
@@ -653,6 +658,7 @@ class StorePanel(EditorPanel):
         self.max_new_tokens = max_new_tokens
         self.prompt = _text_box("edit prompt x*", "The Eiffel Tower is located in the city of")
         self.target = _text_box("new target y*", "Rome")
+        self.subject: w.Text | None = None  # a subclass whose editor reads the subject adds the box
         self.query = _text_box("query", "Where is the Eiffel Tower? It is in the city of")
         self.add = _button("Add edit", "insert into the store", "primary")
         self.ask = _button("Ask", "retrieve for the query, then generate")
@@ -669,7 +675,8 @@ class StorePanel(EditorPanel):
         _on_enter(self.on_remove, self.remove_id)
 
     def _layout(self, controls: list[w.Widget]) -> None:
-        self.widget = w.VBox([self.prompt, self.target, w.HBox([self.add]), self.query, *controls,
+        typed = [self.prompt, self.target] + ([self.subject] if self.subject is not None else [])
+        self.widget = w.VBox([*typed, w.HBox([self.add]), self.query, *controls,
                               w.HBox([self.ask, self.reset]), w.HBox([self.remove_id, self.remove]),
                               self.stored, self.message, self.seen, self.out])
 
@@ -680,7 +687,8 @@ class StorePanel(EditorPanel):
 
     @guarded
     def on_add(self, _button=None) -> None:
-        case = new_edit(self.editor, self.prompt.value, self.target.value, self._next_id())
+        case = new_edit(self.editor, self.prompt.value, self.target.value, self._next_id(),
+                        "" if self.subject is None else self.subject.value.strip())
         (info,) = self.editor.edit(case)
         self.say(f"{case.case_id} stored: \"{case.descriptor}\" ({info['edit_s'] * 1000:.1f} ms; "
                  f"{plural(len(self.editor.cases), 'edit')} stored). No weights changed.", "ok")
@@ -792,10 +800,17 @@ class RECIPEPanel(StorePanel):
                                        layout=_slider_layout())
         self.until = w.Checkbox(value=editor.until_answer, indent=False, layout=w.Layout(width="auto"),  # whole label
                                 description="drop the prompt once the answer is said (not in the paper)")
+        self.subject = _text_box("subject", placeholder="as the prompt writes it, e.g. Eiffel Tower (read by the "
+                                                        "relation check)")
+        _on_enter(self.on_add, self.subject)
+        self.relation = w.Checkbox(value=editor.relation_check, indent=False, layout=w.Layout(width="auto"),
+                                   description="relation check: a query naming a stored subject must ask the same "
+                                               "relation (not in the paper)")
         self.gate.observe(self.on_gate, names="value")
         self.threshold.observe(self.on_gate, names="value")
         self.until.observe(self.on_until, names="value")
-        self._layout([w.HBox([self.gate]), self.threshold, self.until])
+        self.relation.observe(self.on_relation, names="value")
+        self._layout([w.HBox([self.gate]), self.threshold, self.relation, self.until])
         self.say(f"{plural(len(editor.cases), 'edit')} stored; the LLM's weights are frozen. Add knowledge, then ask a query.")
 
     def _answer(self, query: str) -> str:
@@ -810,6 +825,9 @@ class RECIPEPanel(StorePanel):
         best = info["knowledge"][0]
         verdict = (f"attached {attached}'s {len(info['prompt_norms'])} prompt vectors" if attached else
                    "nothing attached" + ("" if self.editor.use_prompts else " (prompts are switched off)"))
+        if info["relation"] is not None:  # the query names a stored subject: its relation decided
+            return (f"the query names a stored subject; the relation check gives {info['relation']:.2f} against "
+                    f"{self.editor.relation.config.threshold:.2f}: {verdict}")
         return f"best match {best['case_id']} scores {best['score']:.2f} against {gate}: {verdict}"
 
     def _empty_table(self) -> pd.DataFrame:
@@ -822,6 +840,12 @@ class RECIPEPanel(StorePanel):
         self.editor.threshold = self.threshold.value
         self.say("the Knowledge Sentinel decides: attach only if the best match beats r~q·rΘ" if self.editor.use_sentinel
                  else f"a fixed threshold decides: attach if the best match scores above {self.editor.threshold:.2f}", "info")
+
+    @guarded
+    def on_relation(self, _change=None) -> None:
+        self.editor.relation_check = self.relation.value
+        self.say("a query that names a stored subject gets its prompt only if it asks the same relation"
+                 if self.relation.value else "the gate alone decides", "info")
 
     @guarded
     def on_until(self, _change=None) -> None:

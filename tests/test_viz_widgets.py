@@ -570,8 +570,13 @@ def recipe_panel(gemma_tiny, encoder):
 def test_recipe_panel_add_ask_shows_scores_gate_and_both_answers(recipe_panel):
     recipe_panel.ask.click()
     assert recipe_panel.level == "ok" and "nothing stored" in recipe_panel.message.value and recipe_panel.figure is None
+    recipe_panel.subject.value = "Eiffel Tower"
     recipe_panel.add.click()
     recipe_panel.prompt.value, recipe_panel.target.value = "Toyota was founded in", "Germany"
+    recipe_panel.add.click()  # the subject box still says "Eiffel Tower": refused, nothing stored
+    assert recipe_panel.level == "error" and "not in the edit prompt" in recipe_panel.message.value
+    assert len(recipe_panel.editor.cases) == 1
+    recipe_panel.subject.value = "Toyota"
     recipe_panel.add.click()
     assert recipe_panel.level == "ok" and recipe_panel.editor.memory.ids == ["recipe-1", "recipe-2"]
     recipe_panel.gate.value = "fixed threshold"
@@ -592,6 +597,14 @@ def test_recipe_panel_add_ask_shows_scores_gate_and_both_answers(recipe_panel):
     assert recipe_panel.editor.use_sentinel and recipe_panel.threshold.disabled
     recipe_panel.ask.click()
     assert "sentinel" in recipe_panel.message.value
+    recipe_panel.relation.value = True  # the shipped check: it reads MiniLM's features, whatever the LLM
+    assert recipe_panel.editor.relation_check and "same relation" in recipe_panel.message.value
+    assert recipe_panel.editor.cases["recipe-1"].subject == "Eiffel Tower"
+    recipe_panel.query.value = "The Eiffel Tower was designed by the engineer"
+    recipe_panel.ask.click()
+    assert "the relation check gives" in recipe_panel.message.value, recipe_panel.message.value
+    recipe_panel.relation.value = False
+    assert not recipe_panel.editor.relation_check and "the gate alone" in recipe_panel.message.value
     recipe_panel.until.value = True
     assert recipe_panel.editor.until_answer and "drops the prompt" in recipe_panel.message.value
     recipe_panel.until.value = False

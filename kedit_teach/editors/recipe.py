@@ -25,6 +25,9 @@ Not in the paper: `until_answer=True` drops the prompt from a generation once it
 attached knowledge's new answer, and the model writes on from the words alone. A prompt built on
 the answer's embeddings keeps pulling towards it ("Norway Norway Norway"); L_flu trains the prompts
 to let go past the answer, and this rule lets go exactly. Scoring is unchanged.
+`relation_check=True` gives a query that names a stored edit's subject that edit's prompt only if
+it asks about the same relation, judged with the subject taken out (`relation_check.py`): the
+sentinel finds the subject and can't tell "where is the Eiffel Tower" from "who designed it".
 
 What it does not do: train the modules (see `prompt_learning.py`).
 """
@@ -36,6 +39,7 @@ from pathlib import Path
 import torch
 
 from .. import prompt_learning as pl
+from .. import relation_check as rc
 from ..memory import Hit, VectorMemory
 from ..models import add_special, format_prompt
 from .base import Editor, EditorStateError
@@ -51,6 +55,7 @@ class Decision:
     sentinel: float      # r~_q . r_Theta / sqrt(d)
     gate: float          # what the top score must beat: the sentinel's score or a fixed threshold
     attached: str | None  # case_id of the knowledge whose prompt is attached, or None
+    relation: float | None = None  # the relation check's best rel, where it decided (see relation_check.py)
 
 
 class RECIPE(Editor):
@@ -61,11 +66,12 @@ class RECIPE(Editor):
 
     def __init__(self, model, tokenizer, modules: str | Path | pl.RecipeModules = "default",
                  sentinel: bool = True, threshold: float = 0.0, prompts: bool = True, encoder=None,
-                 until_answer: bool = False):
+                 until_answer: bool = False, relation_check: bool | str | Path = False):
         """modules: "default" (yours from `train recipe`, else the ones shipped for this preset),
         a folder, or RecipeModules. sentinel=False gates with `threshold` instead (Table 4, "- KS");
         prompts=False retrieves but attaches nothing ("- CPT"); until_answer=True: generation drops
-        the prompt once it has said the new answer."""
+        the prompt once it has said the new answer; relation_check: True (yours from `train relation`,
+        else the shipped one) or a folder: queries naming a stored subject are decided by relation."""
         super().__init__(model, tokenizer)
         if isinstance(modules, pl.RecipeModules):
             pl.check_fits(modules.config, model, "these modules")
@@ -77,6 +83,13 @@ class RECIPE(Editor):
         self.memory = VectorMemory(dim=self.modules.key_dim, metric="dot")
         self._prompts: dict[str, torch.Tensor] = {}
         self._decisions: dict[str, Decision] = {}  # query -> decision, until the store changes
+        self.relation, self._check = None, None  # the check in use, and the one loaded (kept when switched off)
+        self._masked: dict[str, torch.Tensor] = {}  # f_rm features of texts the check has masked
+        if relation_check is True:
+            self.relation_check = True
+        elif relation_check:
+            self._check, _ = rc.load_check(relation_check)
+            self.relation = self._check
         # The modules are fixed from here on: their sentinel and fingerprint are computed once, and
         # f_rm is traced now rather than inside the first edit (0.3 s on CPU).
         with torch.no_grad():
@@ -91,6 +104,17 @@ class RECIPE(Editor):
     @use_sentinel.setter
     def use_sentinel(self, value: bool) -> None:
         self._sentinel = bool(value)
+        self._decisions.clear()
+
+    @property
+    def relation_check(self) -> bool:
+        return self.relation is not None
+
+    @relation_check.setter
+    def relation_check(self, value: bool) -> None:
+        if value and self._check is None:  # yours from `train relation`, else the shipped one
+            self._check, _ = rc.load_check(rc.default_path())
+        self.relation = self._check if value else None
         self._decisions.clear()
 
     @property
@@ -119,7 +143,8 @@ class RECIPE(Editor):
         return {"modules": self._fingerprint, "sentinel": self.use_sentinel,
                 "threshold": None if self.use_sentinel else self.threshold, "prompts": self.use_prompts,
                 # named only when on, so saves and results from before the option keep their config
-                **({"until_answer": True} if self.until_answer else {})}
+                **({"until_answer": True} if self.until_answer else {}),
+                **({"relation_check": self.relation.fingerprint()} if self.relation else {})}
 
     # ------------------------------------------------------------------ the repository
     def _apply(self, cases):
@@ -142,6 +167,7 @@ class RECIPE(Editor):
         self.memory.clear()
         self._prompts.clear()
         self._decisions.clear()
+        self._masked.clear()
 
     def _state(self):
         ids = list(self.cases)
@@ -180,8 +206,23 @@ class RECIPE(Editor):
                 top = [Hit(h.id, h.text, h.score / scale) for h in row]
                 gate = s if self.use_sentinel else self.threshold
                 attached = top[0].id if top and top[0].score > gate else None  # strictly greater
-                self._decisions[p] = Decision(p, top, s, gate, attached)
+                attached, relation = self._check_relation(p, top) or (attached, None)
+                self._decisions[p] = Decision(p, top, s, gate, attached, relation)
         return [self._decisions[p] for p in prompts]
+
+    def _check_relation(self, prompt: str, top: list[Hit]) -> tuple[str | None, float] | None:
+        """The relation check's (case_id or None, rel) if it is on and the prompt names a top hit's subject."""
+        if self.relation is None or not top:
+            return None
+        hits = [(h.id, self.cases[h.id].subject, self.cases[h.id].prompt) for h in top]
+        return rc.decide(self.relation, self._masked_features, prompt, hits)
+
+    def _masked_features(self, texts: list[str]) -> torch.Tensor:
+        # a stored edit's masked prompt comes back with every query about its subject: encode it once
+        todo = [t for t in texts if t not in self._masked]
+        if todo:
+            self._masked.update(zip(todo, self.modules.features(todo)))
+        return torch.stack([self._masked[t] for t in texts])
 
     def prompt_prefixes(self, prompts):
         if self._off or not self.use_prompts or not len(self.memory):
@@ -206,7 +247,7 @@ class RECIPE(Editor):
         return {**super().inspect(prompt), "memory_size": len(self.memory),
                 "knowledge": [{"case_id": h.id, "knowledge": h.text, "score": h.score} for h in d.top],
                 "sentinel": d.sentinel, "gate": "sentinel" if self.use_sentinel else "threshold",
-                "threshold": d.gate, "attached": d.attached if self.use_prompts else None,
+                "threshold": d.gate, "relation": d.relation, "attached": d.attached if self.use_prompts else None,
                 "retrieved": d.attached,
                 "prompt_norms": [] if vectors is None else vectors.norm(dim=-1).tolist(),
                 "llm_input": shown[:len(bos)] + marks + shown[len(bos):],
@@ -253,6 +294,11 @@ def gate_sweep(editor: Editor, queries: list[tuple[str, str, str | None]], thres
         rows = [(d, own) for (k, _, own), d in zip(queries, decisions) if k == kind]
         return sum(right(d, own, gate_of(d)) for d, own in rows) / len(rows)
 
+    def decided(kind: str) -> float:  # the sentinel's, or the relation check's where it decided
+        rows = [(d, own) for (k, _, own), d in zip(queries, decisions) if k == kind]
+        return sum(right(d, own, d.sentinel) if d.relation is None else d.attached == own
+                   for d, own in rows) / len(rows)
+
     fixed = {k: [share(k, lambda d, t=t: t) for t in thresholds] for k in kinds}
     best = max(range(len(thresholds)), key=lambda i: min(fixed[k][i] for k in kinds))
     def answer(case_id: str) -> str:
@@ -268,6 +314,6 @@ def gate_sweep(editor: Editor, queries: list[tuple[str, str, str | None]], thres
             errors[k]["same answer"] += same
     count = {k: sum(k == kind for kind, _, _ in queries) for k in kinds}
     return {"kinds": kinds, "stored": len(editor.memory), "thresholds": list(thresholds),
-            "sentinel": {k: share(k, lambda d: d.sentinel) for k in kinds}, "errors": errors, "fixed": fixed,
+            "sentinel": {k: decided(k) for k in kinds}, "errors": errors, "fixed": fixed,
             "answer": {k: answered[k] / count[k] for k in kinds},
             "best": {"threshold": thresholds[best], **{k: fixed[k][best] for k in kinds}}}
