@@ -23,7 +23,9 @@ edit prompt (another relation). The threshold is chosen on pairs whose edit-prom
 kept out of training (a fifth of them): the threshold whose worse rate there is best.
 
 What it does not do: find a subject the query does not spell out (an alias, a pronoun); tell apart
-two stored edits of one question with different answers (KnowEdit's ZsRE holds such pairs).
+two stored edits of one question with different answers (KnowEdit's ZsRE holds such pairs); judge
+pairs of relations unlike its training data's (the teaching set's landmark statements, "X is a
+famous" beside "X is located in the city of": it calls them one relation; RESULTS.md).
 """
 from __future__ import annotations
 

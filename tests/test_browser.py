@@ -189,7 +189,6 @@ def test_notebook_01_playground_and_slides(chromium, lab):
     assert panel.locator(".js-plotly-plot").count() >= 1, "the playground shows no plotly chart after the notebook's click"
 
     text_box(panel, "edit prompt x*").fill("The Statue of Liberty is located in the city of")
-    text_box(panel, "subject").fill("Statue of Liberty")
     text_box(panel, "new target y*").fill("Sydney")
     text_box(panel, "a rephrasing").fill("The Statue of Liberty stands in the city of")
     panel.locator("button", has_text="Add edit").click()
