@@ -306,7 +306,7 @@ def train_relation(args) -> int:
     head = rc.RelationHead(seed=args.seed)
     cfg = rc.RelationTrainConfig(seed=args.seed, **_given(args, "steps", "batch_size", "lr"))
     start = time.perf_counter()
-    result = rc.train_relation_check(head, modules.features, examples, cfg)
+    result = rc.train_relation_check(head, modules, examples, cfg)
     out = rc.save_check(head, Path(args.out or rc.trained_path()),
                         rc.make_record(head, cfg, data, result, time.perf_counter() - start))
     held = result["held_out"]

@@ -643,7 +643,8 @@ class TrainConfig:
     queries_only: bool = False    # L_pl trains MLP_Q, the sentinel (and query layers); MLP_K, so keys and prompts, stay
 
 
-def _features(modules: RecipeModules, texts: list[str], cache: dict[str, torch.Tensor], batch: int = 256) -> torch.Tensor:
+def cached_features(modules: RecipeModules, texts: list[str], cache: dict[str, torch.Tensor],
+                    batch: int = 256) -> torch.Tensor:
     """f_rm features, cached per text when the encoder is frozen (computed once, with a progress bar)."""
     if modules.config.finetune_encoder:
         return modules.features(texts)
@@ -753,19 +754,19 @@ def train_modules(modules: RecipeModules, model, tokenizer, examples: list[Train
     said: dict[str, str] = {}  # the unedited model's continuations, for L_flu
     layered = modules.config.query_layers and cfg.prompt_learning
     if not modules.config.finetune_encoder:  # MLP_P alone needs only the knowledge's features
-        _features(modules, [t for e in examples for t in ((e.knowledge, e.q_e, e.q_g, e.q_l, *e.more_locality)
+        cached_features(modules, [t for e in examples for t in ((e.knowledge, e.q_e, e.q_g, e.q_l, *e.more_locality)
                                                           if cfg.prompt_learning and not layered else (e.knowledge,))], cache)
     states: dict[str, torch.Tensor] = {}
     if layered:
         _lower_states(modules, [t for e in examples for t in (e.q_e, e.q_g, e.q_l, *e.more_locality)], states)
 
     def query(texts: list[str]) -> torch.Tensor:  # r~_q
-        f = modules.query_layers_pass([states[t] for t in texts]) if layered else _features(modules, texts, cache)
+        f = modules.query_layers_pass([states[t] for t in texts]) if layered else cached_features(modules, texts, cache)
         return modules.query(f)
     rng = random.Random(cfg.seed + start)
     if cfg.neighbours and cfg.prompt_learning:
         with torch.no_grad():  # the mean-pooled part of f_rm: the encoder's own sentence embedding
-            knowledge = _features(modules, [e.knowledge for e in examples], cache)
+            knowledge = cached_features(modules, [e.knowledge for e in examples], cache)
         batches = neighbour_batches(nearest(knowledge[:, :modules.encoder.config.hidden_size], cfg.neighbours),
                                     size, rng)
     else:
@@ -778,7 +779,7 @@ def train_modules(modules: RecipeModules, model, tokenizer, examples: list[Train
         for _ in bar:
             index = next(batches)
             batch = [examples[i] for i in index]
-            f_k = _features(modules, [e.knowledge for e in batch], cache)
+            f_k = cached_features(modules, [e.knowledge for e in batch], cache)
             losses = {}
             if cfg.prompt_learning:
                 r_q = query([t for e in batch for t in (e.q_e, e.q_g, e.q_l)])
@@ -789,7 +790,7 @@ def train_modules(modules: RecipeModules, model, tokenizer, examples: list[Train
                 if cfg.bank:  # f_rm is frozen and cached, so the bank's keys are fresh, not a stale queue
                     others = [rng.randrange(len(examples)) for _ in range(cfg.bank)]
                     with torch.set_grad_enabled(not cfg.queries_only):
-                        bank = modules.mlp_k(_features(modules, [examples[j].knowledge for j in others], cache))
+                        bank = modules.mlp_k(cached_features(modules, [examples[j].knowledge for j in others], cache))
                     clash = torch.tensor(index)[:, None] == torch.tensor(others)[None]
                 more = [q for e in batch for q in e.more_locality]
                 if more:

@@ -43,6 +43,7 @@ from .alignment import fingerprint, load_trained_state, read_trained_record, run
 from .data import ASSETS
 from .errors import UsageError
 from .models import DEFAULT_ENCODER, cache_dir
+from .prompt_learning import cached_features
 
 SHIPPED = ASSETS / "relation_check"
 WEIGHTS_FILE = "relation.safetensors"
@@ -132,23 +133,20 @@ def held_out_template(prompt: str, share: float) -> bool:
     return zlib.crc32(prompt.encode()) % 1000 < 1000 * share
 
 
-def train_relation_check(head: RelationHead, features, examples, cfg: RelationTrainConfig | None = None) -> dict:
-    """Train `head` on `examples` (TrainingExample's) with `features(texts) -> [n, d_in]` (RECIPE's
-    RecipeModules.features), set its threshold on held-out templates; returns the run's curves and
-    the held-out rates."""
+def train_relation_check(head: RelationHead, modules, examples, cfg: RelationTrainConfig | None = None) -> dict:
+    """Train `head` on `examples` (TrainingExample's) over the f_rm of `modules` (RECIPE's
+    RecipeModules), set its threshold on held-out templates; returns the run's curves and the
+    held-out rates."""
     cfg = cfg or RelationTrainConfig()
     pairs = relation_pairs(examples)
     if not pairs or not any(y for *_, y in pairs) or all(y for *_, y in pairs):
         raise ValueError(f"{len(pairs)} pairs from {len(examples)} examples: the relation check needs both "
                          "rephrasings and locality prompts that name the edited subject")
     held = [held_out_template(b, cfg.held_out_templates) for _, b, _ in pairs]
-    texts = list(dict.fromkeys(t for a, b, _ in pairs for t in (a, b)))
-    with torch.no_grad():
-        feats = torch.cat([features(texts[i:i + 256]) for i in tqdm(range(0, len(texts), 256), desc="f_rm",
-                                                                      leave=False)])
-    index = {t: i for i, t in enumerate(texts)}
-    fa = feats[[index[a] for a, _, _ in pairs]]
-    fb = feats[[index[b] for _, b, _ in pairs]]
+    cache: dict[str, torch.Tensor] = {}
+    cached_features(modules, [t for a, b, _ in pairs for t in (a, b)], cache)  # each text encoded once
+    fa = cached_features(modules, [a for a, _, _ in pairs], cache)
+    fb = cached_features(modules, [b for _, b, _ in pairs], cache)
     y = torch.tensor([label for *_, label in pairs])
     train, val = torch.tensor([not h for h in held]), torch.tensor(held)
     rows = train.nonzero()[:, 0]
@@ -178,16 +176,15 @@ def train_relation_check(head: RelationHead, features, examples, cfg: RelationTr
 
 
 def decide(head: RelationHead, features, query: str, candidates: list[tuple[str, str, str]]) -> tuple[str | None, float] | None:
-    """The check for one query. candidates: (case_id, subject, edit prompt) of RECIPE's top hits.
+    """The check for one query. features(texts) -> [n, d_in]: f_rm pooled (RECIPE passes
+    prompt_learning.cached_features over its cache). candidates: (case_id, subject, edit prompt) of RECIPE's top hits.
     None if the query names none of their subjects (the sentinel decides); else (the case_id to
     attach or None, the best rel)."""
     named = [(cid, subject, prompt) for cid, subject, prompt in candidates if names(query, subject)]
     if not named:
         return None
-    texts = [masked(t, s) for _, s, prompt in named for t in (query, prompt)]
-    unique = list(dict.fromkeys(texts))  # hits of one subject share the masked query
     with torch.inference_mode():
-        f = features(unique)[[unique.index(t) for t in texts]]
+        f = features([masked(t, s) for _, s, prompt in named for t in (query, prompt)])
         p = torch.sigmoid(head(f[0::2], f[1::2]))
     best = int(p.argmax())
     score = float(p[best])

@@ -700,7 +700,7 @@ def test_encoded_training_texts_are_kept_for_the_next_run(modules, tmp_path, mon
     assert pl.stored_features(modules) == {}
     texts = ["The Eiffel Tower is in Paris", "What is the capital of Peru?"]
     cache: dict = {}
-    first = pl._features(modules, texts, cache)
+    first = pl.cached_features(modules, texts, cache)
     pl.store_features(modules, cache)
     again = pl.stored_features(modules)
     assert list(again) == texts and torch.equal(torch.stack(list(again.values())), first)

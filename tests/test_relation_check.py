@@ -38,15 +38,20 @@ def examples() -> list[pl.TrainingExample]:
 
 
 @pytest.fixture(scope="module")
-def features(tiny_dirs, encoder):
+def modules(tiny_dirs, encoder):
     model, _ = load_model(str(tiny_dirs["gemma3"]))
-    return pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=32), encoder).features
+    return pl.RecipeModules(pl.ModuleConfig.for_model(model, d_rep=32), encoder)
 
 
 @pytest.fixture(scope="module")
-def trained(features):
+def features(modules):
+    return modules.features
+
+
+@pytest.fixture(scope="module")
+def trained(modules):
     head = rc.RelationHead()
-    result = rc.train_relation_check(head, features, examples(), rc.RelationTrainConfig(steps=150, batch_size=64,
+    result = rc.train_relation_check(head, modules, examples(), rc.RelationTrainConfig(steps=150, batch_size=64,
                                                                                         held_out_templates=0.3))
     return head, result
 

@@ -34,6 +34,7 @@ What it does not do: train the modules (see `prompt_learning.py`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -85,11 +86,9 @@ class RECIPE(Editor):
         self._decisions: dict[str, Decision] = {}  # query -> decision, until the store changes
         self.relation, self._check = None, None  # the check in use, and the one loaded (kept when switched off)
         self._masked: dict[str, torch.Tensor] = {}  # f_rm features of texts the check has masked
-        if relation_check is True:
-            self.relation_check = True
-        elif relation_check:
+        if relation_check and relation_check is not True:  # a folder; True loads the default when switched on
             self._check, _ = rc.load_check(relation_check)
-            self.relation = self._check
+        self.relation_check = bool(relation_check)
         # The modules are fixed from here on: their sentinel and fingerprint are computed once, and
         # f_rm is traced now rather than inside the first edit (0.3 s on CPU).
         with torch.no_grad():
@@ -215,14 +214,8 @@ class RECIPE(Editor):
         if self.relation is None or not top:
             return None
         hits = [(h.id, self.cases[h.id].subject, self.cases[h.id].prompt) for h in top]
-        return rc.decide(self.relation, self._masked_features, prompt, hits)
-
-    def _masked_features(self, texts: list[str]) -> torch.Tensor:
         # a stored edit's masked prompt comes back with every query about its subject: encode it once
-        todo = [t for t in texts if t not in self._masked]
-        if todo:
-            self._masked.update(zip(todo, self.modules.features(todo)))
-        return torch.stack([self._masked[t] for t in texts])
+        return rc.decide(self.relation, partial(pl.cached_features, self.modules, cache=self._masked), prompt, hits)
 
     def prompt_prefixes(self, prompts):
         if self._off or not self.use_prompts or not len(self.memory):
