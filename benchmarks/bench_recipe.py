@@ -6,9 +6,9 @@
                                                 part and the held-out teaching cases stored: own knowledge for
                                                 edit prompts and rephrasings, nothing for locality prompts
                                                 ([--methods recipe serac]: SERAC's scope classifier beside it)
-    python -m benchmarks.bench_recipe relation  what the relation check costs a query, with ZsRE's held-out
-                                                edits stored (its decisions: sentinel --methods recipe
-                                                recipe-relation)
+    python -m benchmarks.bench_recipe relation  [--stored 10000]  what the relation check costs a query, with
+                                                ZsRE's held-out edits stored (and CounterFact-train's up to
+                                                --stored); its decisions: sentinel --methods recipe recipe-relation
     python -m benchmarks.bench_recipe options   [--steps 3000]  the sentinel's rates after retrieval-only
                                                 training with a memory bank, mined neighbours, more locality
                                                 prompts, all three, or none
@@ -33,6 +33,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -144,22 +145,27 @@ def sentinel(args) -> None:
 
 
 def relation(args) -> None:
-    """What the relation check costs a query: with ZsRE's held-out edits stored, score + 8 generated
-    tokens per probe (edit prompts, rephrasings, locality prompts; five rounds), RECIPE with the check
-    and without it against the unedited model, in alternation."""
+    """What the relation check costs a query: with ZsRE's held-out edits stored (--stored: and
+    CounterFact-train's up to that many), score + 8 generated tokens per probe (ZsRE's edit prompts,
+    rephrasings, locality prompts: nearly all name a stored subject; five rounds), RECIPE with the
+    check and without it against the unedited model, in alternation."""
     from kedit_teach import timing
-    from kedit_teach.data import load_cases
+    from kedit_teach.data import load_cases, load_counterfact
     from kedit_teach.editors import NoEdit
     from kedit_teach.models import load_model
     model, tok = load_model()
     cases = load_cases("zsre-held-out")
     recipe, noedit = _recipe(model, tok), NoEdit(model, tok)
     recipe.edit(cases)
+    if args.stored > len(cases):  # their ids are numbers too: keep them apart from ZsRE's
+        recipe.edit([replace(c, case_id=f"counterfact-train-{c.case_id}")
+                     for c in load_counterfact(CF_TRAIN)[:args.stored - len(cases)]])
     rounds = timing.probes(cases, rounds=6, per_round=64)
     timing.measure(recipe, noedit, rounds[:1])  # warm-up: the first passes
     recipe.relation_check = True  # loaded now, so its loading is not timed
     recipe.relation_check = False
-    print(f"{len(cases)} ZsRE edits stored; seconds per probe (score + 8 tokens), median of 5 rounds of 64:")
+    print(f"{len(recipe.memory)} edits stored ({len(cases)} of ZsRE's); seconds per probe (score + 8 tokens), "
+          "median of 5 rounds of 64:")
     for on in (False, True):
         recipe.relation_check = on  # clears the cached decisions, so every round decides afresh
         r, base = timing.measure(recipe, noedit, rounds[1:])
@@ -348,7 +354,9 @@ def main() -> None:
                    help="recipe-relation: RECIPE's sentinel with the relation check (relation_check.py)")
     s.add_argument("--classifier", default="default", help="serac: a classifier folder (default: the one SERAC loads)")
     s.set_defaults(fn=sentinel)
-    sub.add_parser("relation").set_defaults(fn=relation)
+    r = sub.add_parser("relation")
+    r.add_argument("--stored", type=int, default=0, help="edits stored: ZsRE's held-out 434, then CounterFact-train's up to this")
+    r.set_defaults(fn=relation)
     o = sub.add_parser("options")
     o.add_argument("--steps", type=int, default=3000)
     o.add_argument("--bank", type=int, default=4096)

@@ -74,6 +74,29 @@ def test_pairs_label_rephrasings_same_and_the_subjects_other_relations_another()
         rc.train_relation_check(rc.RelationHead(), None, [unnamed])
 
 
+def test_other_templates_pair_a_case_with_templates_whose_answers_never_meet_its_own():
+    n = rc.MIN_TEMPLATE_EDITS
+
+    def cases(template, answers, count=n, tag=""):
+        return [pl.TrainingExample(f"{tag}{template}{i}", "k", template.replace("X", f"Subj{tag}{i}"), answers[i % len(answers)],
+                                   template.replace("X", f"Subj{tag}{i}") + " then", "a", "Other", "b", (), f"Subj{tag}{i}")
+                for i in range(count)]
+
+    city = cases("X is located in the city of", ["Paris", "Rome"])
+    town = cases("X can be found in", ["rome", "Oslo"], tag="t")  # meets city's answers: may be one relation
+    lang = cases("The mother tongue of X is", ["French", "Dutch"], tag="l")
+    few = cases("X was founded by", ["Ann"], count=n - 1, tag="f")  # too few edits to tell
+    pairs = rc.other_templates(city + town + lang + few)
+    assert len(pairs) == 3 * n and all(label == 0.0 for *_, label in pairs)
+    partner = {"X is located in the city of": {"The mother tongue of X is"}, "X can be found in": {"The mother tongue of X is"},
+               "The mother tongue of X is": {"X is located in the city of", "X can be found in"}}
+    for query, template, _ in pairs:
+        own = next(t for t in partner if query.startswith(t))
+        assert template in partner[own] and "Subj" not in query
+    assert {t for _, t, _ in pairs} == {"X is located in the city of", "X can be found in", "The mother tongue of X is"}
+    assert rc.other_templates(city + town + lang + few) == pairs and rc.other_templates(city) == []  # seeded; one kind alone: none
+
+
 def test_training_separates_the_relations_and_sets_the_threshold_on_unseen_templates(trained, features):
     head, result = trained
     loss = result["curves"]["loss"]
@@ -119,11 +142,13 @@ def test_recipe_with_the_check_decides_named_queries_by_relation_and_saves_its_f
     assert [d.attached for d in decided] == ["z", None, "z"]  # the unnamed query keeps the gate's decision
     assert decided[2].relation is None and decided[1].relation <= head.config.threshold
     assert checked.inspect(queries[1])["relation"] == pytest.approx(decided[1].relation)
-    encoded, features = [], checked.modules.features
-    checked.modules.features = lambda texts, *a: encoded.extend(texts) or features(texts, *a)
-    checked.retrieve(["Where is Zorblat Tower? In the city of"])
-    # the query's masked text is new; the stored prompt's was encoded for the queries before
-    assert "Where is X? In the city of" in encoded and "X is located in the city of" not in encoded
+    passes, features = [], checked.modules.features
+    checked.modules.features = lambda texts, *a: passes.append(list(texts)) or features(texts, *a)
+    checked.retrieve(["Where is Zorblat Tower? In the city of", "Who built Zorblat Tower?"])
+    masked = [texts for texts in passes if "Where is X? In the city of" in texts]
+    # both queries' masked texts in one encoder pass; the stored prompt's was encoded for the queries before
+    assert len(masked) == 1 and "Who built X?" in masked[0]
+    assert not any("X is located in the city of" in texts for texts in passes)
     checked.modules.features = features
     (folder / rc.WEIGHTS_FILE).write_bytes(b"not safetensors")
     with pytest.raises(rc.RelationCheckError, match="corrupt"):
@@ -137,7 +162,7 @@ def test_eval_refuses_the_relation_check_for_another_method(capsys):
 
 @pytest.mark.real
 def test_the_shipped_check_turns_away_questions_about_a_stored_subjects_other_relations(real):
-    from kedit_teach.data import ZSRE_FILE, load_cases
+    from kedit_teach.data import ZSRE_FILE, load_cases, load_teach
     from kedit_teach.editors.recipe import gate_sweep, labelled_queries
     shared(*ZSRE_FILE.split("/"))
     recipe = RECIPE(*real, relation_check=True)
@@ -148,6 +173,14 @@ def test_the_shipped_check_turns_away_questions_about_a_stored_subjects_other_re
     on = gate_sweep(recipe, queries, [0.0])["sentinel"]
     recipe.relation_check = False
     off = gate_sweep(recipe, queries, [0.0])["sentinel"]
-    # all 434 stored (bench_recipe sentinel): the sentinel 0.862 / 0.724 / 0.756, with the check 0.982 / 0.774 / 1.000
+    # all 434 stored (bench_recipe sentinel): the sentinel 0.862 / 0.724 / 0.756, with the check 0.982 / 0.800 / 0.984
     assert on["edit prompt"] >= 0.95 and on["locality"] >= 0.95, on
     assert on["locality"] > off["locality"] and on["rephrasing"] >= off["rephrasing"], (on, off)
+    # the teaching set's landmarks ("X is a famous" beside "X is located in the city of"): 1.000 / 1.000 /
+    # 0.953; a check trained without pairs across templates (other_templates) gave locality 0.094
+    recipe.reset()
+    recipe.relation_check = True
+    held_out = load_teach()[:pl.TEACH_HELD_OUT]
+    recipe.edit(held_out)
+    teach = gate_sweep(recipe, labelled_queries(held_out), [0.0])["sentinel"]
+    assert min(teach.values()) >= 0.9, teach

@@ -34,7 +34,6 @@ What it does not do: train the modules (see `prompt_learning.py`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -200,22 +199,24 @@ class RECIPE(Editor):
                 r_q = self.modules.query(self.modules.query_features(todo))
                 sentinel = self.modules.similarity(r_q, self._r_theta[None])[:, 0].tolist()
             scale = self.modules.key_dim ** 0.5
-            hits = self.memory.search_vectors(r_q.numpy(), SHOWN)
-            for p, s, row in zip(todo, sentinel, hits):
-                top = [Hit(h.id, h.text, h.score / scale) for h in row]
+            tops = [[Hit(h.id, h.text, h.score / scale) for h in row] for row in self.memory.search_vectors(r_q.numpy(), SHOWN)]
+            candidates = [[(h.id, self.cases[h.id].subject, self.cases[h.id].prompt) for h in top] for top in tops]
+            if self.relation is not None:  # every query's masked texts in one encoder pass, not one per query
+                texts = [t for p, c in zip(todo, candidates) for t in rc.masked_pairs(p, c)]
+                if texts:
+                    self._features(texts)
+            for p, s, top, c in zip(todo, sentinel, tops, candidates):
                 gate = s if self.use_sentinel else self.threshold
                 attached = top[0].id if top and top[0].score > gate else None  # strictly greater
-                attached, relation = self._check_relation(p, top) or (attached, None)
+                checked = None if self.relation is None else rc.decide(self.relation, self._features, p, c)
+                attached, relation = checked or (attached, None)
                 self._decisions[p] = Decision(p, top, s, gate, attached, relation)
         return [self._decisions[p] for p in prompts]
 
-    def _check_relation(self, prompt: str, top: list[Hit]) -> tuple[str | None, float] | None:
-        """The relation check's (case_id or None, rel) if it is on and the prompt names a top hit's subject."""
-        if self.relation is None or not top:
-            return None
-        hits = [(h.id, self.cases[h.id].subject, self.cases[h.id].prompt) for h in top]
-        # a stored edit's masked prompt comes back with every query about its subject: encode it once
-        return rc.decide(self.relation, partial(pl.cached_features, self.modules, cache=self._masked), prompt, hits)
+    def _features(self, texts: list[str]) -> torch.Tensor:
+        """f_rm features of the check's masked texts, kept until reset: a stored edit's masked prompt
+        comes back with every query about its subject."""
+        return pl.cached_features(self.modules, texts, self._masked)
 
     def prompt_prefixes(self, prompts):
         if self._off or not self.use_prompts or not len(self.memory):
