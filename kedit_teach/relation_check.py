@@ -205,26 +205,29 @@ def train_relation_check(head: RelationHead, modules, examples, cfg: RelationTra
                          "another relation refused": round(other, 4)}}
 
 
-def masked_pairs(query: str, candidates: list[tuple[str, str, str]]) -> list[str]:
-    """The texts `decide` encodes: (masked query, masked edit prompt) for each candidate whose subject
-    the query names, flattened."""
-    return [masked(t, s) for _, s, prompt in candidates if names(query, s) for t in (query, prompt)]
-
-
-def decide(head: RelationHead, features, query: str, candidates: list[tuple[str, str, str]]) -> tuple[str | None, float] | None:
-    """The check for one query. features(texts) -> [n, d_in]: f_rm pooled (RECIPE passes
-    prompt_learning.cached_features over its cache). candidates: (case_id, subject, edit prompt) of RECIPE's top hits.
-    None if the query names none of their subjects (the sentinel decides); else (the case_id to
-    attach or None, the best rel)."""
-    named = [(cid, subject, prompt) for cid, subject, prompt in candidates if names(query, subject)]
-    if not named:
-        return None
+def decide(head: RelationHead, features, queries: list[str],
+           candidates: list[list[tuple[str, str, str]]]) -> list[tuple[str | None, float] | None]:
+    """The check for a batch of queries, in one encoder pass (features(texts) -> [n, d_in]: f_rm
+    pooled; RECIPE passes prompt_learning.cached_features over its cache). candidates[i]: (case_id,
+    subject, edit prompt) of RECIPE's top hits for queries[i]. Per query: None if it names none of
+    their subjects (the sentinel decides); else (the case_id to attach or None, the best rel)."""
+    named = [[c for c in cs if names(q, c[1])] for q, cs in zip(queries, candidates)]
+    texts = [masked(t, s) for q, cs in zip(queries, named) for _, s, prompt in cs for t in (q, prompt)]
+    if not texts:
+        return [None] * len(queries)
     with torch.inference_mode():
-        f = features(masked_pairs(query, named))
+        f = features(texts)
         p = torch.sigmoid(head(f[0::2], f[1::2]))
-    best = int(p.argmax())
-    score = float(p[best])
-    return (named[best][0] if score > head.config.threshold else None), score
+    out = []
+    for row in named:
+        if not row:
+            out.append(None)
+            continue
+        scores, p = p[:len(row)], p[len(row):]
+        best = int(scores.argmax())
+        score = float(scores[best])
+        out.append(((row[best][0] if score > head.config.threshold else None), score))
+    return out
 
 
 # ----------------------------------------------------------------------------- saved checks

@@ -115,11 +115,16 @@ def test_decide_attaches_the_best_named_hit_of_the_same_relation_or_nothing(trai
     head, _ = trained
     stored = [("a", "Zorblat Tower", "Zorblat Tower is located in the city of"),
               ("b", "Zorblat Tower", "Who founded Zorblat Tower?"), ("c", "Kelmor", "Kelmor is located in the city of")]
-    assert rc.decide(head, features, "The weather today is", stored) is None  # no stored subject named
-    attached, score = rc.decide(head, features, "Zorblat Tower can be found in the city of", stored)
+    assert rc.decide(head, features, ["The weather today is"], [stored]) == [None]  # no stored subject named
+    [(attached, score)] = rc.decide(head, features, ["Zorblat Tower can be found in the city of"], [stored])
     assert attached == "a" and score > head.config.threshold
-    attached, score = rc.decide(head, features, "Zorblat Tower was designed by the architect", stored)
+    [(attached, score)] = rc.decide(head, features, ["Zorblat Tower was designed by the architect"], [stored])
     assert attached is None and score <= head.config.threshold
+    queries = ["The weather today is", "Zorblat Tower can be found in the city of", "Zorblat Tower was designed by the architect"]
+    batch = rc.decide(head, features, queries, [stored] * 3)  # one pass, split back per query
+    alone = [rc.decide(head, features, [q], [stored])[0] for q in queries]
+    assert batch[0] is None and [b[0] for b in batch[1:]] == [a[0] for a in alone[1:]]
+    assert [b[1] for b in batch[1:]] == pytest.approx([a[1] for a in alone[1:]], abs=1e-4)
 
 
 def test_recipe_with_the_check_decides_named_queries_by_relation_and_saves_its_fingerprint(

@@ -200,15 +200,13 @@ class RECIPE(Editor):
                 sentinel = self.modules.similarity(r_q, self._r_theta[None])[:, 0].tolist()
             scale = self.modules.key_dim ** 0.5
             tops = [[Hit(h.id, h.text, h.score / scale) for h in row] for row in self.memory.search_vectors(r_q.numpy(), SHOWN)]
-            candidates = [[(h.id, self.cases[h.id].subject, self.cases[h.id].prompt) for h in top] for top in tops]
-            if self.relation is not None:  # every query's masked texts in one encoder pass, not one per query
-                texts = [t for p, c in zip(todo, candidates) for t in rc.masked_pairs(p, c)]
-                if texts:
-                    self._features(texts)
-            for p, s, top, c in zip(todo, sentinel, tops, candidates):
+            checks = [None] * len(todo)
+            if self.relation is not None:  # every query's masked texts in one encoder pass
+                checks = rc.decide(self.relation, self._features, todo,
+                                   [[(h.id, self.cases[h.id].subject, self.cases[h.id].prompt) for h in top] for top in tops])
+            for p, s, top, checked in zip(todo, sentinel, tops, checks):
                 gate = s if self.use_sentinel else self.threshold
                 attached = top[0].id if top and top[0].score > gate else None  # strictly greater
-                checked = None if self.relation is None else rc.decide(self.relation, self._features, p, c)
                 attached, relation = checked or (attached, None)
                 self._decisions[p] = Decision(p, top, s, gate, attached, relation)
         return [self._decisions[p] for p in prompts]
