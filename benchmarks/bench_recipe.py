@@ -19,6 +19,9 @@
     python -m benchmarks.bench_recipe compare   [--n 100] [--methods recipe lte grace serac] [--data ... teach]
                                                 sequential CounterFact edits (and ZsRE's held-out part with
                                                 portability; the held-out teaching cases), all protocols
+    python -m benchmarks.bench_recipe lengths   [--n 100] [--methods recipe ice lte]  exact answers by the new
+                                                answer's length in tokens, ZsRE's held-out edits one at a time:
+                                                RECIPE's prompt against the fact as text in context
     python -m benchmarks.bench_recipe ablation  [--n 100]  Table 4's rows: without the sentinel, the
                                                 continuous prompt, or both
     python -m benchmarks.bench_recipe encoder   [--steps 300] [--widths 256] [--frozen-steps N ..]  frozen vs
@@ -342,6 +345,41 @@ def encoder(args) -> None:
               + f"  ({seconds / 60:.1f} min, {size:.1f} MB of weights)", flush=True)
 
 
+LENGTH_BINS = ("1", "2", "3", "4", "5", "6+")
+
+
+def lengths(args) -> None:
+    """Generation exact match of edit questions and rephrasings by the new answer's length in tokens,
+    on ZsRE's held-out part, one edit at a time (only the edit's own fact stored, so retrieval is not
+    in question): does a method carry a long answer?"""
+    from kedit_teach.data import load_cases
+    from kedit_teach.editors import METHODS
+    from kedit_teach.evaluate import evaluate
+    from kedit_teach.models import load_model
+
+    model, tok = load_model()
+    cases = load_cases("zsre-held-out")[:args.n]
+    tokens = {c.case_id: len(tok(" " + c.target_new.strip(), add_special_tokens=False)["input_ids"]) for c in cases}
+    size = lambda case_id: LENGTH_BINS[min(tokens[case_id], len(LENGTH_BINS)) - 1]  # noqa: E731
+    count = {b: sum(size(c.case_id) == b for c in cases) for b in LENGTH_BINS}
+    print(f"{len(cases)} ZsRE held-out edits, generation exact match by answer tokens "
+          + " / ".join(LENGTH_BINS) + " (" + " / ".join(str(count[b]) for b in LENGTH_BINS) + " edits)")
+    rows = {}
+    for name in args.methods:
+        editor = METHODS[name](model, tok)
+        result = evaluate(editor, cases, mode="single", fluency_n=0)
+        model = editor.detach()
+        for kind in ("reliability", "generality"):
+            hits = {b: [] for b in LENGTH_BINS}
+            for case in result["per_case"]:
+                hits[size(case["case_id"])] += [p["generation"] for p in case["probes"] if p["kind"] == kind]
+            rows[f"{name} {kind}"] = {b: sum(h) / len(h) if h else None for b, h in hits.items()}
+            print(f"  {name:6s} {kind:11s} " + " / ".join("-" if v is None else f"{v:.2f}"
+                                                          for v in rows[f"{name} {kind}"].values()), flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"lengths-n{args.n}.json").write_text(json.dumps({"edits_per_bin": count, "rows": rows}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="what", required=True)
@@ -377,6 +415,10 @@ def main() -> None:
                    choices=["recipe", "lte", "grace", "serac", "serac-prompt"])
     c.add_argument("--data", nargs="+", default=["counterfact", "zsre"], choices=["counterfact", "zsre", "teach"])
     c.set_defaults(fn=compare)
+    n = sub.add_parser("lengths")
+    n.add_argument("--n", type=int, default=100)
+    n.add_argument("--methods", nargs="+", default=["recipe", "ice", "lte"])
+    n.set_defaults(fn=lengths)
     a = sub.add_parser("ablation")
     a.add_argument("--n", type=int, default=100)
     a.set_defaults(fn=ablation)

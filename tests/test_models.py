@@ -229,3 +229,24 @@ def test_suppressing_tokens_does_not_hide_nan_logits(gemma_tiny):
     model, tok = gemma_tiny
     assert model.generation_config.suppress_tokens  # <pad>, <bos>, <unk>
     models.check_finite(model, tok)
+
+
+def test_a_gguf_file_is_parsed_once_during_the_conversion_and_the_reader_is_restored(tmp_path):
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_array("tokenizer.ggml.tokens", ["a", "b", "c"])
+    writer.add_tensor("token_embd.weight", np.ones((3, 4), dtype=np.float32))
+    for write in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file):
+        write()
+    writer.close()
+    original = gguf.GGUFReader
+    with pytest.raises(RuntimeError, match="inside"):
+        with models._one_gguf_parse():
+            first = gguf.GGUFReader(path)
+            assert gguf.GGUFReader(str(path)) is first  # transformers' second and third reads
+            assert "tokenizer.ggml.tokens" in first.fields
+            raise RuntimeError("inside")  # a failed conversion gives the reader back too
+    assert gguf.GGUFReader is original and gguf.GGUFReader(path) is not first
