@@ -141,8 +141,8 @@ def run_command(page, label: str) -> None:
 
 def shut_down_kernels(url: str) -> None:
     """End every kernel the server runs: an earlier test's kernel, model loaded, takes memory and
-    cores from the next notebook (notebook 06's test took 384 s after 01's and 05's kernels in CI,
-    222 s with them shut down)."""
+    cores from the next notebook (in CI, notebook 06's test took 384 s with 01's and 05's kernels
+    still running, 308 s with them shut down)."""
     with urllib.request.urlopen(f"{url}/api/sessions?token={TOKEN}", timeout=30) as r:
         sessions = json.load(r)
     for s in sessions:
