@@ -15,13 +15,13 @@
     python -m benchmarks.bench_recipe fluency   generations with every edit stored: fluency, repetition, the
                                                 new answer said, the old one said after it, against the unedited
                                                 model and ICE, RECIPE's prompt kept to the end or dropped after
-                                                the answer (until_answer)
+                                                the answer (until_answer), with and without the statement in front
     python -m benchmarks.bench_recipe compare   [--n 100] [--methods recipe lte grace serac] [--data ... teach]
                                                 sequential CounterFact edits (and ZsRE's held-out part with
                                                 portability; the held-out teaching cases), all protocols
-    python -m benchmarks.bench_recipe lengths   [--n 100] [--methods recipe ice lte]  exact answers by the new
-                                                answer's length in tokens, ZsRE's held-out edits one at a time:
-                                                RECIPE's prompt against the fact as text in context
+    python -m benchmarks.bench_recipe lengths   [--n 100] [--methods recipe ice lte recipe-statement]  exact
+                                                answers by the new answer's length in tokens, ZsRE's held-out edits
+                                                one at a time: RECIPE's prompt against the fact as text in context
     python -m benchmarks.bench_recipe ablation  [--n 100]  Table 4's rows: without the sentinel, the
                                                 continuous prompt, or both
     python -m benchmarks.bench_recipe encoder   [--steps 300] [--widths 256] [--frozen-steps N ..]  frozen vs
@@ -248,7 +248,10 @@ def fluency(args) -> None:
         rows = {}
         for label, make in (("unedited", lambda: NoEdit(model, tok)), ("ICE", lambda: ICE(model, tok)),
                             ("RECIPE", lambda: _recipe(model, tok, modules=args.modules)),
-                            ("RECIPE until the answer", lambda: _recipe(model, tok, modules=args.modules, until_answer=True))):
+                            ("RECIPE until the answer", lambda: _recipe(model, tok, modules=args.modules, until_answer=True)),
+                            ("RECIPE + statement", lambda: _recipe(model, tok, modules=args.modules, statement=True)),
+                            ("RECIPE + statement until the answer",
+                             lambda: _recipe(model, tok, modules=args.modules, statement=True, until_answer=True))):
             editor = make()
             editor.edit(cases)
             rows[label] = r = fluency_report(editor, cases, args.tokens)
@@ -365,8 +368,9 @@ def lengths(args) -> None:
     print(f"{len(cases)} ZsRE held-out edits, generation exact match by answer tokens "
           + " / ".join(LENGTH_BINS) + " (" + " / ".join(str(count[b]) for b in LENGTH_BINS) + " edits)")
     rows = {}
-    for name in args.methods:
-        editor = METHODS[name](model, tok)
+    for name in args.methods:  # recipe-statement: RECIPE with the knowledge statement before its vectors
+        options = {"statement": True} if name.endswith("-statement") else {}
+        editor = METHODS[name.removesuffix("-statement")](model, tok, **options)
         result = evaluate(editor, cases, mode="single", fluency_n=0)
         model = editor.detach()
         for kind in ("reliability", "generality"):
@@ -417,7 +421,8 @@ def main() -> None:
     c.set_defaults(fn=compare)
     n = sub.add_parser("lengths")
     n.add_argument("--n", type=int, default=100)
-    n.add_argument("--methods", nargs="+", default=["recipe", "ice", "lte"])
+    n.add_argument("--methods", nargs="+", default=["recipe", "ice", "lte"],
+                   help="methods, or recipe-statement: RECIPE(statement=True)")
     n.set_defaults(fn=lengths)
     a = sub.add_parser("ablation")
     a.add_argument("--n", type=int, default=100)

@@ -61,7 +61,7 @@ def _editor_options(args) -> dict:
     """Method-specific options of `eval`; using one with another method is an error, not a no-op."""
     given = {"lte": {"--no-align": args.no_align, "--k": args.k is not None, "--adapter": args.adapter is not None},
              "recipe": {"--no-sentinel": args.no_sentinel, "--threshold": args.threshold is not None,
-                        "--no-prompts": args.no_prompts, "--until-answer": args.until_answer,
+                        "--no-prompts": args.no_prompts, "--until-answer": args.until_answer, "--statement": args.statement,
                         "--relation-check": args.relation_check, "--modules": args.modules is not None},
              "rome": {"--layer": args.layer is not None, "--reference-keys": args.reference_keys}}
     for method, flags in given.items():
@@ -76,7 +76,7 @@ def _editor_options(args) -> dict:
             raise UsageError("--threshold replaces the sentinel: pass it together with --no-sentinel")
         return {"modules": args.modules or "default", "sentinel": not args.no_sentinel,
                 "threshold": args.threshold or 0.0, "prompts": not args.no_prompts, "until_answer": args.until_answer,
-                "relation_check": args.relation_check}
+                "relation_check": args.relation_check, "statement": args.statement}
     if args.method == "rome":
         return {"layer": args.layer, "consistent_key": not args.reference_keys}
     return {}
@@ -508,6 +508,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--relation-check", action="store_true",
                     help="recipe: a query naming a stored subject gets its prompt only if it asks the same relation "
                          "(not in the paper; relation_check.py)")
+    ev.add_argument("--statement", action="store_true",
+                    help="recipe: the attached knowledge's statement, as token embeddings, goes before its prompt "
+                         "vectors (not in the paper)")
     ev.add_argument("--modules", default=None, help="recipe: modules folder (default: the shipped ones)")
     ev.add_argument("--layer", type=COUNT_OR_0, default=None,
                     help="rome: the edited layer (default: one eighth up, layer 2 of Gemma-3-270M)")

@@ -161,6 +161,18 @@ def fluency_report(editor, cases: list[EditCase], max_new_tokens: int = 60) -> d
             "old_after_new": sum(told) / len(told) if told else None, "texts": texts}
 
 
+def fluency_reports(editors: dict, cases: list[EditCase], max_new_tokens: int = 60) -> dict[str, dict]:
+    """`fluency_report` for each editor (label -> editor) with `cases` stored, each emptied after,
+    so editors can take turns on one model."""
+    reports = {}
+    for label, editor in editors.items():
+        editor.reset()
+        editor.edit(cases)
+        reports[label] = fluency_report(editor, cases, max_new_tokens)
+        editor.reset()
+    return reports
+
+
 def evaluate(editor, cases: list[EditCase], mode: str = "single", batch_size: int = 16,
              fluency_n: int = 10, progress: bool = True, sliced: bool = True, leave: bool = True,
              references: dict | None = None) -> dict:

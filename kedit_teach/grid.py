@@ -172,10 +172,11 @@ def machine(model) -> dict:
 # ----------------------------------------------------------------------------- running
 
 def run_cell(model, tokenizer, cell: Cell, cases: list[EditCase], settings: dict, fluency_n: int = 5,
-             progress: bool = False, references: dict | None = None):
+             progress: bool = False, references: dict | None = None, general: bool = True):
     """One cell on `model`; returns (its result in the eval schema plus "general" and "grid", the model
     as found). progress: a bar over the cell's edits, cleared when it is done. references: the
-    unedited model's locality answers, shared by the cells of a run (`evaluate.reference`)."""
+    unedited model's locality answers, shared by the cells of a run (`evaluate.reference`). general:
+    measure general ability after a lifelong cell (about 25 s a cell on 2 CPU cores)."""
     try:
         editor = METHODS[cell.method](model, tokenizer, **settings)
     except UsageError as e:  # nothing changed yet: no trained parts for this model, 4-bit weights for ROME
@@ -185,18 +186,18 @@ def run_cell(model, tokenizer, cell: Cell, cases: list[EditCase], settings: dict
     result = evaluate(editor, cases, mode=cell.mode, fluency_n=fluency_n, progress=progress, leave=False,
                       references=references)
     # single mode resets after each edit, so its general ability is the unedited model's
-    result["general"] = general_ability(editor) if cell.mode != "single" else None
+    result["general"] = general_ability(editor) if general and cell.mode != "single" else None
     result["grid"] = {**asdict(cell), "seconds": time.perf_counter() - start, "peak_memory_mb": peak_mb()}
     return result, editor.detach()
 
 
 def run_grid(model, tokenizer, cells: list[Cell], out: str | Path, settings: dict[str, dict] | None = None,
              seed: int = 0, single_n: int = 10, budget_s: float | None = None, fluency_n: int = 5,
-             progress: bool = True, single_fluency_n: int | None = None) -> list[dict]:
+             progress: bool = True, single_fluency_n: int | None = None, general: bool = True) -> list[dict]:
     """Run (or reuse) every cell; write cells/*.json, grid.csv, grid.md and summary.json under out.
     A cell whose JSON exists is read back, not rerun. Returns the summary rows in plan order.
     fluency_n: edit prompts continued for fluency in each cell; single_fluency_n: in N = 1 cells,
-    if not fluency_n (each is decoded alone, after its own edit)."""
+    if not fluency_n (each is decoded alone, after its own edit). general=False: no general ability."""
     out, settings = Path(out), settings or {}
     (out / "cells").mkdir(parents=True, exist_ok=True)
     data = {d: load_data(d, seed) for d in dict.fromkeys(c.data for c in cells)}
@@ -223,7 +224,7 @@ def run_grid(model, tokenizer, cells: list[Cell], out: str | Path, settings: dic
                 try:
                     flu = fluency_n if cell.mode != "single" or single_fluency_n is None else single_fluency_n
                     result, model = run_cell(model, tokenizer, cell, cases, settings.get(cell.method, {}), flu,
-                                             progress, references)
+                                             progress, references, general)
                 except Unavailable as e:
                     rows.append(summary_row(cell, None, str(e)))
                     continue

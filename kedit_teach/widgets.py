@@ -800,6 +800,8 @@ class RECIPEPanel(StorePanel):
                                        layout=_slider_layout())
         self.until = w.Checkbox(value=editor.until_answer, indent=False, layout=w.Layout(width="auto"),  # whole label
                                 description="drop the prompt once the answer is said (not in the paper)")
+        self.statement = w.Checkbox(value=editor.statement, indent=False, layout=w.Layout(width="auto"),
+                                    description="the knowledge as text before its prompt vectors (not in the paper)")
         self.subject = _text_box("subject", placeholder="as the prompt writes it, e.g. Eiffel Tower (read by the "
                                                         "relation check)")
         _on_enter(self.on_add, self.subject)
@@ -809,8 +811,9 @@ class RECIPEPanel(StorePanel):
         self.gate.observe(self.on_gate, names="value")
         self.threshold.observe(self.on_gate, names="value")
         self.until.observe(self.on_until, names="value")
+        self.statement.observe(self.on_statement, names="value")
         self.relation.observe(self.on_relation, names="value")
-        self._layout([w.HBox([self.gate]), self.threshold, self.relation, self.until])
+        self._layout([w.HBox([self.gate]), self.threshold, self.relation, self.statement, self.until])
         self.say(f"{plural(len(editor.cases), 'edit')} stored; the LLM's weights are frozen. Add knowledge, then ask a query.")
 
     def _answer(self, query: str) -> str:
@@ -852,6 +855,12 @@ class RECIPEPanel(StorePanel):
         self.editor.until_answer = self.until.value
         self.say("generation drops the prompt once it has said the new answer, and the model writes on from the words"
                  if self.until.value else "the prompt stays attached to the end of every generation", "info")
+
+    @guarded
+    def on_statement(self, _change=None) -> None:
+        self.editor.statement = self.statement.value
+        self.say("an attached prompt now brings its knowledge as text too: the model can copy a long answer from it"
+                 if self.statement.value else "an attached prompt is its vectors alone, as in the paper", "info")
 
 
 def scope_table(info: dict) -> pd.DataFrame:

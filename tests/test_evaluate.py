@@ -104,7 +104,7 @@ def test_eval_cli_lte_options(tiny_dirs, tmp_path, capsys):
 
 def test_fluency_report_shows_the_words_beside_the_numbers(gemma_tiny):
     from kedit_teach import viz
-    from kedit_teach.evaluate import fluency_report
+    from kedit_teach.evaluate import fluency_report, fluency_reports
     from kedit_teach.metrics import ngram_entropy, repetition, said_after, says
     plain, ice = NoEdit(*gemma_tiny), ICE(*gemma_tiny)
     ice.edit(CASE)
@@ -121,6 +121,9 @@ def test_fluency_report_shows_the_words_beside_the_numbers(gemma_tiny):
     assert list(summary.index) == ["unedited", "ICE"] and summary.loc["unedited", "vs_unedited"] == 1.0
     assert "old_after_new" in summary.columns
     assert texts.loc[CASE.prompt, "ICE"] == reports["ICE"]["texts"][0]
+    again = fluency_reports({"unedited": plain, "ICE": ice}, [CASE], 12)
+    assert {k: r["texts"] for k, r in again.items()} == {k: r["texts"] for k, r in reports.items()}
+    assert not plain.cases and not ice.cases  # each emptied after its turn
 
 
 def test_curve_scores_the_edits_made_so_far(gemma_tiny):

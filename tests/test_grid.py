@@ -112,6 +112,13 @@ def test_the_estimate_comes_from_the_largest_cell_so_far_in_the_same_mode(gemma_
     assert rows[2]["status"] == "skipped" and "the N = 2 sequential cell's mean" in rows[2]["reason"]
 
 
+def test_a_grid_without_general_ability_leaves_its_columns_empty(gemma_tiny, tmp_path):
+    rows = grid.run_grid(*gemma_tiny, grid.plan(["noedit"], [2], ["teach"]), tmp_path, single_n=1, progress=False,
+                         general=False)
+    result = json.loads((tmp_path / "cells" / "teach-noedit-sequential-n2.json").read_text())
+    assert result["general"] is None and rows[0]["status"] == "done" and rows[0]["perplexity"] is None
+
+
 def test_load_summary_refuses_what_is_not_a_summary(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `python -m kedit_teach bench"):
         grid.load_summary(tmp_path / "nope.json")

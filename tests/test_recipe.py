@@ -558,6 +558,31 @@ def test_until_answer_lets_go_of_attached_prompts_only(tiny_model, modules):
     assert editor.generate(prompts, 8) == kept  # the random prompts never say "Rome": they stay to the end
 
 
+def test_statement_goes_before_the_vectors_of_attached_prompts_only(tiny_model, modules):
+    model, tok = tiny_model
+    editor = RECIPE(model, tok, modules=modules, sentinel=False, threshold=-1e9)
+    editor.edit(EDIT)
+    vectors = editor.prompt_prefixes([EDIT.prompt])[0]
+    before = editor.inspect(EDIT.prompt)
+    editor.statement = True
+    ids = tok(f"{EDIT.prompt} {EDIT.target_new}\n", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    text = model.get_input_embeddings()(ids)[0].detach()
+    got = editor.prompt_prefixes([EDIT.prompt])[0]
+    assert torch.equal(got, torch.cat([text, vectors])) and editor.config()["statement"] is True
+    after = editor.inspect(EDIT.prompt)
+    assert after["input_rows"] == before["input_rows"] + len(text)
+    assert after["llm_input"].count(f"{EDIT.prompt} {EDIT.target_new}\n[p1]") == 1
+    assert after["prompt_norms"] == before["prompt_norms"]  # the vectors' norms, not the text's
+    scored = editor.score([EDIT.prompt], [EDIT.target_new])
+    editor.statement = False
+    assert "statement" not in editor.config() and editor.score([EDIT.prompt], [EDIT.target_new]) != scored
+    editor.statement, editor.threshold = True, 1e9  # nothing attached: the plain path, bit for bit
+    prompts = [EDIT.prompt, "Paris"]
+    assert editor.generate(prompts, 6) == RECIPE(model, tok, modules=modules).generate(prompts, 6)
+    editor.remove(EDIT.case_id)
+    assert not editor._texts and editor.prompt_prefixes(prompts) is None
+
+
 def test_remove_save_load_and_refused_states(tmp_path, tiny_model, modules, encoder):
     editor = RECIPE(*tiny_model, modules=modules, sentinel=False, threshold=-1e9)
     editor.edit(cases(4))
@@ -620,17 +645,17 @@ def test_eval_cli_recipe_flags_and_modes(tiny_dirs, tmp_path, modules, capsys):
     assert "--until-answer only applies to --method recipe" in cli_error(
         capsys, "eval", "--method", "ice", "--until-answer", "--model", model)
     for mode, extra in (("sequential", ["--until-answer"]), ("batch", ["--no-sentinel", "--threshold", "-100"]),
-                        ("single", ["--no-prompts"])):
+                        ("single", ["--no-prompts", "--statement"])):
         out = tmp_path / f"{mode}.json"
         main(["eval", "--method", "recipe", "--modules", str(folder), "--n", "3", "--fluency-n", "0", "--mode", mode,
               "--model", model, "--json", str(out), *extra])
         result = json.loads(out.read_text())
         assert result["method"] == "recipe" and result["mode"] == mode and result["n"] == 3
         assert result["config"]["modules"] == modules.fingerprint()
-    assert result["config"]["prompts"] is False
+    assert result["config"]["prompts"] is False and result["config"]["statement"] is True
     # with every prompt attached (threshold -100), the batch run's unrelated probes change; without prompts none do
     batch = json.loads((tmp_path / "batch.json").read_text())
-    assert batch["config"]["threshold"] == -100.0 and "until_answer" not in batch["config"]
+    assert batch["config"]["threshold"] == -100.0 and not {"until_answer", "statement"} & set(batch["config"])
     assert json.loads((tmp_path / "sequential.json").read_text())["config"]["until_answer"] is True
     assert result["metrics"]["teacher_forced"]["locality"] == 1.0
 
@@ -791,6 +816,32 @@ def test_until_answer_says_the_students_answers_and_stops_the_loops_after_them(r
     assert said == [says(s, row[3]) for row, s in zip(STUDENT, kept)] and sum(said) >= 3, freed
     # the prompt kept to the end loops on 3 of the 4 ("Norway Norway Norway ...")
     assert sum(map(repetition, freed)) < sum(map(repetition, kept)) / 2, (kept, freed)
+
+
+LONG = [("Brask Motors", "Who founded Brask Motors?", "Oskar Lindqvist Haraldsen"),
+        ("Mira Tellvane", "What is the title of Mira Tellvane's first novel?", "The Glass Orchard of Winter"),
+        ("Quenfield Rovers", "Who is the manager of Quenfield Rovers?", "Declan Forsythe-Moore"),
+        ("Zorblat Tower", "When was the Zorblat Tower completed?", "14 March 1987")]
+
+
+@pytest.mark.real
+def test_the_statement_carries_long_answers_the_vectors_do_not(real):
+    model, tok = real
+    recipe = RECIPE(model, tok)
+    recipe.edit([EditCase(case_id=f"l{i}", subject=s, prompt=q, target_new=a) for i, (s, q, a) in enumerate(LONG)])
+    questions = [q for _, q, _ in LONG]
+    def whole(texts):  # the answer, whole, as the text's first words
+        return [says(t[:len(a) + 2], a) for t, (_, _, a) in zip(texts, LONG)]
+    vectors = recipe.generate(questions, 24)
+    recipe.statement = True
+    kept = recipe.generate(questions, 24)
+    recipe.until_answer = True
+    freed = recipe.generate(questions, 24)
+    # six vectors say the start of a long answer ("Declan Forshaw"), the text says all of it
+    assert sum(whole(vectors)) <= 1 and sum(whole(kept)) >= 3, (vectors, kept)
+    assert whole(freed) == whole(kept), freed
+    # with the text in front, the model goes on copying the pattern ("Q? A\nQ? A") until the prompt is let go
+    assert sum(map(repetition, freed)) < sum(map(repetition, kept)), (kept, freed)
 
 
 @pytest.mark.real

@@ -609,6 +609,13 @@ def test_recipe_panel_add_ask_shows_scores_gate_and_both_answers(recipe_panel):
     assert recipe_panel.editor.until_answer and "drops the prompt" in recipe_panel.message.value
     recipe_panel.until.value = False
     assert not recipe_panel.editor.until_answer and "stays attached" in recipe_panel.message.value
+    recipe_panel.statement.value = True  # the attached knowledge's text goes in before its vectors
+    assert recipe_panel.editor.statement and "as text too" in recipe_panel.message.value
+    recipe_panel.gate.value, recipe_panel.threshold.value = "fixed threshold", -5.0
+    recipe_panel.ask.click()
+    assert "located in the city of Rome\n[p1]" in recipe_panel.seen.value, recipe_panel.seen.value
+    recipe_panel.statement.value = False
+    assert not recipe_panel.editor.statement and "vectors alone" in recipe_panel.message.value
 
 
 @pytest.fixture

@@ -28,6 +28,11 @@ to let go past the answer, and this rule lets go exactly. Scoring is unchanged.
 `relation_check=True` gives a query that names a stored edit's subject that edit's prompt only if
 it asks about the same relation, judged with the subject taken out (`relation_check.py`): the
 sentinel finds the subject and can't tell "where is the Eiffel Tower" from "who designed it".
+`statement=True` puts the attached knowledge's statement in front of its prompt vectors, as the
+LLM's own token embeddings of the text: the vectors say short answers and carry rephrasings, the
+model copies long answers from the text (ZsRE, one edit stored: generation reliability 0.73 with the
+vectors alone, 0.77 with the text alone, 0.95 with both; RESULTS). The prefix grows by the
+statement's tokens; retrieval and the sentinel are unchanged.
 
 What it does not do: train the modules (see `prompt_learning.py`).
 """
@@ -60,29 +65,32 @@ class Decision:
 
 class RECIPE(Editor):
     name = "recipe"
-    summary = ("stores the edit as 3 prompt vectors; a learned sentinel attaches them only to queries "
+    summary = ("stores the edit as a few prompt vectors; a learned sentinel attaches them only to queries "
                "close to the knowledge, so unrelated prompts run unchanged")
     trained = ("modules", "RECIPE modules", "RECIPE(model, tok, modules=<their folder>)")
 
     def __init__(self, model, tokenizer, modules: str | Path | pl.RecipeModules = "default",
                  sentinel: bool = True, threshold: float = 0.0, prompts: bool = True, encoder=None,
-                 until_answer: bool = False, relation_check: bool | str | Path = False):
+                 until_answer: bool = False, relation_check: bool | str | Path = False,
+                 statement: bool = False):
         """modules: "default" (yours from `train recipe`, else the ones shipped for this preset),
         a folder, or RecipeModules. sentinel=False gates with `threshold` instead (Table 4, "- KS");
         prompts=False retrieves but attaches nothing ("- CPT"); until_answer=True: generation drops
         the prompt once it has said the new answer; relation_check: True (yours from `train relation`,
-        else the shipped one) or a folder: queries naming a stored subject are decided by relation."""
+        else the shipped one) or a folder: queries naming a stored subject are decided by relation;
+        statement=True: the knowledge statement, as token embeddings, goes before the prompt vectors."""
         super().__init__(model, tokenizer)
         if isinstance(modules, pl.RecipeModules):
             pl.check_fits(modules.config, model, "these modules")
             self.modules, self.record = modules, None
         else:
             self.modules, self.record = pl.load_modules(self._modules_path(modules), model, encoder)
-        self.use_prompts, self.until_answer = prompts, bool(until_answer)
+        self.use_prompts, self.until_answer, self.statement = prompts, bool(until_answer), bool(statement)
         self._sentinel, self._threshold = sentinel, float(threshold)
         self.memory = VectorMemory(dim=self.modules.key_dim, metric="dot")
         self._prompts: dict[str, torch.Tensor] = {}
         self._decisions: dict[str, Decision] = {}  # query -> decision, until the store changes
+        self._texts: dict[str, torch.Tensor] = {}  # case_id -> its statement's token embeddings (statement=True)
         self.relation, self._check = None, None  # the check in use, and the one loaded (kept when switched off)
         self._masked: dict[str, torch.Tensor] = {}  # f_rm features of texts the check has masked
         if relation_check and relation_check is not True:  # a folder; True loads the default when switched on
@@ -142,6 +150,7 @@ class RECIPE(Editor):
                 "threshold": None if self.use_sentinel else self.threshold, "prompts": self.use_prompts,
                 # named only when on, so saves and results from before the option keep their config
                 **({"until_answer": True} if self.until_answer else {}),
+                **({"statement": True} if self.statement else {}),
                 **({"relation_check": self.relation.fingerprint()} if self.relation else {})}
 
     # ------------------------------------------------------------------ the repository
@@ -159,6 +168,7 @@ class RECIPE(Editor):
     def _remove(self, case_id):
         self.memory.remove(case_id)
         del self._prompts[case_id]
+        self._texts.pop(case_id, None)
         self._decisions.clear()
 
     def _reset(self):
@@ -166,6 +176,7 @@ class RECIPE(Editor):
         self._prompts.clear()
         self._decisions.clear()
         self._masked.clear()
+        self._texts.clear()
 
     def _state(self):
         ids = list(self.cases)
@@ -219,7 +230,23 @@ class RECIPE(Editor):
     def prompt_prefixes(self, prompts):
         if self._off or not self.use_prompts or not len(self.memory):
             return None
-        return [None if d.attached is None else self._prompts[d.attached] for d in self.retrieve(prompts)]
+        return [None if d.attached is None else self._prefix(d.attached) for d in self.retrieve(prompts)]
+
+    def _statement_text(self, case_id: str) -> str:
+        return self.cases[case_id].descriptor + "\n"  # a line of its own, as a fact stated before a question
+
+    def _prefix(self, case_id: str) -> torch.Tensor:
+        """What goes in after <bos>: the prompt vectors, after the statement's token embeddings if
+        statement=True (computed once per edit, in the space embed_tokens outputs, like the vectors)."""
+        vectors = self._prompts[case_id]
+        if not self.statement:
+            return vectors
+        if case_id not in self._texts:
+            ids = self.tokenizer(self._statement_text(case_id), add_special_tokens=False, return_tensors="pt")["input_ids"]
+            embed = self.model.get_input_embeddings()
+            with torch.no_grad():
+                self._texts[case_id] = embed(ids.to(embed.weight.device))[0].to(vectors)
+        return torch.cat([self._texts[case_id], vectors])
 
     def prefix_until(self, prompts):
         if not self.until_answer or self.prompt_prefixes(prompts) is None:
@@ -232,10 +259,13 @@ class RECIPE(Editor):
         text = self.model_inputs([prompt])[0]
         d = self.retrieve([prompt])[0] if len(self.memory) and not self._off else Decision(prompt, [], 0.0, 0.0, None)
         prefix = self.prompt_prefixes([prompt])
-        vectors = None if prefix is None else prefix[0]
+        prefix = None if prefix is None else prefix[0]
+        vectors = None if prefix is None else self._prompts[d.attached]
         bos = self.tokenizer.bos_token or ""
         shown = text if bos and text.startswith(bos) else bos + text
         marks = "".join(f"[p{i + 1}]" for i in range(0 if vectors is None else len(vectors)))
+        if vectors is not None and self.statement:
+            marks = self._statement_text(d.attached) + marks
         return {**super().inspect(prompt), "memory_size": len(self.memory),
                 "knowledge": [{"case_id": h.id, "knowledge": h.text, "score": h.score} for h in d.top],
                 "sentinel": d.sentinel, "gate": "sentinel" if self.use_sentinel else "threshold",
@@ -244,7 +274,7 @@ class RECIPE(Editor):
                 "prompt_norms": [] if vectors is None else vectors.norm(dim=-1).tolist(),
                 "llm_input": shown[:len(bos)] + marks + shown[len(bos):],
                 "input_rows": len(self.tokenizer(text, add_special_tokens=add_special(self.tokenizer, text))["input_ids"])
-                + (0 if vectors is None else len(vectors))}
+                + (0 if prefix is None else len(prefix))}
 
 
 def labelled_queries(cases) -> list[tuple[str, str, str | None]]:
