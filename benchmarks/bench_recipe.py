@@ -369,8 +369,8 @@ def lengths(args) -> None:
           + " / ".join(LENGTH_BINS) + " (" + " / ".join(str(count[b]) for b in LENGTH_BINS) + " edits)")
     rows = {}
     for name in args.methods:  # recipe-statement: RECIPE with the knowledge statement before its vectors
-        options = {"statement": True} if name.endswith("-statement") else {}
-        editor = METHODS[name.removesuffix("-statement")](model, tok, **options)
+        method, options = ("recipe", {"statement": True}) if name == "recipe-statement" else (name, {})
+        editor = METHODS[method](model, tok, **options)
         result = evaluate(editor, cases, mode="single", fluency_n=0)
         model = editor.detach()
         for kind in ("reliability", "generality"):
