@@ -1,7 +1,7 @@
 """RECIPE benchmarks, each measured in one run on this machine (compare ratios, not seconds).
 
-    python -m benchmarks.bench_recipe speed     edit time per edit; inference per query with 0 / 1,000 / 10,000
-                                                stored edits against the unedited model
+    python -m benchmarks.bench_recipe speed     [--course] edit time per edit; inference per query with 0 / 1,000 /
+                                                10,000 stored edits against the unedited model
     python -m benchmarks.bench_recipe sentinel  decision accuracy with CounterFact's 1,000, ZsRE's held-out
                                                 part and the held-out teaching cases stored: own knowledge for
                                                 edit prompts and rephrasings, nothing for locality prompts
@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_lte import COUNTERFACT, CF_TRAIN, HEADER, _evaluate, _row
+from kedit_teach.data import one_per_subject
 
 OUT = Path("artifacts/recipe")
 
@@ -79,8 +80,9 @@ def speed(args) -> None:
     from kedit_teach.data import load_counterfact
     from kedit_teach.editors import NoEdit
     from kedit_teach.models import load_model
+    from kedit_teach.editors.recipe import COURSE_OPTIONS
     model, tok = load_model()
-    recipe = _recipe(model, tok)
+    recipe = _recipe(model, tok, **(COURSE_OPTIONS if args.course else {}))
     edits = load_counterfact(COUNTERFACT, n=310)
     fp32, used = _encoder_passes(recipe.modules, [c.descriptor for c in edits[:200]])
     print(f"f_rm, one knowledge sentence: fp32 trace {fp32:.2f} ms, the editor's trace {used:.2f} ms "
@@ -109,8 +111,11 @@ def speed(args) -> None:
               f"({attached} of {5 * 64} queries got a prompt)", flush=True)
 
 
-# the sentinel's test sets: CounterFact's first 1,000 edits, ZsRE's held-out part, the held-out teaching cases
-SENTINEL_DATA = {"counterfact": (f"counterfact:{COUNTERFACT}", 1000), "zsre": ("zsre-held-out", None), "teach": ("teach", 64)}
+# the sentinel's test sets: CounterFact's first 1,000 edits, ZsRE's held-out part (whole, and its
+# first edit of each subject: the whole part edits some facts several times, with different
+# answers), the held-out teaching cases; (spec, edits, keep)
+SENTINEL_DATA = {"counterfact": (f"counterfact:{COUNTERFACT}", 1000, None), "zsre": ("zsre-held-out", None, None),
+                 "zsre-one-per-subject": ("zsre-held-out", None, one_per_subject), "teach": ("teach", 64, None)}
 
 
 def _sentinel_rates(editor, data: list[str], stored: int | None = None) -> dict:
@@ -120,8 +125,8 @@ def _sentinel_rates(editor, data: list[str], stored: int | None = None) -> dict:
     from kedit_teach.editors.recipe import gate_sweep, labelled_queries
     out = {}
     for name in data:
-        spec, n = SENTINEL_DATA[name]
-        cases = load_cases(spec, n=stored or n)
+        spec, n, keep = SENTINEL_DATA[name]
+        cases = keep(load_cases(spec))[:stored or n] if keep else load_cases(spec, n=stored or n)
         editor.reset()
         editor.edit(cases)
         out[name] = gate_sweep(editor, labelled_queries(cases))
@@ -387,7 +392,10 @@ def lengths(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="what", required=True)
-    sub.add_parser("speed").set_defaults(fn=speed)
+    sp = sub.add_parser("speed")
+    sp.add_argument("--course", action="store_true", help="RECIPE with COURSE_OPTIONS (the relation check, "
+                                                          "until_answer, the statement for long answers)")
+    sp.set_defaults(fn=speed)
     s = sub.add_parser("sentinel")
     s.add_argument("--stored", type=int, default=None, help="edits stored (default: CounterFact 1,000, ZsRE's held-out part, teach 64)")
     s.add_argument("--data", nargs="+", default=list(SENTINEL_DATA), choices=list(SENTINEL_DATA))

@@ -61,7 +61,7 @@ def _editor_options(args) -> dict:
     """Method-specific options of `eval`; using one with another method is an error, not a no-op."""
     given = {"lte": {"--no-align": args.no_align, "--k": args.k is not None, "--adapter": args.adapter is not None},
              "recipe": {"--no-sentinel": args.no_sentinel, "--threshold": args.threshold is not None,
-                        "--no-prompts": args.no_prompts, "--until-answer": args.until_answer, "--statement": args.statement,
+                        "--no-prompts": args.no_prompts, "--until-answer": args.until_answer, "--statement": bool(args.statement),
                         "--relation-check": args.relation_check, "--modules": args.modules is not None},
              "rome": {"--layer": args.layer is not None, "--reference-keys": args.reference_keys}}
     for method, flags in given.items():
@@ -508,9 +508,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--relation-check", action="store_true",
                     help="recipe: a query naming a stored subject gets its prompt only if it asks the same relation "
                          "(not in the paper; relation_check.py)")
-    ev.add_argument("--statement", action="store_true",
+    ev.add_argument("--statement", nargs="?", const=True, default=False, choices=["long"],
                     help="recipe: the attached knowledge's statement, as token embeddings, goes before its prompt "
-                         "vectors (not in the paper)")
+                         "vectors (not in the paper); --statement long: only for answers of over three tokens")
     ev.add_argument("--modules", default=None, help="recipe: modules folder (default: the shipped ones)")
     ev.add_argument("--layer", type=COUNT_OR_0, default=None,
                     help="rome: the edited layer (default: one eighth up, layer 2 of Gemma-3-270M)")

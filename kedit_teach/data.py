@@ -500,6 +500,21 @@ def subjects(cases: Iterable[EditCase]) -> set[str]:
     return {subject_key(c) for c in cases if c.subject.strip()}
 
 
+def one_per_subject(cases: Iterable[EditCase]) -> list[EditCase]:
+    """The first case of each subject, in order (cases with an empty subject are all kept).
+    KnowEdit's ZsRE edits one fact of a subject several times with different answers ("In what year
+    did JS 7.62 enter service?" 1961, "What year was JS 7.62 introduced?" 1963): with all of them
+    stored, no retriever can tell which one a rephrasing means."""
+    seen: set[str] = set()
+    kept = []
+    for c in cases:
+        key = subject_key(c)
+        if not key or key not in seen:
+            seen.add(key)
+            kept.append(c)
+    return kept
+
+
 def disjoint_subjects(train: Iterable[EditCase], held_out: Iterable[EditCase]) -> list[EditCase]:
     """
     The train cases whose subject never occurs in held_out, so that a learned

@@ -73,8 +73,10 @@ def run_probes(editor, probes: list[Probe], batch_size: int = 16,
 @contextlib.contextmanager
 def counted(editor, rows: int, desc: str, progress: bool = True, leave: bool = False):
     """A progress bar over the `rows` that the editor's score() and generate() run within this block
-    (a probe scored and generated is two rows), moving as each batch is done."""
-    with tqdm(total=rows, desc=desc, disable=not progress or not rows, leave=leave) as bar, editor.counting(bar.update):
+    (a probe scored and generated is two rows), moving as each batch is done. It stops at `rows`:
+    a generation that goes on past its `until` text (RECIPE's until_answer) runs its rows twice."""
+    with tqdm(total=rows, desc=desc, disable=not progress or not rows, leave=leave) as bar, \
+            editor.counting(lambda done: bar.update(min(done, rows - bar.n))):
         yield
 
 

@@ -800,8 +800,12 @@ class RECIPEPanel(StorePanel):
                                        layout=_slider_layout())
         self.until = w.Checkbox(value=editor.until_answer, indent=False, layout=w.Layout(width="auto"),  # whole label
                                 description="drop the prompt once the answer is said (not in the paper)")
-        self.statement = w.Checkbox(value=editor.statement, indent=False, layout=w.Layout(width="auto"),
-                                    description="the knowledge as text before its prompt vectors (not in the paper)")
+        self.statement = w.ToggleButtons(options=[("vectors alone", False), ("text for long answers", "long"),
+                                                  ("text always", True)], value=editor.statement,
+                                         description="knowledge as text", style={"description_width": "160px"},
+                                         tooltips=["the paper's prompt", "the statement before the vectors where "
+                                                   "the new answer is over three tokens (not in the paper)",
+                                                   "the statement before every attached prompt's vectors (not in the paper)"])
         self.subject = _text_box("subject", placeholder="as the prompt writes it, e.g. Eiffel Tower (read by the "
                                                         "relation check)")
         _on_enter(self.on_add, self.subject)
@@ -813,7 +817,7 @@ class RECIPEPanel(StorePanel):
         self.until.observe(self.on_until, names="value")
         self.statement.observe(self.on_statement, names="value")
         self.relation.observe(self.on_relation, names="value")
-        self._layout([w.HBox([self.gate]), self.threshold, self.relation, self.statement, self.until])
+        self._layout([w.HBox([self.gate]), self.threshold, self.relation, w.HBox([self.statement]), self.until])
         self.say(f"{plural(len(editor.cases), 'edit')} stored; the LLM's weights are frozen. Add knowledge, then ask a query.")
 
     def _answer(self, query: str) -> str:
@@ -859,8 +863,11 @@ class RECIPEPanel(StorePanel):
     @guarded
     def on_statement(self, _change=None) -> None:
         self.editor.statement = self.statement.value
-        self.say("an attached prompt now brings its knowledge as text too: the model can copy a long answer from it"
-                 if self.statement.value else "an attached prompt is its vectors alone, as in the paper", "info")
+        self.say({False: "an attached prompt is its vectors alone, as in the paper",
+                  "long": "an attached prompt brings its knowledge as text too where the new answer is over three "
+                          "tokens, too long for six vectors to say",
+                  True: "an attached prompt now brings its knowledge as text too: the model can copy a long answer "
+                        "from it"}[self.statement.value], "info")
 
 
 def scope_table(info: dict) -> pd.DataFrame:

@@ -334,6 +334,11 @@ def test_disjoint_subjects_small():
     assert [c.case_id for c in disjoint_subjects(train, held_out)] == ["2", "3"]
 
 
+def test_one_per_subject_keeps_each_subjects_first_case_and_every_unnamed_one():
+    cases = [make_case(case_id=i, subject=s) for i, s in enumerate(["Paris", "Rome", " paris ", "", "ROME", "", "Oslo"])]
+    assert [c.case_id for c in data.one_per_subject(cases)] == ["0", "1", "3", "5", "6"]
+
+
 def test_counterfact_train_edit_share_529_subjects(cf_edit, cf_train):
     assert len(subjects(cf_edit) & subjects(cf_train)) == 529
     kept = disjoint_subjects(cf_train, cf_edit)

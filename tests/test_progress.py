@@ -80,6 +80,15 @@ def test_scoring_has_its_own_bar_after_the_edits_bar_closes(gemma_tiny, bars, mo
     assert closed["ice: unedited answers"][0] == closed["ice: unedited answers"][1] > 0
 
 
+def test_the_scoring_bar_stops_at_its_total_when_rows_run_again(gemma_tiny, bars):
+    seen = bars(harness)
+    editor = ICE(*gemma_tiny)
+    with harness.counted(editor, 3, "rows"):  # RECIPE's until_answer decodes a row again past its answer
+        editor.generate(["The capital of France is", "Paris is"], 2)
+        editor.generate(["The capital of France is", "Paris is"], 2)
+    assert seen.closed()["rows"] == (3, 3)
+
+
 def test_the_lifelong_curve_scores_under_a_bar_of_its_own(gemma_tiny, bars):
     seen = bars(harness)
     harness.curve(ICE(*gemma_tiny), [CASE, OTHER], checkpoints=[1, 2], batch_size=2)

@@ -10,7 +10,7 @@ import contextlib
 import json
 import math
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -583,6 +583,25 @@ def test_statement_goes_before_the_vectors_of_attached_prompts_only(tiny_model, 
     assert not editor._texts and editor.prompt_prefixes(prompts) is None
 
 
+def test_statement_long_states_only_answers_six_vectors_do_not_carry(tiny_model, modules):
+    from kedit_teach.editors.recipe import SHORT_ANSWER, answer_tokens
+    model, tok = tiny_model
+    editor = RECIPE(model, tok, modules=modules, sentinel=False, threshold=-1e9, statement="long")
+    long = replace(EDIT, case_id="long", prompt="Rome's motto is", target_new="Senatus Populusque Romanus")
+    assert answer_tokens(tok, EDIT.target_new) <= SHORT_ANSWER < answer_tokens(tok, long.target_new)
+    for case, stated in ((EDIT, False), (long, True)):  # one stored at a time, so it is the one attached
+        editor.edit(case)
+        vectors = editor._prompts[case.case_id]
+        got = editor.prompt_prefixes([case.prompt])[0]
+        assert torch.equal(got[-len(vectors):], vectors) and (len(got) > len(vectors)) is stated
+        assert (f"{case.target_new}\n[p1]" in editor.inspect(case.prompt)["llm_input"]) is stated
+        editor.remove(case.case_id)
+    assert editor.config()["statement"] == "long"
+    with pytest.raises(ValueError, match="statement='sometimes'.*long"):
+        editor.statement = "sometimes"
+    assert editor.statement == "long"  # a bad value changes nothing
+
+
 def test_remove_save_load_and_refused_states(tmp_path, tiny_model, modules, encoder):
     editor = RECIPE(*tiny_model, modules=modules, sentinel=False, threshold=-1e9)
     editor.edit(cases(4))
@@ -644,7 +663,9 @@ def test_eval_cli_recipe_flags_and_modes(tiny_dirs, tmp_path, modules, capsys):
     folder = pl.save_modules(modules, tmp_path / "modules", {"modules": asdict(modules.config)})
     assert "--until-answer only applies to --method recipe" in cli_error(
         capsys, "eval", "--method", "ice", "--until-answer", "--model", model)
-    for mode, extra in (("sequential", ["--until-answer"]), ("batch", ["--no-sentinel", "--threshold", "-100"]),
+    assert "invalid choice: 'often'" in cli_error(capsys, "eval", "--method", "recipe", "--statement", "often", "--model", model)
+    for mode, extra in (("sequential", ["--until-answer", "--statement", "long"]),
+                        ("batch", ["--no-sentinel", "--threshold", "-100"]),
                         ("single", ["--no-prompts", "--statement"])):
         out = tmp_path / f"{mode}.json"
         main(["eval", "--method", "recipe", "--modules", str(folder), "--n", "3", "--fluency-n", "0", "--mode", mode,
@@ -656,7 +677,8 @@ def test_eval_cli_recipe_flags_and_modes(tiny_dirs, tmp_path, modules, capsys):
     # with every prompt attached (threshold -100), the batch run's unrelated probes change; without prompts none do
     batch = json.loads((tmp_path / "batch.json").read_text())
     assert batch["config"]["threshold"] == -100.0 and not {"until_answer", "statement"} & set(batch["config"])
-    assert json.loads((tmp_path / "sequential.json").read_text())["config"]["until_answer"] is True
+    sequential = json.loads((tmp_path / "sequential.json").read_text())["config"]
+    assert sequential["until_answer"] is True and sequential["statement"] == "long"
     assert result["metrics"]["teacher_forced"]["locality"] == 1.0
 
 

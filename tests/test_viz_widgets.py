@@ -614,6 +614,10 @@ def test_recipe_panel_add_ask_shows_scores_gate_and_both_answers(recipe_panel):
     recipe_panel.gate.value, recipe_panel.threshold.value = "fixed threshold", -5.0
     recipe_panel.ask.click()
     assert "located in the city of Rome\n[p1]" in recipe_panel.seen.value, recipe_panel.seen.value
+    recipe_panel.statement.value = "long"  # " Rome" is one token: six vectors say it alone
+    assert recipe_panel.editor.statement == "long" and "over three tokens" in recipe_panel.message.value
+    recipe_panel.ask.click()
+    assert "\n[p1]" not in recipe_panel.seen.value and "[p1]" in recipe_panel.seen.value, recipe_panel.seen.value
     recipe_panel.statement.value = False
     assert not recipe_panel.editor.statement and "vectors alone" in recipe_panel.message.value
 
