@@ -79,8 +79,8 @@ def speed(args) -> None:
     from kedit_teach import timing
     from kedit_teach.data import load_counterfact
     from kedit_teach.editors import NoEdit
-    from kedit_teach.models import load_model
     from kedit_teach.editors.recipe import COURSE_OPTIONS
+    from kedit_teach.models import load_model
     model, tok = load_model()
     recipe = _recipe(model, tok, **(COURSE_OPTIONS if args.course else {}))
     edits = load_counterfact(COUNTERFACT, n=310)
@@ -362,12 +362,13 @@ def lengths(args) -> None:
     in question): does a method carry a long answer?"""
     from kedit_teach.data import load_cases
     from kedit_teach.editors import METHODS
+    from kedit_teach.editors.recipe import answer_tokens
     from kedit_teach.evaluate import evaluate
     from kedit_teach.models import load_model
 
     model, tok = load_model()
     cases = load_cases("zsre-held-out")[:args.n]
-    tokens = {c.case_id: len(tok(" " + c.target_new.strip(), add_special_tokens=False)["input_ids"]) for c in cases}
+    tokens = {c.case_id: answer_tokens(tok, c.target_new) for c in cases}
     size = lambda case_id: LENGTH_BINS[min(tokens[case_id], len(LENGTH_BINS)) - 1]  # noqa: E731
     count = {b: sum(size(c.case_id) == b for c in cases) for b in LENGTH_BINS}
     print(f"{len(cases)} ZsRE held-out edits, generation exact match by answer tokens "
