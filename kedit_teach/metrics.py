@@ -228,7 +228,7 @@ class _Said(StoppingCriteria):
 def generate_greedy(model, tokenizer, texts: list[str], max_new_tokens: int | list[int],
                     batch_size: int = 16, desc: str | None = None,
                     on_batch: BatchHook = _no_hook, prefixes: Prefixes | None = None,
-                    until: list[str | None] | None = None) -> list[str]:
+                    until: list[str | None] | None = None, going_on: dict[int, int] | None = None) -> list[str]:
     """Greedy continuations (new text only) of formatted prompts, batched with left padding.
 
     max_new_tokens may differ per prompt; a batch decodes to its longest and each row is cut back.
@@ -236,10 +236,13 @@ def generate_greedy(model, tokenizer, texts: list[str], max_new_tokens: int | li
     until: per row, a text after which its prefix is dropped. Once the row has said it, the prompt
     and the words so far are decoded on as plain text, for the rest of the row's budget: the vectors
     did their work, and from there the model writes as it would after those words.
+    going_on: a dict that gets {row: tokens left} of the rows that said their `until` text early;
+    given one, those rows are not decoded on here: the caller decodes `texts[row] + output` on, in
+    batches with other plain-text rows rather than in a call of their own (`Editor.generate`).
     """
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(texts)
     outputs: list[str] = []
-    going_on: dict[int, int] = {}  # row -> tokens left, for rows that said their `until` text early
+    left: dict[int, int] = {}  # row -> tokens left, for rows that said their `until` text early
     for start in _batches(len(texts), batch_size, desc):
         chunk, budget = texts[start:start + batch_size], budgets[start:start + batch_size]
         enc = encode_prompts(tokenizer, chunk, model.device)
@@ -256,11 +259,13 @@ def generate_greedy(model, tokenizer, texts: list[str], max_new_tokens: int | li
         new = out[:, skip:]
         outputs += [tokenizer.decode(row[:b], skip_special_tokens=True) for row, b in zip(new, budget)]
         if said:
-            going_on |= {start + r: b - s for r, (s, b) in enumerate(zip(said.steps, budget)) if s is not None and s < b}
-    if going_on:
-        rest = generate_greedy(model, tokenizer, [texts[i] + outputs[i] for i in going_on], list(going_on.values()),
+            left |= {start + r: b - s for r, (s, b) in enumerate(zip(said.steps, budget)) if s is not None and s < b}
+    if going_on is not None:
+        going_on.update(left)
+    elif left:
+        rest = generate_greedy(model, tokenizer, [texts[i] + outputs[i] for i in left], list(left.values()),
                                batch_size, on_batch=on_batch)
-        for i, more in zip(going_on, rest):
+        for i, more in zip(left, rest):
             outputs[i] += more
     return outputs
 

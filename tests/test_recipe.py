@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from kedit_teach import prompt_learning as pl
 from kedit_teach.data import EditCase
-from kedit_teach.editors import RECIPE, EditorStateError
+from kedit_teach.editors import RECIPE, EditorStateError, NoEdit
 from kedit_teach.metrics import generate_greedy, normalize, repetition, says, splice_prefixes, teacher_forced
 from kedit_teach.models import encode_prompts, format_prompt, hidden_states, load_model, logits_at
 
@@ -556,6 +556,26 @@ def test_until_answer_lets_go_of_attached_prompts_only(tiny_model, modules):
     with editor.unedited():
         assert editor.prefix_until(prompts) is None
     assert editor.generate(prompts, 8) == kept  # the random prompts never say "Rome": they stay to the end
+
+
+def test_rows_past_their_answer_go_on_in_the_unprompted_rows_batches(tiny_model, modules):
+    model, tok = tiny_model
+    editor = RECIPE(model, tok, modules=modules, sentinel=False, threshold=-1e9)
+    editor.edit(EDIT)
+    others = ["Paris is", "The Colosseum is in", "Berlin", "A cat sat on the"]
+    score = {d.query: d.top[0].score for d in editor.retrieve([EDIT.prompt, *others])}
+    plain = [q for q in others if score[q] < score[EDIT.prompt]]
+    assert plain  # the tiny modules' scores: these queries get no prompt below
+    editor.threshold = max(score[q] for q in plain)  # only EDIT.prompt's score is above it
+    kept = editor.generate(EDIT.prompt, 8)
+    text, vectors = editor.model_inputs([EDIT.prompt])[0], editor.prompt_prefixes([EDIT.prompt])[0]
+    word = normalize(tok.decode(embed_greedy(model, tok, text, vectors, 1), skip_special_tokens=True)).split()[0]
+    # the random prompt never says "Rome": stand in the word it says first, as the answer it lets go after
+    editor.prefix_until = lambda prompts: [word if p == EDIT.prompt else None for p in prompts]
+    alone = generate_greedy(model, tok, [text], 8, prefixes=[vectors], until=[word])[0]  # goes on in a call of its own
+    assert alone != kept and editor.generate(EDIT.prompt, 8) == alone  # no unprompted row to join
+    mixed = editor.generate([*plain, EDIT.prompt], 8)
+    assert mixed[-1] == alone and mixed[:-1] == NoEdit(model, tok).generate(plain, 8)
 
 
 def test_statement_goes_before_the_vectors_of_attached_prompts_only(tiny_model, modules):

@@ -216,7 +216,7 @@ class Editor:
             return run(list(range(len(prompts))), None)
         out: list = [None] * len(prompts)
         try:
-            for attached in (False, True):
+            for attached in (True, False):  # the acted-on first: `generate` hands rows on to the others
                 idx = [i for i, a in enumerate(acted) if a == attached]
                 if idx:
                     self._acting = attached
@@ -239,9 +239,30 @@ class Editor:
         texts = self.model_inputs(prompts)
         budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
         until = self.prefix_until(prompts)
-        out = self._by_prefix(prompts, lambda idx, pre: generate_greedy(
-            self.model, self.tokenizer, [texts[i] for i in idx], [budgets[i] for i in idx],
-            on_batch=self._each_batch, prefixes=pre, until=None if until is None else [until[i] for i in idx], **kw))
+        said: dict[int, str] = {}  # prompt -> its text up to its `until` text, said before its budget ran out
+        left: dict[int, int] = {}  # ... and the tokens it has left, decoded from the words alone
+        more: dict[int, str] = {}  # ... and what it said then
+
+        def run(idx, pre, joining=()):
+            rows = [*idx, *joining]
+            found: dict[int, int] = {}
+            outs = generate_greedy(
+                self.model, self.tokenizer, [texts[i] + said.get(i, "") for i in rows],
+                [budgets[i] for i in idx] + [left[i] for i in joining], on_batch=self._each_batch, prefixes=pre,
+                until=None if until is None or pre is None else [until[i] for i in idx], going_on=found, **kw)
+            said.update({idx[r]: outs[r] for r in found})
+            left.update({idx[r]: n for r, n in found.items()})
+            more.update(zip(joining, outs[len(idx):]))
+            return outs[:len(idx)]
+
+        # prompted rows that say their answer go on as plain text, in the batches of the unprompted
+        # rows (which _by_prefix runs after them): one more row in a batch costs less than a call
+        waiting = lambda: [i for i in left if i not in more]  # noqa: E731
+        out = self._by_prefix(prompts, lambda idx, pre: run(idx, pre, () if pre is not None else waiting()))
+        if waiting():  # no unprompted rows to join
+            run([], None, waiting())
+        for i, text in more.items():
+            out[i] += text
         return out[0] if isinstance(prompt, str) else out
 
     def inspect(self, prompt: str) -> dict:
