@@ -800,8 +800,8 @@ class RECIPEPanel(StorePanel):
                                        layout=_slider_layout())
         self.until = w.Checkbox(value=editor.until_answer, indent=False, layout=w.Layout(width="auto"),  # whole label
                                 description="drop the prompt once the answer is said (not in the paper)")
-        self.statement = w.ToggleButtons(options=[("vectors alone", False), ("text for long answers", "long"),
-                                                  ("text always", True)], value=editor.statement,
+        self.statement = w.ToggleButtons(options=[("vectors alone", False), ("+ text if long", "long"),
+                                                  ("+ text always", True)], value=editor.statement,
                                          description="knowledge as text", style={"description_width": "160px"},
                                          tooltips=["the paper's prompt", "the statement before the vectors where "
                                                    "the new answer is over three tokens (not in the paper)",
